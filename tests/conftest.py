@@ -1,0 +1,198 @@
+"""Shared helpers for the rnnfast tests: seeding, tolerances, input builders, and a
+forward+backward harness that runs any torch.nn.LSTM-compatible module and collects every
+output and gradient so that two modules can be compared entry by entry."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+#: Input forms understood by :func:`make_input` / :func:`build_input`.
+FORMS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
+
+#: Tolerances by dtype. float32: what float rounding gives at test sizes (see DESIGN.md);
+#: float64: the two implementations sum in different orders, so agreement is ~1e-15
+#: relative; 1e-10 leaves room for error growth through a few layers and time steps.
+TOLERANCES = {
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state."""
+    torch.manual_seed(0)
+    yield
+
+
+def load_reference():
+    """Import rnnfast/reference.py by file path, without importing the rnnfast package
+    (whose __init__ loads the compiled extension): the reference must stand alone."""
+    spec = importlib.util.spec_from_file_location(
+        "rnnfast_reference_standalone", ROOT / "rnnfast" / "reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_close(actual, expected, dtype: Optional[torch.dtype] = None, msg: str = "") -> None:
+    """torch.testing.assert_close with the tolerance of ``dtype`` (default: expected's).
+    Also checks that dtype, device and shape agree."""
+    if dtype is None:
+        dtype = expected.dtype
+    tol = TOLERANCES[dtype]
+
+    def _msg(default: str) -> str:
+        return f"{msg}: {default}" if msg else default
+
+    torch.testing.assert_close(actual, expected, msg=_msg, **tol)
+
+
+def make_lengths(batch: int, steps: int, sort: bool) -> List[int]:
+    """Random sequence lengths in [1, steps], the longest being exactly ``steps``;
+    non-increasing if ``sort``, otherwise shuffled."""
+    lengths = torch.randint(1, steps + 1, (batch,))
+    if batch > 0:
+        lengths[torch.randint(0, batch, ())] = steps
+    if sort:
+        lengths = lengths.sort(descending=True).values
+    return lengths.tolist()
+
+
+def make_input(
+    form: str, steps: int, batch: int, input_size: int, batch_first: bool, dtype: torch.dtype
+) -> Tuple[torch.Tensor, Optional[List[int]]]:
+    """A random padded input leaf tensor and, for packed forms, random lengths.
+
+    Shapes: unbatched ``(T, I)``; otherwise ``(T, B, I)`` or ``(B, T, I)`` if batch_first
+    (packed forms are built from this padded tensor by :func:`build_input`)."""
+    assert form in FORMS, form
+    if form == "unbatched":
+        return torch.randn(steps, input_size, dtype=dtype), None
+    shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+    x = torch.randn(*shape, dtype=dtype)
+    lengths = None
+    if form.startswith("packed"):
+        lengths = make_lengths(batch, steps, sort=form == "packed_sorted")
+    return x, lengths
+
+
+def build_input(x: torch.Tensor, form: str, batch_first: bool, lengths: Optional[List[int]]):
+    """The module input for ``form``: ``x`` itself, or a PackedSequence made from it (the
+    gradient then flows back to the padded ``x``)."""
+    if form.startswith("packed"):
+        return pack_padded_sequence(
+            x, lengths, batch_first=batch_first, enforce_sorted=form == "packed_sorted"
+        )
+    return x
+
+
+def make_hx(
+    form: str, num_states: int, batch: int, state_size: int, hidden_size: int, dtype: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(h0, c0)``: ``(L*D, B, P)`` and ``(L*D, B, H)``, without B if unbatched."""
+    if form == "unbatched":
+        return (torch.randn(num_states, state_size, dtype=dtype),
+                torch.randn(num_states, hidden_size, dtype=dtype))
+    return (torch.randn(num_states, batch, state_size, dtype=dtype),
+            torch.randn(num_states, batch, hidden_size, dtype=dtype))
+
+
+def run_lstm(
+    m: torch.nn.Module,
+    x: torch.Tensor,
+    hx: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    form: str = "batched",
+    batch_first: bool = False,
+    lengths: Optional[List[int]] = None,
+    grads: Optional[Tuple[torch.Tensor, ...]] = None,
+    backward: bool = True,
+) -> Tuple[Dict[str, object], Tuple[torch.Tensor, ...]]:
+    """Run ``m`` forward on fresh copies of ``x``/``hx`` and backward with upstream
+    gradients ``grads`` on (output, h_n, c_n) (random if None).
+
+    Returns ``(results, grads)``; ``results`` maps names to tensors: ``output``, ``h_n``,
+    ``c_n``, ``grad_input``, ``grad_h0``, ``grad_c0``, ``grad.<param name>``, plus the
+    PackedSequence bookkeeping (``batch_sizes``, ``sorted_indices``, ``unsorted_indices``)
+    for packed input. Parameter gradients are reset first.
+    """
+    m.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    h0 = c0 = None
+    if hx is not None:
+        h0 = hx[0].detach().clone().requires_grad_(True)
+        c0 = hx[1].detach().clone().requires_grad_(True)
+    inp = build_input(x, form, batch_first, lengths)
+    out, (h_n, c_n) = m(inp) if hx is None else m(inp, (h0, c0))
+
+    results: Dict[str, object] = {}
+    if form.startswith("packed"):
+        assert isinstance(out, PackedSequence), type(out)
+        results["batch_sizes"] = out.batch_sizes
+        results["sorted_indices"] = out.sorted_indices
+        results["unsorted_indices"] = out.unsorted_indices
+        out_data = out.data
+    else:
+        assert isinstance(out, torch.Tensor), type(out)
+        out_data = out
+    results.update(output=out_data, h_n=h_n, c_n=c_n)
+
+    if not backward:
+        return results, ()
+    if grads is None:
+        grads = tuple(torch.randn_like(t) for t in (out_data, h_n, c_n))
+    loss = sum((t * g).sum() for t, g in zip((out_data, h_n, c_n), grads))
+    loss.backward()
+    results["grad_input"] = x.grad
+    if hx is not None:
+        results["grad_h0"] = h0.grad
+        results["grad_c0"] = c0.grad
+    for name, p in m.named_parameters():
+        results["grad." + name] = p.grad
+    return results, grads
+
+
+def assert_results_close(got: Dict[str, object], ref: Dict[str, object], dtype: torch.dtype) -> None:
+    """Compare two :func:`run_lstm` results: same keys, every tensor close (index tensors
+    and shapes exactly equal)."""
+    assert sorted(got) == sorted(ref)
+    for key in ref:
+        expected, actual = ref[key], got[key]
+        if expected is None:
+            assert actual is None, f"{key}: expected None, got {type(actual)}"
+            continue
+        assert actual is not None, f"{key}: expected a tensor, got None"
+        if key in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=key)
+        else:
+            assert_close(actual, expected, dtype, msg=key)
+
+
+def capture_error(fn: Callable[[], object]) -> BaseException:
+    """Run ``fn`` and return the exception it raised; fail if it raised none."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - we want whatever torch raises
+        return e
+    pytest.fail("expected an exception, none was raised")
+
+
+def assert_same_error(expected_fn: Callable[[], object], actual_fn: Callable[[], object]) -> BaseException:
+    """Both callables must raise, with the same exception type and the same message."""
+    expected = capture_error(expected_fn)
+    actual = capture_error(actual_fn)
+    assert type(actual) is type(expected), (
+        f"exception type differs: got {type(actual).__name__}({actual}), "
+        f"torch raises {type(expected).__name__}({expected})"
+    )
+    assert str(actual) == str(expected)
+    return expected
