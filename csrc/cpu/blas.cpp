@@ -1,0 +1,102 @@
+#include "blas.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <limits>
+
+// Fortran BLAS symbols; weak so that the extension still loads against a libtorch
+// built without an exported BLAS (then the ATen fallback below is used).
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+template <typename T>
+struct Blas;
+template <>
+struct Blas<float> {
+  static bool available() { return &sgemm_ != nullptr; }
+  static void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                   const float* alpha, const float* a, const int* lda, const float* b,
+                   const int* ldb, const float* beta, float* c, const int* ldc) {
+    sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+template <>
+struct Blas<double> {
+  static bool available() { return &dgemm_ != nullptr; }
+  static void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                   const double* alpha, const double* a, const int* lda, const double* b,
+                   const int* ldb, const double* beta, double* c, const int* ldc) {
+    dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
+bool fits_int(int64_t v) { return v <= std::numeric_limits<int>::max(); }
+
+// ATen fallback: wrap the buffers (no copy) and use mm / addmm.
+template <typename T>
+void gemm_aten(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+               const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto a = trans_a ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+                   : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  auto b = trans_b ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+                   : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  auto c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // C = beta * C (BLAS would do this too, but lda checks get in the way)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (Blas<T>::available() && fits_int(M) && fits_int(N) && fits_int(K) && fits_int(lda) &&
+      fits_int(ldb) && fits_int(ldc)) {
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+    const int ld_b = static_cast<int>(std::max<int64_t>(ldb, 1));
+    const int ld_a = static_cast<int>(std::max<int64_t>(lda, 1));
+    const int ld_c = static_cast<int>(std::max<int64_t>(ldc, 1));
+    const char tb = trans_b ? 'T' : 'N';
+    const char ta = trans_a ? 'T' : 'N';
+    Blas<T>::call(&tb, &ta, &m, &n, &k, &alpha, B, &ld_b, A, &ld_a, &beta, C, &ld_c);
+    return;
+  }
+  gemm_aten<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
+                           int64_t, const double*, int64_t, double, double*, int64_t);
+
+const char* gemm_backend() {
+  return Blas<float>::available() && Blas<double>::available() ? "blas (sgemm_/dgemm_ from libtorch)"
+                                                               : "aten";
+}
+
+}  // namespace cpu
+}  // namespace rnnfast

@@ -1,0 +1,53 @@
+// Shape bookkeeping shared by the CPU layer kernels.
+//
+// A layer runs over T time steps. Step t has bs[t] active rows (the first bs[t]
+// sequences of the batch) stored contiguously at rows [off[t], off[t] + bs[t]) of
+// the [N, *] input/output buffers. A padded time-major input (T, B, *) is the
+// special case bs[t] = B, off[t] = t * B; a PackedSequence gives bs directly
+// (non-increasing, bs[0] = B). Running the steps backwards (reverse direction)
+// needs no other change: rows that become active start from the initial state,
+// which is still in the state buffer because nothing has touched them yet.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace rnnfast {
+namespace cpu {
+
+struct Sequence {
+  int64_t T = 0;  // time steps
+  int64_t B = 0;  // batch (rows of the state)
+  int64_t N = 0;  // total rows = sum(bs)
+  std::vector<int64_t> bs;   // [T] active rows per step
+  std::vector<int64_t> off;  // [T] first row of each step
+
+  // Step processed `step`-th in forward time order of this direction.
+  int64_t time_at(int64_t step, bool reverse) const { return reverse ? T - 1 - step : step; }
+  // The step that precedes t in this direction's processing order, or -1.
+  int64_t prev_of(int64_t t, bool reverse) const {
+    return reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
+  }
+};
+
+// `input` is (T, B, I) when batch_sizes is absent, packed (N, I) otherwise.
+// Checks everything a caller of the op could get wrong and raises a clear error.
+Sequence make_sequence(const char* op, const at::Tensor& input,
+                       const std::optional<at::Tensor>& batch_sizes);
+
+// Run fn(row_begin, row_end) over [0, rows) on torch's intra-op threads, with chunks
+// of at least `min_work` elements when each row carries `row_work` elements.
+template <typename F>
+inline void parallel_rows(int64_t rows, int64_t row_work, const F& fn,
+                          int64_t min_work = 16384) {
+  if (rows <= 0) return;
+  const int64_t grain = std::max<int64_t>(1, min_work / std::max<int64_t>(row_work, 1));
+  at::parallel_for(0, rows, grain, fn);
+}
+
+}  // namespace cpu
+}  // namespace rnnfast

@@ -1,0 +1,78 @@
+// Cell maths shared by every backend.
+//
+// Each function computes one hidden unit of one batch row for one time step.
+// They are `__host__ __device__` under nvcc and plain inline functions under a
+// host compiler, so the CPU kernels, the CUDA kernels and the SIMT emulator all
+// run the very same arithmetic.
+//
+// The activation functions come from a policy type `Act` with static members
+// `sigmoid(x)` and `tanh(x)`, so that a backend can pick its own fast
+// approximations (see csrc/cpu/fast_math.h) while the algebra stays in one place.
+//
+// Gate order follows torch.nn:
+//   LSTM: i, f, g, o         (input, forget, cell candidate, output)
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define RNNFAST_HD __host__ __device__ __forceinline__
+#else
+#define RNNFAST_HD inline
+#endif
+
+namespace rnnfast {
+namespace cell {
+
+// Exact activations (the C library on the host, CUDA's math library on the device).
+struct PreciseAct {
+  RNNFAST_HD static float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
+  RNNFAST_HD static double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
+  RNNFAST_HD static float tanh(float x) { return ::tanhf(x); }
+  RNNFAST_HD static double tanh(double x) { return ::tanh(x); }
+};
+
+// ---------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------
+
+// Forward for one unit.
+//   i, f, g, o : in: pre-activations (x W_ih^T + b_ih + h W_hh^T + b_hh);
+//                out: activated gates (what backward needs).
+//   c_prev     : cell state of the previous step.
+//   c          : out: new cell state  c = f * c_prev + i * g.
+//   r          : out: o * tanh(c), the hidden output before the projection
+//                (equal to h when proj_size == 0).
+template <typename T, typename Act>
+RNNFAST_HD void lstm_forward_unit(T& i, T& f, T& g, T& o, T c_prev, T& c, T& r) {
+  i = Act::sigmoid(i);
+  f = Act::sigmoid(f);
+  g = Act::tanh(g);
+  o = Act::sigmoid(o);
+  c = f * c_prev + i * g;
+  r = o * Act::tanh(c);
+}
+
+// Backward for one unit.
+//   i, f, g, o : activated gates saved by the forward pass.
+//   c          : cell state after this step;  c_prev: before it.
+//   dr         : gradient w.r.t. r = o * tanh(c) (dh, or dh W_hr with a projection).
+//   dc         : in: gradient w.r.t. c arriving from the next step (and from c_n);
+//                out: gradient w.r.t. c_prev.
+//   di..do_    : out: gradients w.r.t. the gate PRE-activations.
+//   r          : out: o * tanh(c) recomputed (needed for grad of W_hr).
+template <typename T, typename Act>
+RNNFAST_HD void lstm_backward_unit(T i, T f, T g, T o, T c, T c_prev, T dr, T& dc,
+                                   T& di, T& df, T& dg, T& do_, T& r) {
+  const T tc = Act::tanh(c);
+  r = o * tc;
+  const T dct = dc + dr * o * (T(1) - tc * tc);
+  do_ = dr * tc * o * (T(1) - o);
+  di = dct * g * i * (T(1) - i);
+  dg = dct * i * (T(1) - g * g);
+  df = dct * c_prev * f * (T(1) - f);
+  dc = dct * f;
+}
+
+}  // namespace cell
+}  // namespace rnnfast

@@ -1,0 +1,130 @@
+"""The rnnfast custom operators: fake (meta) kernels and autograd.
+
+The schemas and the CPU/CUDA kernels live in C++ (``csrc/ops.cpp``); importing
+this module loads them (``rnnfast._C``) and registers, for each operator,
+
+* a fake kernel, so that ``torch.compile`` and meta/fake tensors know output
+  shapes without running it, and
+* an autograd formula that calls the matching hand-written backward operator,
+
+which makes the operators behave like built-in ones under the dispatcher,
+autograd and ``torch.compile(fullgraph=True)``.
+
+Shapes (T steps, B batch, N rows = T*B or sum(batch_sizes), I input, H hidden,
+P = proj_size or H):
+
+``torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+batch_sizes, reverse, need_workspace) -> (output, hy, cy, gates, cells)``
+    One LSTM layer in one direction. ``input`` (T, B, I) time-major, or packed
+    (N, I) with ``batch_sizes`` (T,) int64 on the CPU; ``hx`` (B, P); ``cx``
+    (B, H); ``w_ih`` (4H, I); ``w_hh`` (4H, P); ``b_ih``/``b_hh`` (4H) or None;
+    ``w_hr`` (P, H) or None. ``output`` (T, B, P) or (N, P). ``gates`` (N, 4H)
+    and ``cells`` (N, H) are what backward needs, empty when ``need_workspace``
+    is False.
+
+``torch.ops.rnnfast.lstm_backward(...)``
+    The hand-written BPTT of ``lstm_forward``; see ``csrc/ops.h``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
+
+__all__ = ["lstm_layer"]
+
+
+def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> Any:
+    return input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+
+
+@torch.library.register_fake("rnnfast::lstm_forward")
+def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                       need_workspace):
+    hidden = w_ih.shape[0] // 4
+    out_size = w_hr.shape[0] if w_hr is not None else hidden
+    output = input.new_empty((*input.shape[:-1], out_size))
+    hy = hx.new_empty(hx.shape)
+    cy = cx.new_empty(cx.shape)
+    if need_workspace:
+        n = _rows(input, batch_sizes)
+        gates = input.new_empty((n, 4 * hidden))
+        cells = input.new_empty((n, hidden))
+    else:
+        gates = input.new_empty((0,))
+        cells = input.new_empty((0,))
+    return output, hy, cy, gates, cells
+
+
+@torch.library.register_fake("rnnfast::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output,
+                        gates, cells, batch_sizes, reverse, has_bias, need_grad_input):
+    hidden = w_ih.shape[0] // 4
+    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+    grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
+    grad_w_hr = input.new_empty(w_hr.shape) if w_hr is not None else input.new_empty((0,))
+    return (grad_input, hx.new_empty(hx.shape), cx.new_empty(cx.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), grad_bias, grad_w_hr)
+
+
+def _lstm_setup_context(ctx, inputs, output) -> None:
+    (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace) = inputs
+    out, _hy, _cy, gates, cells = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+
+
+def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
+    input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes = ctx.saved_tensors
+    (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias,
+     grad_w_hr) = torch.ops.rnnfast.lstm_backward(
+        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
+        batch_sizes, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
+    need = ctx.needs_input_grad
+    return (grad_input if need[0] else None,
+            grad_hx if need[1] else None,
+            grad_cx if need[2] else None,
+            grad_w_ih if need[3] else None,
+            grad_w_hh if need[4] else None,
+            grad_bias if ctx.has_bias and need[5] else None,
+            grad_bias if ctx.has_bias and need[6] else None,
+            grad_w_hr if w_hr is not None and need[7] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("rnnfast::lstm_forward", _lstm_backward,
+                                setup_context=_lstm_setup_context)
+
+
+def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+               w_hr: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None,
+               reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Run one LSTM layer in one direction over a whole sequence.
+
+    Args:
+        input: (T, B, I) time-major, or packed data (N, I) when ``batch_sizes``
+            is given.
+        hx: (B, P) initial hidden state (P = proj_size, or H without projection).
+        cx: (B, H) initial cell state.
+        w_ih, w_hh, b_ih, b_hh, w_hr: the layer's parameters, torch.nn.LSTM layout.
+        batch_sizes: (T,) int64 CPU tensor of a PackedSequence, or None.
+        reverse: run from the last step to the first (the backward direction of a
+            bidirectional layer).
+
+    Returns:
+        ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
+        Differentiable with respect to every tensor argument but ``batch_sizes``.
+    """
+    need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+    out, hy, cy, _gates, _cells = torch.ops.rnnfast.lstm_forward(
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
+    return out, hy, cy

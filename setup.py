@@ -1,0 +1,106 @@
+"""Build rnnfast's compiled core, ``rnnfast._C``, as a torch C++/CUDA extension.
+
+Install with torch already installed (the extension is built against the torch
+that will import it)::
+
+    pip install --no-build-isolation .          # or -e . for development
+
+Switches (environment variables):
+
+* ``RNNFAST_CPU_ONLY=1``  build the CPU kernels only, even with a CUDA toolchain.
+* ``FORCE_CUDA=1``        build the CUDA kernels even when torch reports no GPU;
+                          needs a CUDA build of torch and nvcc (CUDA_HOME).
+* ``TORCH_CUDA_ARCH_LIST`` CUDA architectures (default here: "8.0;9.0").
+* ``MAX_JOBS``            parallel compile jobs (ninja).
+* ``RNNFAST_DEBUG=1``     -O0 -g, for debugging the C++ core.
+
+Nothing is downloaded at build time.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    with open(os.path.join(ROOT, "rnnfast", "_version.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def want_cuda() -> bool:
+    if env_flag("RNNFAST_CPU_ONLY"):
+        return False
+    if env_flag("FORCE_CUDA"):
+        if torch.version.cuda is None:
+            raise RuntimeError("FORCE_CUDA=1 needs a CUDA build of torch; this torch is "
+                               f"{torch.__version__} (CPU only).")
+        if cpp_extension.CUDA_HOME is None:
+            raise RuntimeError("FORCE_CUDA=1 but nvcc was not found: set CUDA_HOME.")
+        return True
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def rel(paths: list[str]) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def extensions():
+    version = read_version()
+    debug = env_flag("RNNFAST_DEBUG")
+    with_cuda = want_cuda()
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    cxx = ["-O0" if debug else "-O3", "-std=c++17", "-fopenmp", "-fno-math-errno",
+           "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas",
+           f'-DRNNFAST_VERSION="{version}"']
+    if debug:
+        cxx.append("-g")
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v",
+            "-Xptxas", "-warn-spills", "-Werror", "all-warnings", f'-DRNNFAST_VERSION="{version}"']
+    define_macros = []
+    ext_cls = cpp_extension.CppExtension
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+                       + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+        define_macros += [("RNNFAST_WITH_CUDA", None),
+                          ("RNNFAST_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
+        ext_cls = cpp_extension.CUDAExtension
+    print(f"rnnfast {version}: building {'CPU+CUDA' if with_cuda else 'CPU-only'} "
+          f"against torch {torch.__version__}")
+    return [ext_cls(
+        name="rnnfast._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else {"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )]
+
+
+setup(
+    name="rnnfast",
+    version=read_version(),
+    description="Drop-in torch.nn.LSTM/GRU/RNN with fused CPU and CUDA kernels",
+    long_description=open(os.path.join(ROOT, "README.md")).read()
+    if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["rnnfast", "rnnfast.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
