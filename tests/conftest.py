@@ -4,6 +4,7 @@ output and gradient so that two modules can be compared entry by entry."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import pathlib
 from typing import Callable, Dict, List, Optional, Tuple
@@ -42,6 +43,19 @@ def load_reference():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def torch_native_cpu_rnn():
+    """Run torch.nn.LSTM on ATen's native CPU path instead of oneDNN. Same maths; oneDNN
+    builds a new primitive for every new shape (~1 s each on 2 cores), which would dominate
+    the runtime of a grid of small cases."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def assert_close(actual, expected, dtype: Optional[torch.dtype] = None, msg: str = "") -> None:
