@@ -1,28 +1,12 @@
-// Operator schemas, their per-device registrations, and the Python module.
+// Operator schemas and their per-device registrations (no Python here: C++ users
+// get the operators by linking this file, see CMakeLists.txt).
 //
 // The schemas are the contract between Python (rnnfast/ops.py registers the fake
 // kernels and autograd for them) and the backends (csrc/cpu, csrc/cuda). See ops.h
 // for the shapes of every argument.
-#include <torch/extension.h>
 #include <torch/library.h>
 
-#include <ATen/Parallel.h>
-
-#include <string>
-
-#if __has_include(<torch/headeronly/version.h>)
-#include <torch/headeronly/version.h>
-#else
-#include <torch/version.h>
-#endif
-
-#include "cpu/blas.h"
-#include "cpu/pointwise.h"
 #include "ops.h"
-
-#ifndef RNNFAST_VERSION
-#define RNNFAST_VERSION "0.0.0"
-#endif
 
 TORCH_LIBRARY(rnnfast, m) {
   m.def(
@@ -72,38 +56,3 @@ TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
 }
 #endif
 
-namespace {
-
-pybind11::dict build_info() {
-  pybind11::dict info;
-  info["version"] = RNNFAST_VERSION;
-#ifdef RNNFAST_WITH_CUDA
-  info["cuda"] = true;
-#ifdef RNNFAST_CUDA_ARCHS
-  info["cuda_archs"] = RNNFAST_CUDA_ARCHS;
-#endif
-#else
-  info["cuda"] = false;
-#endif
-  info["cpu_kernels"] = rnnfast::cpu::cpu_kernels().name;
-  info["gemm"] = rnnfast::cpu::gemm_backend();
-  info["threads"] = at::get_num_threads();
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
-  info["torch_compiled"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
-                           std::to_string(TORCH_VERSION_MINOR) + "." +
-                           std::to_string(TORCH_VERSION_PATCH);
-  return info;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "rnnfast's compiled core: registers the torch.ops.rnnfast operators.";
-  m.def("build_info", &build_info,
-        "What this build of rnnfast contains: CUDA support and archs, the CPU kernel set "
-        "chosen for this CPU, the GEMM backend, the torch version it was compiled against.");
-}

@@ -101,7 +101,7 @@ class LSTM(nn.RNNBase):
             if hx is None:
                 hx = self._zero_state(input, max_batch_size, real_hidden_size)
             else:
-                self.check_forward_args(input, hx, batch_sizes)
+                self._check_packed_state(input, hx, batch_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             if input.dim() not in (2, 3):
@@ -111,6 +111,8 @@ class LSTM(nn.RNNBase):
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            if input.size(1 if self.batch_first else 0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             sorted_indices = None
             unsorted_indices = None
             if hx is None:
@@ -158,6 +160,25 @@ class LSTM(nn.RNNBase):
         h = torch.zeros(layers, batch, real_hidden_size, dtype=input.dtype, device=input.device)
         c = torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)
         return h, c
+
+    def _check_packed_state(self, input: Tensor, hx: tuple[Tensor, Tensor],
+                            batch_sizes: Tensor) -> None:
+        if not torch.compiler.is_compiling():
+            self.check_forward_args(input, hx, batch_sizes)
+            return
+        # Compiling: the batch size of a PackedSequence is data (batch_sizes[0]),
+        # unknown at trace time, so check it with a runtime assertion instead of a
+        # Python comparison that would have to guard on it.
+        self.check_input(input, batch_sizes)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        mini_batch = int(batch_sizes[0])
+        for i, (t, size) in enumerate(((hx[0], real_hidden_size), (hx[1], self.hidden_size))):
+            if t.dim() != 3 or t.size(0) != layers or t.size(2) != size:
+                raise RuntimeError(f"Expected hidden[{i}] size ({layers}, batch, {size}), "
+                                   f"got {list(t.size())}")
+            torch._check(t.size(1) == mini_batch, lambda: "Expected the batch size of hidden "
+                         "states to equal the PackedSequence's batch size (batch_sizes[0])")
 
     def _check_state(self, input: Tensor, h0: Tensor, c0: Tensor) -> None:
         # torch.nn.LSTM lets its C++ kernel reject states of another dtype or device;

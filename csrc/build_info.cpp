@@ -1,0 +1,49 @@
+#include "build_info.h"
+
+#include <ATen/Parallel.h>
+
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#else
+#include <torch/version.h>
+#endif
+
+#include "cpu/blas.h"
+#include "cpu/pointwise.h"
+
+#ifndef RNNFAST_VERSION
+#define RNNFAST_VERSION "0.0.0"
+#endif
+
+namespace rnnfast {
+
+bool built_with_cuda() {
+#ifdef RNNFAST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::map<std::string, std::string> build_info() {
+  std::map<std::string, std::string> info;
+  info["version"] = RNNFAST_VERSION;
+  info["cuda"] = built_with_cuda() ? "true" : "false";
+#ifdef RNNFAST_CUDA_ARCHS
+  info["cuda_archs"] = RNNFAST_CUDA_ARCHS;
+#endif
+  info["cpu_kernels"] = cpu::cpu_kernels().name;
+  info["gemm"] = cpu::gemm_backend();
+  info["threads"] = std::to_string(at::get_num_threads());
+#ifdef _OPENMP
+  info["openmp"] = "true";
+#else
+  info["openmp"] = "false";
+#endif
+  info["torch_compiled"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                           std::to_string(TORCH_VERSION_MINOR) + "." +
+                           std::to_string(TORCH_VERSION_PATCH);
+  return info;
+}
+
+}  // namespace rnnfast
