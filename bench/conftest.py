@@ -13,21 +13,13 @@ Kept free of heavy imports at module level: pytest imports this file whenever it
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-
-# pytest puts bench/ (not the repository root) on sys.path; make ``import rnnfast`` work from a
-# source checkout too. An installed rnnfast (e.g. ``pip install -e .``) takes precedence.
-if importlib.util.find_spec("rnnfast") is None:
-    sys.path.append(str(REPO_ROOT))
 
 _RECORDS = pytest.StashKey[List[Dict[str, Any]]]()
 

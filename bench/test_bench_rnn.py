@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Any, Optional, Tuple
 
 import pytest
@@ -90,15 +89,16 @@ def _torch_settings() -> None:
         rb.set_tf32(TF32)
 
 
-def _rounds(run, prepare) -> int:
-    """Fixed rounds from the environment, or enough for ~ROUND_SECONDS, within bounds."""
+def _warm_up_and_pick_rounds(run, prepare) -> int:
+    """Warm up (adaptively, as the CLI does), then pick the number of timed rounds.
+
+    Fixed rounds from RNNFAST_BENCH_ROUNDS, otherwise enough for about ROUND_SECONDS,
+    between MIN_ROUNDS and MAX_ROUNDS.
+    """
+    dt = min(rb.time_interleaved([(prepare, run)], DEVICE, warmup=WARMUP_ROUNDS, repeats=1)[0])
     if _FIXED_ROUNDS:
         return max(1, int(_FIXED_ROUNDS))
-    prepare()
-    t0 = time.perf_counter()
-    run()
-    dt = max(time.perf_counter() - t0, 1e-6)
-    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, ROUND_SECONDS / dt)))
+    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, ROUND_SECONDS / max(dt, 1e-6))))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -142,8 +142,8 @@ def test_rnn(request: pytest.FixtureRequest, bench_record: Any, layer: rb.LayerS
         dtype=rb.dtype_name(dtype), device=DEVICE, flops=flop, target_speedup=tgt,
         threads=torch.get_num_threads(),
     )
-    rounds = _rounds(target, setup)
-    benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
+    rounds = _warm_up_and_pick_rounds(target, setup)
+    benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
 
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is None:  # --benchmark-disable
