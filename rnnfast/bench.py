@@ -690,6 +690,15 @@ def machine_info(device: str = "cpu") -> Dict[str, Any]:
     return info
 
 
+def load_average() -> Optional[float]:
+    """1-minute load average from /proc/loadavg (None where unavailable)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def format_machine(info: Dict[str, Any]) -> str:
     """Human-readable machine block for the report."""
     lines = [
@@ -701,6 +710,9 @@ def format_machine(info: Dict[str, Any]) -> str:
     ]
     if "rnnfast_build" in info:
         lines.append(f"rnnfast build: {info['rnnfast_build']}")
+    if info.get("load_start") is not None:
+        lines.append(f"load average (1 min): {info['load_start']:.2f} at start"
+                     + (f", {info['load_end']:.2f} at end" if info.get("load_end") is not None else ""))
     if "gpu" in info:
         lines.append(f"GPU: {info['gpu']} (CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')}, "
                      f"TF32 {'on' if info.get('tf32') else 'off'})")
@@ -832,6 +844,7 @@ def plot_results(results: Sequence[CellResult], path: str, title: str = "") -> b
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.0, 0.9 * len(shapes_all) + 2) * ncols, 3.6 * nrows),
                              squeeze=False)
     width = 0.8 / max(1, len(dtypes))
+    legend: Dict[str, Any] = {}
     for li, layer in enumerate(layers):
         for mi, mode in enumerate(modes):
             ax = axes[li][mi]
@@ -852,7 +865,7 @@ def plot_results(results: Sequence[CellResult], path: str, title: str = "") -> b
                                 color="red", fontsize=8)
                         continue
                     color = ("tab:green" if r.target_met else "tab:orange") if r.target is not None else "tab:blue"
-                    ax.bar(xpos, r.speedup, width * 0.9, color=color,
+                    ax.bar(xpos, r.speedup, width * 0.9, color=color, alpha=1.0 - 0.3 * di,
                            label=dt if (si == 0 and len(dtypes) > 1) else None)
                     ax.text(xpos, r.speedup, f"{r.speedup:.2f}", ha="center", va="bottom", fontsize=7)
                     ymax = max(ymax, r.speedup * 1.15)
@@ -872,17 +885,20 @@ def plot_results(results: Sequence[CellResult], path: str, title: str = "") -> b
             ax.set_title(f"{layer} {mode}")
             ax.set_ylabel("speedup vs torch.nn")
             handles, labels = ax.get_legend_handles_labels()
+            for h, lab in zip(handles, labels):
+                legend.setdefault(lab, h)
             if any(c.target is not None and c.status == "ok" for c in cells):
                 from matplotlib.patches import Patch  # noqa: PLC0415
 
-                handles += [Patch(color="tab:green"), Patch(color="tab:orange")]
-                labels += ["target met", "target NOT met"]
-            if labels:
-                uniq = dict(zip(labels, handles))
-                ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right")
+                legend.setdefault("target met", Patch(color="tab:green"))
+                legend.setdefault("target NOT met", Patch(color="tab:orange"))
+    if legend:
+        # One legend for the figure, below the panels, so it never hides a bar or a target.
+        fig.legend(list(legend.values()), list(legend.keys()), loc="lower center",
+                   ncol=len(legend), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)
@@ -998,6 +1014,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         set_tf32(args.tf32)
     info = machine_info(args.device)
     info["torch_threads"] = torch.get_num_threads()
+    info["load_start"] = load_average()
+    if info["load_start"] is not None and info["load_start"] > 0.5:
+        _log(f"warning: the machine is busy before the benchmark starts (load average "
+             f"{info['load_start']:.2f} on {os.cpu_count()} CPUs, over the last minute); absolute "
+             "times and even ratios may be noisy")
     if args.device == "cuda":
         info["tf32"] = args.tf32
     peak_n = 4096 if args.device == "cuda" else 2048
@@ -1028,6 +1049,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # shared machine is busy understates it and overstates every efficiency.
         info["gemm_peak_gflops_end"] = gemm_peak_gflops(args.device, torch.float32, peak_n)
         info["gemm_peak_gflops"] = max(info["gemm_peak_gflops_start"], info["gemm_peak_gflops_end"])
+    info["load_end"] = load_average()
+    cpus = os.cpu_count() or 1
+    if args.device == "cpu" and info["load_end"] is not None and info["load_end"] > cpus + 0.5:
+        _log(f"warning: load average {info['load_end']:.2f} at the end on {cpus} CPUs, of which this "
+             f"run accounts for about {min(cpus, info['torch_threads'])}: other work competed for "
+             "the CPUs, treat these timings as noisy")
     peak = info.get("gemm_peak_gflops") if args.device == "cpu" else None
     print()
     print(format_machine(info))
