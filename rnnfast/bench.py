@@ -685,6 +685,8 @@ def machine_info(device: str = "cpu") -> Dict[str, Any]:
         c_ext = getattr(rnnfast, "_C", None)
         if c_ext is not None and hasattr(c_ext, "build_info"):
             info["rnnfast_build"] = c_ext.build_info()
+        elif hasattr(rnnfast, "build_info"):
+            info["rnnfast_build"] = rnnfast.build_info()
     except Exception as e:  # noqa: BLE001
         info["rnnfast"] = f"not importable: {type(e).__name__}: {e}"
     return info
