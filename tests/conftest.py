@@ -1,13 +1,13 @@
 """Shared helpers for the rnnfast tests: seeding, tolerances, input builders, and a
-forward+backward harness that runs any torch.nn.LSTM-compatible module and collects every
-output and gradient so that two modules can be compared entry by entry."""
+forward+backward harness that runs any torch.nn.LSTM/GRU/RNN-compatible module and
+collects every output and gradient so that two modules can be compared entry by entry."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import pathlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 import torch
@@ -47,7 +47,7 @@ def load_reference():
 
 @contextlib.contextmanager
 def torch_native_cpu_rnn():
-    """Run torch.nn.LSTM on ATen's native CPU path instead of oneDNN. Same maths; oneDNN
+    """Run torch.nn.LSTM (and GRU/RNN) on ATen's native CPU path instead of oneDNN. Same maths; oneDNN
     builds a new primitive for every new shape (~1 s each on 2 cores), which would dominate
     the runtime of a grid of small cases."""
     previous = torch.backends.mkldnn.enabled
@@ -121,32 +121,49 @@ def make_hx(
             torch.randn(num_states, batch, hidden_size, dtype=dtype))
 
 
-def run_lstm(
+def make_h0(form: str, num_states: int, batch: int, hidden_size: int,
+            dtype: torch.dtype) -> torch.Tensor:
+    """Random single-tensor ``h0`` (GRU, RNN): ``(L*D, B, H)``, without B if unbatched."""
+    if form == "unbatched":
+        return torch.randn(num_states, hidden_size, dtype=dtype)
+    return torch.randn(num_states, batch, hidden_size, dtype=dtype)
+
+
+State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+def run_rnn(
     m: torch.nn.Module,
     x: torch.Tensor,
-    hx: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    hx: Optional[State],
     form: str = "batched",
     batch_first: bool = False,
     lengths: Optional[List[int]] = None,
     grads: Optional[Tuple[torch.Tensor, ...]] = None,
     backward: bool = True,
 ) -> Tuple[Dict[str, object], Tuple[torch.Tensor, ...]]:
-    """Run ``m`` forward on fresh copies of ``x``/``hx`` and backward with upstream
-    gradients ``grads`` on (output, h_n, c_n) (random if None).
+    """Run a torch.nn.LSTM/GRU/RNN-compatible module ``m`` forward on fresh copies of
+    ``x``/``hx`` and backward with upstream gradients ``grads`` on (output, h_n[, c_n])
+    (random if None).
+
+    ``hx`` is ``None``, one tensor ``h0`` (GRU, RNN) or a tuple ``(h0, c0)`` (LSTM); the
+    module's final state must have the same structure (a tensor or a tuple).
 
     Returns ``(results, grads)``; ``results`` maps names to tensors: ``output``, ``h_n``,
-    ``c_n``, ``grad_input``, ``grad_h0``, ``grad_c0``, ``grad.<param name>``, plus the
-    PackedSequence bookkeeping (``batch_sizes``, ``sorted_indices``, ``unsorted_indices``)
-    for packed input. Parameter gradients are reset first.
+    ``c_n`` (LSTM), ``grad_input``, ``grad_h0``, ``grad_c0`` (LSTM), ``grad.<param name>``,
+    plus the PackedSequence bookkeeping (``batch_sizes``, ``sorted_indices``,
+    ``unsorted_indices``) for packed input. Parameter gradients are reset first.
     """
     m.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
-    h0 = c0 = None
+    leaves: Tuple[torch.Tensor, ...] = ()
+    hx_arg: Optional[State] = None
     if hx is not None:
-        h0 = hx[0].detach().clone().requires_grad_(True)
-        c0 = hx[1].detach().clone().requires_grad_(True)
+        states = hx if isinstance(hx, tuple) else (hx,)
+        leaves = tuple(s.detach().clone().requires_grad_(True) for s in states)
+        hx_arg = leaves if isinstance(hx, tuple) else leaves[0]
     inp = build_input(x, form, batch_first, lengths)
-    out, (h_n, c_n) = m(inp) if hx is None else m(inp, (h0, c0))
+    out, final = m(inp) if hx is None else m(inp, hx_arg)
 
     results: Dict[str, object] = {}
     if form.startswith("packed"):
@@ -158,25 +175,38 @@ def run_lstm(
     else:
         assert isinstance(out, torch.Tensor), type(out)
         out_data = out
-    results.update(output=out_data, h_n=h_n, c_n=c_n)
+    if isinstance(final, tuple):
+        names = ("h_n", "c_n")
+        finals = tuple(final)
+    else:
+        assert isinstance(final, torch.Tensor), type(final)
+        names = ("h_n",)
+        finals = (final,)
+    assert len(finals) == len(names), len(finals)
+    results["output"] = out_data
+    results.update(zip(names, finals))
 
     if not backward:
         return results, ()
+    outputs = (out_data,) + finals
     if grads is None:
-        grads = tuple(torch.randn_like(t) for t in (out_data, h_n, c_n))
-    loss = sum((t * g).sum() for t, g in zip((out_data, h_n, c_n), grads))
+        grads = tuple(torch.randn_like(t) for t in outputs)
+    loss = sum((t * g).sum() for t, g in zip(outputs, grads))
     loss.backward()
     results["grad_input"] = x.grad
-    if hx is not None:
-        results["grad_h0"] = h0.grad
-        results["grad_c0"] = c0.grad
+    for name, leaf in zip(("grad_h0", "grad_c0"), leaves):
+        results[name] = leaf.grad
     for name, p in m.named_parameters():
         results["grad." + name] = p.grad
     return results, grads
 
 
+#: The LSTM tests' name for :func:`run_rnn`.
+run_lstm = run_rnn
+
+
 def assert_results_close(got: Dict[str, object], ref: Dict[str, object], dtype: torch.dtype) -> None:
-    """Compare two :func:`run_lstm` results: same keys, every tensor close (index tensors
+    """Compare two :func:`run_rnn` results: same keys, every tensor close (index tensors
     and shapes exactly equal)."""
     assert sorted(got) == sorted(ref)
     for key in ref:
