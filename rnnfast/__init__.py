@@ -1,13 +1,17 @@
 """rnnfast: drop-in torch.nn recurrent layers with fused CPU and CUDA kernels.
 
-Use ``rnnfast.LSTM`` wherever you would use ``torch.nn.LSTM``: same constructor,
-parameter names, ``state_dict``, inputs, outputs and gradients, with forward and
-backpropagation-through-time run by hand-written fused kernels.
+Use ``rnnfast.LSTM``, ``GRU``, ``RNN`` (and ``LSTMCell``, ``GRUCell``,
+``RNNCell``) wherever you would use torch.nn's: same constructor, parameter names,
+``state_dict``, inputs, outputs and gradients, with forward and
+backpropagation-through-time run by hand-written fused kernels. Or convert an
+existing model in place with ``rnnfast.convert(model)``.
 """
 from ._version import __version__
 from . import ops
 from . import functional
-from .modules import LSTM
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .convert import convert
 from ._C import build_info
 
-__all__ = ["LSTM", "build_info", "functional", "ops", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
+           "functional", "ops", "__version__"]

@@ -6,7 +6,7 @@ modules in :mod:`rnnfast.modules` are thin wrappers around them.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,39 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["lstm"]
+__all__ = ["lstm", "gru", "rnn"]
 
-# Parameters of one (layer, direction): w_ih, w_hh, b_ih, b_hh, w_hr (None where absent).
+# Parameters of one (layer, direction): w_ih, w_hh, b_ih, b_hh, w_hr (None where
+# absent; GRU and RNN have no w_hr).
 LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
+GateParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
+
+# layer_fn(input, states of this layer/direction, params, batch_sizes, reverse)
+#   -> (output, new states)
+LayerFn = Callable[[Tensor, tuple[Tensor, ...], tuple, Optional[Tensor], bool],
+                   tuple[Tensor, tuple[Tensor, ...]]]
+
+
+def _stack(layer_fn: LayerFn, input: Tensor, states: tuple[Tensor, ...], params: Sequence[tuple],
+           num_layers: int, bidirectional: bool, dropout: float, training: bool,
+           batch_sizes: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The loop over layers and directions shared by every recurrent layer."""
+    num_directions = 2 if bidirectional else 1
+    layer_input = input
+    finals: list[list[Tensor]] = [[] for _ in states]
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(num_directions):
+            idx = layer * num_directions + direction
+            out, new_states = layer_fn(layer_input, tuple(s[idx] for s in states), params[idx],
+                                       batch_sizes, direction == 1)
+            outputs.append(out)
+            for acc, s in zip(finals, new_states):
+                acc.append(s)
+        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0.0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, params: Sequence[LayerParams], num_layers: int,
@@ -41,21 +70,51 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, params: Sequence[LayerParams], n
         ``(output, h_n, c_n)``: output (T, B, D*P) or (N, D*P); h_n (L*D, B, P);
         c_n (L*D, B, H).
     """
-    num_directions = 2 if bidirectional else 1
-    layer_input = input
-    h_n: list[Tensor] = []
-    c_n: list[Tensor] = []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            idx = layer * num_directions + direction
-            w_ih, w_hh, b_ih, b_hh, w_hr = params[idx]
-            out, h, c = ops.lstm_layer(layer_input, hx[idx], cx[idx], w_ih, w_hh, b_ih, b_hh,
-                                       w_hr, batch_sizes, direction == 1)
-            outputs.append(out)
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
-        if dropout > 0.0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, torch.stack(h_n, 0), torch.stack(c_n, 0)
+    def layer_fn(x, state, p, bs, reverse):
+        out, h, c = ops.lstm_layer(x, state[0], state[1], *p, batch_sizes=bs, reverse=reverse)
+        return out, (h, c)
+
+    output, (h_n, c_n) = _stack(layer_fn, input, (hx, cx), params, num_layers, bidirectional,
+                                dropout, training, batch_sizes)
+    return output, h_n, c_n
+
+
+def gru(input: Tensor, hx: Tensor, params: Sequence[GateParams], num_layers: int,
+        bidirectional: bool = False, dropout: float = 0.0, training: bool = False,
+        batch_sizes: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Multi-layer GRU over a time-major or packed sequence.
+
+    Args:
+        input: (T, B, I) time-major, or packed data (N, I) with ``batch_sizes``.
+        hx: (L*D, B, H) initial hidden states.
+        params: L*D tuples ``(w_ih, w_hh, b_ih, b_hh)``, layer-major, forward
+            direction first, torch.nn.GRU layout (gates r, z, n).
+        num_layers, bidirectional, dropout, training, batch_sizes: as :func:`lstm`.
+
+    Returns:
+        ``(output, h_n)``: output (T, B, D*H) or (N, D*H); h_n (L*D, B, H).
+    """
+    def layer_fn(x, state, p, bs, reverse):
+        out, h = ops.gru_layer(x, state[0], *p, batch_sizes=bs, reverse=reverse)
+        return out, (h,)
+
+    output, (h_n,) = _stack(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
+                            training, batch_sizes)
+    return output, h_n
+
+
+def rnn(input: Tensor, hx: Tensor, params: Sequence[GateParams], num_layers: int,
+        nonlinearity: str = "tanh", bidirectional: bool = False, dropout: float = 0.0,
+        training: bool = False, batch_sizes: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Multi-layer Elman RNN with ``nonlinearity`` ``"tanh"`` or ``"relu"``.
+
+    Arguments and results as :func:`gru`, with torch.nn.RNN's parameter layout.
+    """
+    def layer_fn(x, state, p, bs, reverse):
+        out, h = ops.rnn_layer(x, state[0], *p, batch_sizes=bs, reverse=reverse,
+                               nonlinearity=nonlinearity)
+        return out, (h,)
+
+    output, (h_n,) = _stack(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
+                            training, batch_sizes)
+    return output, h_n

@@ -1,16 +1,17 @@
-"""Drop-in replacements for torch.nn's recurrent layers.
+"""Drop-in replacements for torch.nn's recurrent layers and cells.
 
-``rnnfast.LSTM`` has exactly ``torch.nn.LSTM``'s constructor, parameter names,
-``state_dict``, forward signature, return structure and error messages; its
-forward and backward run rnnfast's fused kernels (one operator call per layer and
-direction, hand-written BPTT).
+``rnnfast.LSTM``, ``GRU`` and ``RNN`` have exactly torch.nn's constructors,
+parameter names, ``state_dict``, forward signatures, return structures and error
+messages; their forward and backward run rnnfast's fused kernels (one operator
+call per layer and direction, hand-written BPTT). ``LSTMCell``, ``GRUCell`` and
+``RNNCell`` likewise, each one fused operator call forward and backward.
 
-The classes derive from ``torch.nn.RNNBase`` (which owns the parameter layout),
-not from ``torch.nn.LSTM``: ``torch.compile`` refuses to trace subclasses of
-``nn.LSTM``/``nn.GRU``/``nn.RNN``, and rnnfast layers must compile with
-``fullgraph=True``. The few LSTM-specific helpers (state-shape checks, state
-permutation for unsorted packed batches) are torch.nn.LSTM's own functions, so the
-checks and messages are the same by construction.
+The layers derive from ``torch.nn.RNNBase`` (which owns the parameter layout), not
+from ``torch.nn.LSTM``/``GRU``/``RNN``: ``torch.compile`` refuses to trace
+subclasses of those three, and rnnfast layers must compile with ``fullgraph=True``.
+The few class-specific helpers (state-shape checks, state permutation for unsorted
+packed batches) are torch.nn's own functions, so checks and messages are the same
+by construction.
 """
 from __future__ import annotations
 
@@ -20,14 +21,158 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import functional, ops
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+                 torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+                 torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+                 torch.bool: "Bool"}
 
 
-class LSTM(nn.RNNBase):
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _SCALAR_NAMES.get(dtype, str(dtype))
+
+
+def _check_state_like(weight: Tensor, input: Tensor, states: tuple[Tensor, ...]) -> None:
+    """States must match the weights' dtype and the input's device (torch's wording)."""
+    for t in states:
+        if t.dtype != weight.dtype:
+            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
+                               f"{_dtype_name(t.dtype)} and {_dtype_name(weight.dtype)}")
+        if t.device != input.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {t.device}")
+
+
+class _RecurrentLayer(nn.RNNBase):
+    """The forward logic shared by rnnfast.LSTM, GRU and RNN.
+
+    Subclasses define the state structure (``_num_states``, ``_state_sizes``), the
+    rank-mismatch messages, and ``_run`` (the fused kernels) / ``_torch_fallback``.
+    """
+
+    _num_states = 1
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.hidden_size,)
+
+    def _rank_error(self, is_batched: bool, states: tuple[Tensor, ...]) -> Optional[str]:
+        want = 3 if is_batched else 2
+        if states[0].dim() != want:
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            return (f"For {kind} input, hx should also be {want}-D but got "
+                    f"{states[0].dim()}-D tensor")
+        return None
+
+    def _zero_states(self, input: Tensor, batch: int) -> tuple[Tensor, ...]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        return tuple(torch.zeros(layers, batch, size, dtype=input.dtype, device=input.device)
+                     for size in self._state_sizes())
+
+    def _as_hx(self, states: tuple[Tensor, ...]):
+        return states if self._num_states > 1 else states[0]
+
+    def _layer_params(self) -> list[tuple]:
+        params = []
+        for names in self._all_weights:
+            w = {name.split("_l")[0]: getattr(self, name) for name in names}
+            p = (w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"))
+            params.append(p + (w.get("weight_hr"),) if self.mode == "LSTM" else p)
+        return params
+
+    def _check_packed_states(self, input: Tensor, hx, batch_sizes: Tensor) -> None:
+        if not torch.compiler.is_compiling():
+            self.check_forward_args(input, hx, batch_sizes)
+            return
+        # Compiling: a PackedSequence's batch size is data (batch_sizes[0]), unknown at
+        # trace time, so its check is a runtime assertion instead of a Python
+        # comparison that would have to guard on it.
+        self.check_input(input, batch_sizes)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        mini_batch = int(batch_sizes[0])
+        states = hx if isinstance(hx, tuple) else (hx,)
+        for i, (t, size) in enumerate(zip(states, self._state_sizes())):
+            if t.dim() != 3 or t.size(0) != layers or t.size(2) != size:
+                raise RuntimeError(f"Expected hidden[{i}] size ({layers}, batch, {size}), "
+                                   f"got {list(t.size())}")
+            torch._check(t.size(1) == mini_batch, lambda: "Expected the batch size of hidden "
+                         "states to equal the PackedSequence's batch size (batch_sizes[0])")
+
+    def _run(self, input: Tensor, states: tuple[Tensor, ...], batch_sizes: Optional[Tensor]
+             ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def _torch_fallback(self, input: Tensor, states: tuple[Tensor, ...],
+                        batch_sizes: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def _flat(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def forward(self, input: Union[Tensor, PackedSequence], hx=None):
+        """Run the layer; same inputs, outputs and errors as torch.nn's ``forward``."""
+        orig_input = input
+        batch_sizes = None
+        sorted_indices = None
+        unsorted_indices = None
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            if hx is None:
+                max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+                hx = self._as_hx(self._zero_states(input, max_batch_size))
+            else:
+                self._check_packed_states(input, hx, batch_sizes)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(self._input_rank_message(input.dim()))
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if input.size(1 if self.batch_first else 0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            if hx is None:
+                hx = self._as_hx(self._zero_states(input, max_batch_size))
+            else:
+                given = hx if isinstance(hx, tuple) else (hx,)
+                message = self._rank_error(is_batched, given)
+                if message is not None:
+                    raise RuntimeError(message)
+                if not is_batched:
+                    hx = self._as_hx(tuple(t.unsqueeze(1) for t in given))
+            self.check_forward_args(input, hx, batch_sizes)
+        hx = self.permute_hidden(hx, sorted_indices)
+        states = hx if isinstance(hx, tuple) else (hx,)
+        _check_state_like(self._flat()[0], input, states)
+
+        if input.dtype in _KERNEL_DTYPES:
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            output, finals = self._run(input, states, batch_sizes)
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
+        else:
+            output, finals = self._torch_fallback(input, states, batch_sizes)
+
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(self._as_hx(finals), unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            finals = tuple(t.squeeze(1) for t in finals)
+        return output, self.permute_hidden(self._as_hx(finals), unsorted_indices)
+
+    def _input_rank_message(self, dim: int) -> str:
+        return f"{self.mode}: Expected input to be 2D or 3D, got {dim}D instead"
+
+
+class LSTM(_RecurrentLayer):
     r"""Multi-layer LSTM, a drop-in replacement for :class:`torch.nn.LSTM`.
 
     Args:
@@ -58,6 +203,8 @@ class LSTM(nn.RNNBase):
         >>> out, (h, c) = m(torch.randn(5, 3, 10))
     """
 
+    _num_states = 2
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
@@ -70,13 +217,16 @@ class LSTM(nn.RNNBase):
     check_forward_args = nn.LSTM.check_forward_args  # type: ignore[assignment]
     permute_hidden = nn.LSTM.permute_hidden  # type: ignore[assignment]
 
-    def _layer_params(self) -> list[functional.LayerParams]:
-        params = []
-        for names in self._all_weights:
-            w = {name.split("_l")[0]: getattr(self, name) for name in names}
-            params.append((w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"),
-                           w.get("weight_hr")))
-        return params
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size)
+
+    def _rank_error(self, is_batched: bool, states: tuple[Tensor, ...]) -> Optional[str]:
+        want = 3 if is_batched else 2
+        if states[0].dim() != want or states[1].dim() != want:
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            return (f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({states[0].dim()}-D, {states[1].dim()}-D) tensors")
+        return None
 
     @overload
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
@@ -86,121 +236,279 @@ class LSTM(nn.RNNBase):
     def forward(self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
-    def forward(self, input: Union[Tensor, PackedSequence],
-                hx: Optional[tuple[Tensor, Tensor]] = None):
+    def forward(self, input, hx=None):
         """Run the LSTM; same inputs, outputs and errors as :meth:`torch.nn.LSTM.forward`."""
-        orig_input = input
-        batch_sizes = None
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
-            if hx is None:
-                hx = self._zero_state(input, max_batch_size, real_hidden_size)
-            else:
-                self._check_packed_state(input, hx, batch_sizes)
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            if input.size(1 if self.batch_first else 0) == 0:
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-            sorted_indices = None
-            unsorted_indices = None
-            if hx is None:
-                hx = self._zero_state(input, max_batch_size, real_hidden_size)
-                self.check_forward_args(input, hx, batch_sizes)
-            else:
-                if is_batched:
-                    if hx[0].dim() != 3 or hx[1].dim() != 3:
-                        raise RuntimeError(
-                            "For batched 3-D input, hx and cx should also be 3-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                else:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-                self.check_forward_args(input, hx, batch_sizes)
-                hx = self.permute_hidden(hx, sorted_indices)
+        return super().forward(input, hx)
 
-        h0, c0 = hx
-        self._check_state(input, h0, c0)
-        if input.dtype in _KERNEL_DTYPES:
-            if batch_sizes is None and self.batch_first:
-                input = input.transpose(0, 1)
-            output, h_n, c_n = functional.lstm(
-                input, h0, c0, self._layer_params(), self.num_layers, self.bidirectional,
-                self.dropout, self.training, batch_sizes)
-            if batch_sizes is None and self.batch_first:
-                output = output.transpose(0, 1)
-        else:
-            output, h_n, c_n = self._torch_fallback(input, (h0, c0), batch_sizes)
+    def _run(self, input, states, batch_sizes):
+        output, h_n, c_n = functional.lstm(input, states[0], states[1], self._layer_params(),
+                                           self.num_layers, self.bidirectional, self.dropout,
+                                           self.training, batch_sizes)
+        return output, (h_n, c_n)
 
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output_packed, self.permute_hidden((h_n, c_n), unsorted_indices)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, self.permute_hidden((h_n, c_n), unsorted_indices)
-
-    def _zero_state(self, input: Tensor, batch: int, real_hidden_size: int
-                    ) -> tuple[Tensor, Tensor]:
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        h = torch.zeros(layers, batch, real_hidden_size, dtype=input.dtype, device=input.device)
-        c = torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)
-        return h, c
-
-    def _check_packed_state(self, input: Tensor, hx: tuple[Tensor, Tensor],
-                            batch_sizes: Tensor) -> None:
-        if not torch.compiler.is_compiling():
-            self.check_forward_args(input, hx, batch_sizes)
-            return
-        # Compiling: the batch size of a PackedSequence is data (batch_sizes[0]),
-        # unknown at trace time, so check it with a runtime assertion instead of a
-        # Python comparison that would have to guard on it.
-        self.check_input(input, batch_sizes)
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        mini_batch = int(batch_sizes[0])
-        for i, (t, size) in enumerate(((hx[0], real_hidden_size), (hx[1], self.hidden_size))):
-            if t.dim() != 3 or t.size(0) != layers or t.size(2) != size:
-                raise RuntimeError(f"Expected hidden[{i}] size ({layers}, batch, {size}), "
-                                   f"got {list(t.size())}")
-            torch._check(t.size(1) == mini_batch, lambda: "Expected the batch size of hidden "
-                         "states to equal the PackedSequence's batch size (batch_sizes[0])")
-
-    def _check_state(self, input: Tensor, h0: Tensor, c0: Tensor) -> None:
-        # torch.nn.LSTM lets its C++ kernel reject states of another dtype or device;
-        # rnnfast checks here, with torch's wording.
-        for name, t in (("hx", h0), ("cx", c0)):
-            if t.dtype != input.dtype:
-                raise RuntimeError(
-                    f"Input and hidden tensors are not the same dtype, found input tensor with "
-                    f"{input.dtype} and hidden tensor with {t.dtype}")
-            if t.device != input.device:
-                raise RuntimeError(
-                    f"Input and hidden tensors are not at the same device, found input tensor "
-                    f"at {input.device} and hidden tensor at {t.device}")
-
-    def _torch_fallback(self, input: Tensor, hx: tuple[Tensor, Tensor],
-                        batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        weights = [getattr(self, name) for name in self._flat_weights_names]
+    def _torch_fallback(self, input, states, batch_sizes):
         if batch_sizes is None:
-            result = torch._VF.lstm(input, hx, weights, self.bias, self.num_layers,
+            result = torch._VF.lstm(input, states, self._flat(), self.bias, self.num_layers,
                                     self.dropout, self.training, self.bidirectional,
                                     self.batch_first)
         else:
-            result = torch._VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers,
-                                    self.dropout, self.training, self.bidirectional)
-        return result[0], result[1], result[2]
+            result = torch._VF.lstm(input, batch_sizes, states, self._flat(), self.bias,
+                                    self.num_layers, self.dropout, self.training,
+                                    self.bidirectional)
+        return result[0], (result[1], result[2])
+
+
+class GRU(_RecurrentLayer):
+    r"""Multi-layer GRU, a drop-in replacement for :class:`torch.nn.GRU`.
+
+    PyTorch's GRU variant: gates r, z, n with the reset gate applied after the
+    recurrent product, ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``,
+    ``h' = (1 - z) * n + z * h``.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        bidirectional, device, dtype: as :class:`torch.nn.GRU` (no ``proj_size``).
+
+    Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.GRU.
+    float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    @overload
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
+                ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        """Run the GRU; same inputs, outputs and errors as :meth:`torch.nn.GRU.forward`."""
+        return super().forward(input, hx)
+
+    def _run(self, input, states, batch_sizes):
+        output, h_n = functional.gru(input, states[0], self._layer_params(), self.num_layers,
+                                     self.bidirectional, self.dropout, self.training, batch_sizes)
+        return output, (h_n,)
+
+    def _torch_fallback(self, input, states, batch_sizes):
+        if batch_sizes is None:
+            result = torch._VF.gru(input, states[0], self._flat(), self.bias, self.num_layers,
+                                   self.dropout, self.training, self.bidirectional,
+                                   self.batch_first)
+        else:
+            result = torch._VF.gru(input, batch_sizes, states[0], self._flat(), self.bias,
+                                   self.num_layers, self.dropout, self.training,
+                                   self.bidirectional)
+        return result[0], (result[1],)
+
+
+class RNN(_RecurrentLayer):
+    r"""Multi-layer Elman RNN, a drop-in replacement for :class:`torch.nn.RNN`.
+
+    ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu with
+    ``nonlinearity='relu'``).
+
+    Args:
+        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first,
+        dropout, bidirectional, device, dtype: as :class:`torch.nn.RNN`, including
+        its positional order (``nonlinearity`` is the fourth argument).
+
+    Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.RNN.
+    float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+    def _input_rank_message(self, dim: int) -> str:
+        return f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead"
+
+    @overload
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
+                ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        """Run the RNN; same inputs, outputs and errors as :meth:`torch.nn.RNN.forward`."""
+        return super().forward(input, hx)
+
+    def _run(self, input, states, batch_sizes):
+        output, h_n = functional.rnn(input, states[0], self._layer_params(), self.num_layers,
+                                     self.nonlinearity, self.bidirectional, self.dropout,
+                                     self.training, batch_sizes)
+        return output, (h_n,)
+
+    def _torch_fallback(self, input, states, batch_sizes):
+        fn = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
+        if batch_sizes is None:
+            result = fn(input, states[0], self._flat(), self.bias, self.num_layers, self.dropout,
+                        self.training, self.bidirectional, self.batch_first)
+        else:
+            result = fn(input, batch_sizes, states[0], self._flat(), self.bias, self.num_layers,
+                        self.dropout, self.training, self.bidirectional)
+        return result[0], (result[1],)
+
+
+# ----------------------------------------------------------------------------- cells
+
+class _RecurrentCell(nn.RNNCellBase):
+    """Shared logic of rnnfast's cells: one time step, one fused operator call."""
+
+    _name = ""
+    _num_states = 1
+
+    def _check_cell_inputs(self, input: Tensor, hx) -> None:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got "
+                             f"{input.dim()}D instead")
+        if hx is None:
+            return
+        if self._num_states > 1:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"{self._name}: Expected hx[{idx}] to be 1D or 2D, got "
+                                     f"{value.dim()}D instead")
+        elif hx.dim() not in (1, 2):
+            raise ValueError(f"{self._name}: Expected hidden to be 1D or 2D, got "
+                             f"{hx.dim()}D instead")
+
+    def _prepare(self, input: Tensor, hx) -> tuple[Tensor, tuple[Tensor, ...], bool]:
+        """Batch the input and states and check them as torch's cell kernels do."""
+        self._check_cell_inputs(input, hx)
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            states = (zeros,) * self._num_states
+        else:
+            states = tuple(hx) if self._num_states > 1 else (hx,)
+            if not is_batched:
+                states = tuple(t.unsqueeze(0) for t in states)
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {self.input_size}")
+        for i, t in enumerate(states):
+            if t.size(0) != input.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
+                                   f"batch size {t.size(0)}")
+            if t.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {t.size(1)}, "
+                                   f"expected {self.hidden_size}")
+        if input.dtype != self.weight_ih.dtype:
+            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
+                               f"{_dtype_name(input.dtype)} and "
+                               f"{_dtype_name(self.weight_ih.dtype)}")
+        _check_state_like(self.weight_hh, input, states)
+        return input, states, is_batched
+
+
+class LSTMCell(_RecurrentCell):
+    r"""An LSTM cell, a drop-in replacement for :class:`torch.nn.LSTMCell`.
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as torch.nn.LSTMCell.
+
+    ``forward(input, (h, c)=None) -> (h', c')`` with input (B, I) or (I,).
+    """
+
+    _name = "LSTMCell"
+    _num_states = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
+                ) -> tuple[Tensor, Tensor]:
+        """One step; same inputs, outputs and errors as :meth:`torch.nn.LSTMCell.forward`."""
+        input, (h, c), is_batched = self._prepare(input, hx)
+        if input.dtype in _KERNEL_DTYPES:
+            _, h, c = ops.lstm_layer(input.unsqueeze(0), h, c, self.weight_ih, self.weight_hh,
+                                     self.bias_ih, self.bias_hh)
+        else:
+            h, c = torch._VF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh,
+                                       self.bias_ih, self.bias_hh)
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class GRUCell(_RecurrentCell):
+    r"""A GRU cell, a drop-in replacement for :class:`torch.nn.GRUCell`.
+
+    Args:
+        input_size, hidden_size, bias, device, dtype: as torch.nn.GRUCell.
+
+    ``forward(input, h=None) -> h'`` with input (B, I) or (I,).
+    """
+
+    _name = "GRUCell"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step; same inputs, outputs and errors as :meth:`torch.nn.GRUCell.forward`."""
+        input, (h,), is_batched = self._prepare(input, hx)
+        if input.dtype in _KERNEL_DTYPES:
+            _, h = ops.gru_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh)
+        else:
+            h = torch._VF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih,
+                                   self.bias_hh)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_RecurrentCell):
+    r"""An Elman RNN cell, a drop-in replacement for :class:`torch.nn.RNNCell`.
+
+    Args:
+        input_size, hidden_size, bias, nonlinearity ('tanh' or 'relu'), device,
+        dtype: as torch.nn.RNNCell.
+
+    ``forward(input, h=None) -> h'`` with input (B, I) or (I,).
+    """
+
+    _name = "RNNCell"
+    __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step; same inputs, outputs and errors as :meth:`torch.nn.RNNCell.forward`."""
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        input, (h,), is_batched = self._prepare(input, hx)
+        if input.dtype in _KERNEL_DTYPES:
+            _, h = ops.rnn_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh, nonlinearity=self.nonlinearity)
+        else:
+            fn = torch._VF.rnn_tanh_cell if self.nonlinearity == "tanh" else torch._VF.rnn_relu_cell
+            h = fn(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if is_batched else h.squeeze(0)

@@ -24,6 +24,18 @@ batch_sizes, reverse, need_workspace) -> (output, hy, cy, gates, cells)``
 
 ``torch.ops.rnnfast.lstm_backward(...)``
     The hand-written BPTT of ``lstm_forward``; see ``csrc/ops.h``.
+
+``torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+reverse, need_workspace) -> (output, hy, workspace)``
+    One GRU layer in one direction; ``w_ih`` (3H, I), ``w_hh`` (3H, H); the
+    workspace (N, 4H) holds r, z, n and W_hn h + b_hn for backward.
+
+``torch.ops.rnnfast.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+reverse, relu) -> (output, hy)``
+    One Elman RNN layer (tanh, or relu when ``relu``); backward needs only the
+    output.
+
+Each has a ``*_backward`` operator (the hand-written BPTT); see ``csrc/ops.h``.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
 
-__all__ = ["lstm_layer"]
+__all__ = ["lstm_layer", "gru_layer", "rnn_layer"]
 
 
 def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> Any:
@@ -128,3 +140,146 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
     out, hy, cy, _gates, _cells = torch.ops.rnnfast.lstm_forward(
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
     return out, hy, cy
+
+
+# --------------------------------------------------------------------------- GRU
+
+@torch.library.register_fake("rnnfast::gru_forward")
+def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
+    hidden = w_ih.shape[0] // 3
+    output = input.new_empty((*input.shape[:-1], hidden))
+    hy = hx.new_empty(hx.shape)
+    if need_workspace:
+        workspace = input.new_empty((_rows(input, batch_sizes), 4 * hidden))
+    else:
+        workspace = input.new_empty((0,))
+    return output, hy, workspace
+
+
+@torch.library.register_fake("rnnfast::gru_backward")
+def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
+                       batch_sizes, reverse, has_bias, need_grad_input):
+    gates = w_ih.shape[0]
+    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+    grad_b = (lambda: input.new_empty((gates,))) if has_bias else (lambda: input.new_empty((0,)))
+    return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), grad_b(), grad_b())
+
+
+def _gru_setup_context(ctx, inputs, output) -> None:
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace = inputs
+    out, _hy, workspace = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, workspace, batch_sizes)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+
+
+def _gru_backward(ctx, grad_output, grad_hy, _grad_workspace):
+    input, hx, w_ih, w_hh, out, workspace, batch_sizes = ctx.saved_tensors
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = (
+        torch.ops.rnnfast.gru_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, out, workspace,
+                                       batch_sizes, ctx.reverse, ctx.has_bias,
+                                       ctx.needs_input_grad[0]))
+    need = ctx.needs_input_grad
+    return (grad_input if need[0] else None,
+            grad_hx if need[1] else None,
+            grad_w_ih if need[2] else None,
+            grad_w_hh if need[3] else None,
+            grad_b_ih if ctx.has_bias and need[4] else None,
+            grad_b_hh if ctx.has_bias and need[5] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("rnnfast::gru_forward", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+              batch_sizes: Optional[Tensor] = None, reverse: bool = False
+              ) -> tuple[Tensor, Tensor]:
+    """Run one GRU layer in one direction over a whole sequence.
+
+    Args:
+        input: (T, B, I) time-major, or packed data (N, I) with ``batch_sizes``.
+        hx: (B, H) initial hidden state.
+        w_ih, w_hh, b_ih, b_hh: the layer's parameters, torch.nn.GRU layout
+            (gates r, z, n).
+        batch_sizes: (T,) int64 CPU tensor of a PackedSequence, or None.
+        reverse: run from the last step to the first.
+
+    Returns:
+        ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
+    """
+    need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh))
+    out, hy, _workspace = torch.ops.rnnfast.gru_forward(
+        input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace)
+    return out, hy
+
+
+# --------------------------------------------------------------------------- RNN
+
+@torch.library.register_fake("rnnfast::rnn_forward")
+def _rnn_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu):
+    output = input.new_empty((*input.shape[:-1], w_ih.shape[0]))
+    return output, hx.new_empty(hx.shape)
+
+
+@torch.library.register_fake("rnnfast::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse,
+                       relu, has_bias, need_grad_input):
+    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+    grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
+    return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), grad_bias)
+
+
+def _rnn_setup_context(ctx, inputs, output) -> None:
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu = inputs
+    out, _hy = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
+    ctx.reverse = reverse
+    ctx.relu = relu
+    ctx.has_bias = b_ih is not None
+
+
+def _rnn_backward(ctx, grad_output, grad_hy):
+    input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = torch.ops.rnnfast.rnn_backward(
+        grad_output, grad_hy, input, hx, w_ih, w_hh, out, batch_sizes, ctx.reverse, ctx.relu,
+        ctx.has_bias, ctx.needs_input_grad[0])
+    need = ctx.needs_input_grad
+    return (grad_input if need[0] else None,
+            grad_hx if need[1] else None,
+            grad_w_ih if need[2] else None,
+            grad_w_hh if need[3] else None,
+            grad_bias if ctx.has_bias and need[4] else None,
+            grad_bias if ctx.has_bias and need[5] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("rnnfast::rnn_forward", _rnn_backward,
+                                setup_context=_rnn_setup_context)
+
+
+def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+              batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+              nonlinearity: str = "tanh") -> tuple[Tensor, Tensor]:
+    """Run one Elman RNN layer in one direction over a whole sequence.
+
+    Args:
+        input: (T, B, I) time-major, or packed data (N, I) with ``batch_sizes``.
+        hx: (B, H) initial hidden state.
+        w_ih, w_hh, b_ih, b_hh: the layer's parameters, torch.nn.RNN layout.
+        batch_sizes: (T,) int64 CPU tensor of a PackedSequence, or None.
+        reverse: run from the last step to the first.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+
+    Returns:
+        ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return torch.ops.rnnfast.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                                         nonlinearity == "relu")

@@ -48,5 +48,22 @@ const CpuKernels& cpu_kernels() {
   return *chosen;
 }
 
+template <>
+FwdKernel<float> fwd_kernel<float>(CellKind kind) {
+  return cpu_kernels().fwd_f32[static_cast<int>(kind)];
+}
+template <>
+FwdKernel<double> fwd_kernel<double>(CellKind kind) {
+  return cpu_kernels().fwd_f64[static_cast<int>(kind)];
+}
+template <>
+BwdKernel<float> bwd_kernel<float>(CellKind kind) {
+  return cpu_kernels().bwd_f32[static_cast<int>(kind)];
+}
+template <>
+BwdKernel<double> bwd_kernel<double>(CellKind kind) {
+  return cpu_kernels().bwd_f64[static_cast<int>(kind)];
+}
+
 }  // namespace cpu
 }  // namespace rnnfast

@@ -1,11 +1,12 @@
 // Fused pointwise passes of the CPU kernels, and their run-time ISA dispatch.
 //
-// One call processes rows [row_begin, row_end) of one time step. The orchestration
-// (csrc/cpu/rnn_layer.h) splits a step's rows over threads and calls these.
+// One call processes rows [row_begin, row_end) of one time step of one cell type;
+// the orchestration (csrc/cpu/layer.h) splits a step's rows over threads.
 //
-// Legend: B rows active this step, H hidden size, 4H the LSTM gates (i, f, g, o).
-// Every row pointer is the start of row 0 of the step; row j of a [rows, X] buffer
-// begins at ptr + j * X (all buffers are dense, row-major).
+// Legend: B rows active this step, H hidden size, G gates (LSTM 4: i,f,g,o;
+// GRU 3: r,z,n; RNN 1), ld the row stride of the saved-gates buffer (LSTM 4H,
+// GRU 4H: r,z,n and then hn = W_hn h + b_hn; RNN H: the saved row is h itself).
+// Every pointer is row 0 of the step; row j of a [rows, X] buffer is ptr + j * X.
 #pragma once
 
 #include <cstdint>
@@ -14,54 +15,58 @@ namespace rnnfast {
 namespace cpu {
 
 template <typename T>
-struct LstmFwdStep {
-  T* gates;       // [B, 4H] in: pre-activations; out: activated gates
-  T* c;           // [B, H]  in: c_{t-1}; out: c_t   (the running cell state)
-  T* cells;       // [B, H]  out: copy of c_t saved for backward, or nullptr
-  T* h;           // [B, H]  out: o * tanh(c_t)  (h_t, or r_t before the projection)
-  T* y;           // [B, H]  out: second copy of h (the layer output), or nullptr
-  int64_t H;
+struct FwdStep {
+  T* gx;        // [B, ld] in: pre-activations (x W_ih^T + biases, + h W_hh^T for LSTM/RNN);
+                //         out: what backward needs (activated gates; GRU also hn)
+  const T* gh;  // [B, 3H] GRU only: h W_hh^T + b_hh (the recurrent part); else nullptr
+  T* h;         // [B, H]  in: h_{t-1} (GRU); out: h_t (LSTM with projection: o * tanh(c_t))
+  T* c;         // [B, H]  LSTM: cell state, in c_{t-1}, out c_t; else nullptr
+  T* y;         // [B, H]  out: copy of h_t into the layer output, or nullptr
+  T* saved;     // [B, H]  LSTM: out copy of c_t for backward, or nullptr
+  int64_t H, ld;
 };
 
 template <typename T>
-struct LstmBwdStep {
-  const T* gates;     // [B, 4H] activated gates of this step
-  const T* cells;     // [B, H]  c_t
-  const T* c_prev;    // [B, H]  c_{t-1} for rows [0, n_prev)
-  const T* c_init;    // [B, H]  c_{t-1} for rows [n_prev, B): the initial state cx
+struct BwdStep {
+  const T* ws;     // [B, ld] the saved row of this step (see FwdStep::gx; RNN: h_t)
+  const T* saved;  // [B, H]  LSTM: c_t
+  const T* prev;   // [B, H]  rows [0, n_prev): LSTM c_{t-1}, GRU h_{t-1}
+  const T* init;   // [B, H]  rows [n_prev, B): the initial state (LSTM cx, GRU hx)
   int64_t n_prev;
-  const T* dr;        // [B, H]  dL/d(o * tanh(c_t))
-  T* dc;              // [B, H]  in: dL/dc_t; out: dL/dc_{t-1}
-  T* dgates;          // [B, 4H] out: dL/d(pre-activations)
-  T* r;               // [B, H]  out: o * tanh(c_t) recomputed, or nullptr
-  int64_t H;
+  T* dh;           // [B, H]  in: dL/dh_t (LSTM with projection: dL/d(o tanh c_t));
+                   //         GRU out: z * dL/dh_t (the direct path to h_{t-1})
+  T* dc;           // [B, H]  LSTM: in dL/dc_t, out dL/dc_{t-1}
+  T* dgx;          // [B, G*H] out: dL/d(input-side pre-activations)
+  T* dgh;          // [B, G*H] GRU out: dL/d(recurrent-side pre-activations); else nullptr
+  T* r;            // [B, H]  LSTM with projection: out o * tanh(c_t); else nullptr
+  int64_t H, ld;
 };
 
-// One set of kernels per instruction set; `cpu_kernels()` picks the best one the
-// running CPU supports (override with RNNFAST_CPU_ISA=avx512|avx2|generic).
+enum class CellKind { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
+constexpr int kNumCellKinds = 4;
+
+template <typename T>
+using FwdKernel = void (*)(const FwdStep<T>&, int64_t row_begin, int64_t row_end);
+template <typename T>
+using BwdKernel = void (*)(const BwdStep<T>&, int64_t row_begin, int64_t row_end);
+
+// One set of kernels per instruction set, indexed by CellKind; `cpu_kernels()`
+// picks the best set the running CPU supports (RNNFAST_CPU_ISA=avx512|avx2|generic
+// overrides).
 struct CpuKernels {
   const char* name;
-  void (*lstm_fwd_f32)(const LstmFwdStep<float>&, int64_t row_begin, int64_t row_end);
-  void (*lstm_fwd_f64)(const LstmFwdStep<double>&, int64_t row_begin, int64_t row_end);
-  void (*lstm_bwd_f32)(const LstmBwdStep<float>&, int64_t row_begin, int64_t row_end);
-  void (*lstm_bwd_f64)(const LstmBwdStep<double>&, int64_t row_begin, int64_t row_end);
+  FwdKernel<float> fwd_f32[kNumCellKinds];
+  FwdKernel<double> fwd_f64[kNumCellKinds];
+  BwdKernel<float> bwd_f32[kNumCellKinds];
+  BwdKernel<double> bwd_f64[kNumCellKinds];
 };
 
 const CpuKernels& cpu_kernels();
 
-// Typed accessors, so templated orchestration code can call kernels<T>().
 template <typename T>
-struct KernelFor;
-template <>
-struct KernelFor<float> {
-  static auto lstm_fwd() { return cpu_kernels().lstm_fwd_f32; }
-  static auto lstm_bwd() { return cpu_kernels().lstm_bwd_f32; }
-};
-template <>
-struct KernelFor<double> {
-  static auto lstm_fwd() { return cpu_kernels().lstm_fwd_f64; }
-  static auto lstm_bwd() { return cpu_kernels().lstm_bwd_f64; }
-};
+FwdKernel<T> fwd_kernel(CellKind kind);
+template <typename T>
+BwdKernel<T> bwd_kernel(CellKind kind);
 
 // Per-ISA tables (csrc/cpu/isa_*.cpp).
 namespace avx512 { extern const CpuKernels kKernels; }

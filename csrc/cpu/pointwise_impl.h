@@ -13,10 +13,16 @@ namespace cpu {
 namespace RNNFAST_ISA {
 
 template <typename T>
-void lstm_fwd(const LstmFwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+inline void copy_row(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+
+// ----------------------------------------------------------------- LSTM
+template <typename T>
+void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    T* __restrict gi = s.gates + j * 4 * H;
+    T* __restrict gi = s.gx + j * s.ld;
     T* __restrict gf = gi + H;
     T* __restrict gg = gi + 2 * H;
     T* __restrict go = gi + 3 * H;
@@ -29,30 +35,24 @@ void lstm_fwd(const LstmFwdStep<T>& s, int64_t row_begin, int64_t row_end) {
       c[k] = cn;
       h[k] = r;
     }
-    if (s.cells != nullptr) {
-      T* __restrict saved = s.cells + j * H;
-      for (int64_t k = 0; k < H; ++k) saved[k] = c[k];
-    }
-    if (s.y != nullptr) {
-      T* __restrict y = s.y + j * H;
-      for (int64_t k = 0; k < H; ++k) y[k] = h[k];
-    }
+    if (s.saved != nullptr) copy_row(s.saved + j * H, c, H);
+    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
   }
 }
 
 template <typename T>
-void lstm_bwd(const LstmBwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    const T* __restrict gi = s.gates + j * 4 * H;
+    const T* __restrict gi = s.ws + j * s.ld;
     const T* __restrict gf = gi + H;
     const T* __restrict gg = gi + 2 * H;
     const T* __restrict go = gi + 3 * H;
-    const T* __restrict c = s.cells + j * H;
-    const T* __restrict cp = (j < s.n_prev ? s.c_prev : s.c_init) + j * H;
-    const T* __restrict dr = s.dr + j * H;
+    const T* __restrict c = s.saved + j * H;
+    const T* __restrict cp = (j < s.n_prev ? s.prev : s.init) + j * H;
+    const T* __restrict dr = s.dh + j * H;
     T* __restrict dc = s.dc + j * H;
-    T* __restrict di = s.dgates + j * 4 * H;
+    T* __restrict di = s.dgx + j * 4 * H;
     T* __restrict df = di + H;
     T* __restrict dg = di + 2 * H;
     T* __restrict dout = di + 3 * H;
@@ -78,9 +78,88 @@ void lstm_bwd(const LstmBwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// ----------------------------------------------------------------- GRU
+template <typename T>
+void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  const int64_t H = s.H;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    T* __restrict xr = s.gx + j * s.ld;
+    T* __restrict xz = xr + H;
+    T* __restrict xn = xr + 2 * H;
+    T* __restrict saved_hn = xr + 3 * H;
+    const T* __restrict hr = s.gh + j * 3 * H;
+    const T* __restrict hz = hr + H;
+    const T* __restrict hn = hr + 2 * H;
+    T* __restrict h = s.h + j * H;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < H; ++k) {
+      h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], hr[k], hz[k], hn[k], h[k]);
+      saved_hn[k] = hn[k];
+    }
+    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
+  }
+}
+
+template <typename T>
+void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  const int64_t H = s.H;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    const T* __restrict r = s.ws + j * s.ld;
+    const T* __restrict z = r + H;
+    const T* __restrict n = r + 2 * H;
+    const T* __restrict hn = r + 3 * H;
+    const T* __restrict hp = (j < s.n_prev ? s.prev : s.init) + j * H;
+    T* __restrict dh = s.dh + j * H;
+    T* __restrict dxr = s.dgx + j * 3 * H;
+    T* __restrict dxz = dxr + H;
+    T* __restrict dxn = dxr + 2 * H;
+    T* __restrict dhr = s.dgh + j * 3 * H;
+    T* __restrict dhz = dhr + H;
+    T* __restrict dhn = dhr + 2 * H;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < H; ++k) {
+      dh[k] = cell::gru_backward_unit<T>(r[k], z[k], n[k], hn[k], hp[k], dh[k], dxr[k], dxz[k],
+                                         dxn[k], dhr[k], dhz[k], dhn[k]);
+    }
+  }
+}
+
+// ----------------------------------------------------------------- RNN
+template <typename T, bool Relu>
+void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  const int64_t H = s.H;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    T* __restrict g = s.gx + j * s.ld;
+    T* __restrict h = s.h + j * H;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < H; ++k) {
+      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(g[k]);
+      g[k] = v;
+      h[k] = v;
+    }
+    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
+  }
+}
+
+template <typename T, bool Relu>
+void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  const int64_t H = s.H;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    const T* __restrict h = s.ws + j * s.ld;
+    const T* __restrict dh = s.dh + j * H;
+    T* __restrict dg = s.dgx + j * H;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < H; ++k) dg[k] = cell::rnn_backward_unit<T, Relu>(h[k], dh[k]);
+  }
+}
+
 inline CpuKernels make_kernels(const char* name) {
-  return CpuKernels{name, &lstm_fwd<float>, &lstm_fwd<double>, &lstm_bwd<float>,
-                    &lstm_bwd<double>};
+  return CpuKernels{
+      name,
+      {&lstm_fwd<float>, &gru_fwd<float>, &rnn_fwd<float, false>, &rnn_fwd<float, true>},
+      {&lstm_fwd<double>, &gru_fwd<double>, &rnn_fwd<double, false>, &rnn_fwd<double, true>},
+      {&lstm_bwd<float>, &gru_bwd<float>, &rnn_bwd<float, false>, &rnn_bwd<float, true>},
+      {&lstm_bwd<double>, &gru_bwd<double>, &rnn_bwd<double, false>, &rnn_bwd<double, true>}};
 }
 
 }  // namespace RNNFAST_ISA

@@ -11,6 +11,10 @@
 //
 // Gate order follows torch.nn:
 //   LSTM: i, f, g, o         (input, forget, cell candidate, output)
+//   GRU:  r, z, n            (reset, update, new), PyTorch's variant: the reset gate
+//                            multiplies the recurrent product, n = tanh(W_in x + b_in
+//                            + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h
+//   RNN:  one gate, h' = tanh or relu(W_ih x + b_ih + W_hh h + b_hh)
 #pragma once
 
 #include <cmath>
@@ -72,6 +76,70 @@ RNNFAST_HD void lstm_backward_unit(T i, T f, T g, T o, T c, T c_prev, T dr, T& d
   dg = dct * i * (T(1) - g * g);
   df = dct * c_prev * f * (T(1) - f);
   dc = dct * f;
+}
+
+// ---------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------
+
+// Forward for one unit.
+//   xr, xz, xn : in: input-side pre-activations (W_i* x + b_i*); out: r, z, n.
+//   hr, hz, hn : recurrent-side pre-activations (W_h* h + b_h*).
+//   h_prev     : h_{t-1};  returns h_t.
+template <typename T, typename Act>
+RNNFAST_HD T gru_forward_unit(T& xr, T& xz, T& xn, T hr, T hz, T hn, T h_prev) {
+  const T r = Act::sigmoid(xr + hr);
+  const T z = Act::sigmoid(xz + hz);
+  const T n = Act::tanh(xn + r * hn);
+  xr = r;
+  xz = z;
+  xn = n;
+  return n + z * (h_prev - n);
+}
+
+// Backward for one unit.
+//   r, z, n, hn : saved by the forward pass (hn = W_hn h_{t-1} + b_hn).
+//   dh          : dL/dh_t.
+//   dxr..dxn    : out: gradients of the input-side pre-activations.
+//   dhr..dhn    : out: gradients of the recurrent-side pre-activations.
+//   returns the direct part of dL/dh_{t-1} (z * dh); the rest is dhr..dhn W_hh.
+template <typename T>
+RNNFAST_HD T gru_backward_unit(T r, T z, T n, T hn, T h_prev, T dh, T& dxr, T& dxz, T& dxn,
+                               T& dhr, T& dhz, T& dhn) {
+  const T dn = dh * (T(1) - z) * (T(1) - n * n);
+  const T dz = dh * (h_prev - n) * z * (T(1) - z);
+  const T dr = dn * hn * r * (T(1) - r);
+  dxr = dr;
+  dxz = dz;
+  dxn = dn;
+  dhr = dr;
+  dhz = dz;
+  dhn = dn * r;
+  return dh * z;
+}
+
+// ---------------------------------------------------------------------------
+// Elman RNN
+// ---------------------------------------------------------------------------
+
+template <typename T, typename Act, bool Relu>
+RNNFAST_HD T rnn_forward_unit(T pre) {
+  if constexpr (Relu) {
+    // NaN propagates (a comparison with NaN is false), as with torch.relu.
+    return pre < T(0) ? T(0) : pre;
+  } else {
+    return Act::tanh(pre);
+  }
+}
+
+// dL/d(pre-activation) from h_t = act(pre) and dL/dh_t.
+template <typename T, bool Relu>
+RNNFAST_HD T rnn_backward_unit(T h, T dh) {
+  if constexpr (Relu) {
+    return h > T(0) ? dh : T(0);
+  } else {
+    return dh * (T(1) - h * h);
+  }
 }
 
 }  // namespace cell

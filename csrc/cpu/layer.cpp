@@ -1,0 +1,189 @@
+// The shared layer orchestration (see layer.h).
+#include "layer.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "blas.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+template <typename T>
+void copy_rows(T* out, int64_t ld_out, const T* src, int64_t ld_src, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  if (ld_out == cols && ld_src == cols) {
+    std::memcpy(out, src, sizeof(T) * rows * cols);
+    return;
+  }
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(out + i * ld_out, src + i * ld_src, sizeof(T) * cols);
+}
+
+// Every row of out [rows, ld] starts with the vector v [cols].
+template <typename T>
+void broadcast_rows(T* out, int64_t ld, const T* v, int64_t rows, int64_t cols) {
+  parallel_rows(rows, cols, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) std::memcpy(out + i * ld, v, sizeof(T) * cols);
+  });
+}
+
+// out[k] = sum_i m[i * ld + k] over i ascending, per column block: deterministic.
+template <typename T>
+void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nblocks = (cols + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
+      T* __restrict o = out + k0;
+      for (int64_t k = 0; k < n; ++k) o[k] = T(0);
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* __restrict row = m + i * ld + k0;
+        for (int64_t k = 0; k < n; ++k) o[k] += row[k];
+      }
+    }
+  });
+}
+
+// Rows per pointwise chunk: a few thousand elements, so small steps stay on one thread.
+constexpr int64_t kPointwiseWork = 8;  // elements touched per unit, roughly
+
+}  // namespace
+
+template <typename T>
+void layer_forward(const LayerFwd<T>& a) {
+  const Sequence& s = *a.seq;
+  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld;
+  const bool gru = a.kind == CellKind::kGru;
+  const bool proj = a.w_hr != nullptr;
+
+  // Input projection of the whole sequence, bias folded in.
+  if (a.bias_x != nullptr) broadcast_rows(a.gbuf, ld, a.bias_x, s.N, GH);
+  gemm<T>(false, true, s.N, GH, a.I, T(1), a.x, a.I, a.w_ih, a.I,
+          a.bias_x != nullptr ? T(1) : T(0), a.gbuf, ld);
+
+  const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
+  for (int64_t step = 0; step < s.T; ++step) {
+    const int64_t t = s.time_at(step, a.reverse);
+    const int64_t b = s.bs[t];
+    if (b == 0) continue;
+    const int64_t row = s.off[t];
+    T* g = a.gbuf + row * ld;
+    if (gru) {
+      if (a.bias_h != nullptr) {
+        for (int64_t j = 0; j < b; ++j) std::memcpy(a.scratch_gh + j * GH, a.bias_h, sizeof(T) * GH);
+      }
+      gemm<T>(false, true, b, GH, P, T(1), a.h, P, a.w_hh, P,
+              a.bias_h != nullptr ? T(1) : T(0), a.scratch_gh, GH);
+    } else {
+      gemm<T>(false, true, b, GH, P, T(1), a.h, P, a.w_hh, P, T(1), g, ld);
+    }
+    const FwdStep<T> st{g,
+                        gru ? a.scratch_gh : nullptr,
+                        proj ? a.scratch_r : a.h,
+                        a.c,
+                        (proj || a.y == nullptr) ? nullptr : a.y + row * H,
+                        a.saved != nullptr ? a.saved + row * H : nullptr,
+                        H,
+                        ld};
+    parallel_rows(b, kPointwiseWork * H, [&](int64_t r0, int64_t r1) { kernel(st, r0, r1); },
+                  16384);
+    if (proj) {
+      gemm<T>(false, true, b, P, H, T(1), a.scratch_r, H, a.w_hr, H, T(0), a.h, P);
+      copy_rows(a.y + row * P, P, a.h, P, b, P);
+    }
+  }
+}
+
+template <typename T>
+void layer_backward(const LayerBwd<T>& a) {
+  const Sequence& s = *a.seq;
+  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld;
+  const bool gru = a.kind == CellKind::kGru;
+  const bool lstm = a.kind == CellKind::kLstm;
+  const bool proj = a.w_hr != nullptr;
+  T* dgh = gru ? a.dgh : a.dgx;
+
+  const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
+  for (int64_t step = s.T - 1; step >= 0; --step) {
+    const int64_t t = s.time_at(step, a.reverse);
+    const int64_t b = s.bs[t];
+    if (b == 0) continue;
+    const int64_t row = s.off[t];
+    if (a.dy != nullptr) {
+      const T* dyt = a.dy + row * P;
+      T* dh = a.dh;
+      parallel_rows(b, P, [&](int64_t r0, int64_t r1) {
+        for (int64_t j = r0; j < r1; ++j) {
+          T* __restrict d = dh + j * P;
+          const T* __restrict v = dyt + j * P;
+          for (int64_t k = 0; k < P; ++k) d[k] += v[k];
+        }
+      });
+    }
+    if (proj) {
+      copy_rows(a.DH + row * P, P, a.dh, P, b, P);
+      gemm<T>(false, false, b, H, P, T(1), a.dh, P, a.w_hr, H, T(0), a.dr, H);
+    }
+    const int64_t tp = s.prev_of(t, a.reverse);
+    const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+    const T* prev = nullptr;
+    const T* init = nullptr;
+    if (lstm) {
+      prev = tp >= 0 ? a.saved + s.off[tp] * H : a.cx;
+      init = a.cx;
+    } else if (gru) {
+      prev = tp >= 0 ? a.y + s.off[tp] * H : a.hx;
+      init = a.hx;
+    }
+    const BwdStep<T> st{a.ws + row * ld,
+                        lstm ? a.saved + row * H : nullptr,
+                        prev,
+                        init,
+                        n_prev,
+                        proj ? a.dr : a.dh,
+                        a.dc,
+                        a.dgx + row * GH,
+                        gru ? a.dgh + row * GH : nullptr,
+                        proj ? a.R + row * H : nullptr,
+                        H,
+                        ld};
+    parallel_rows(b, 2 * kPointwiseWork * H, [&](int64_t r0, int64_t r1) { kernel(st, r0, r1); },
+                  16384);
+    // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel).
+    gemm<T>(false, false, b, P, GH, T(1), dgh + row * GH, GH, a.w_hh, P, gru ? T(1) : T(0), a.dh,
+            P);
+  }
+
+  // h_{t-1} of every row of every step, so that dW_hh is a single GEMM.
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t b = s.bs[t];
+    const int64_t tp = s.prev_of(t, a.reverse);
+    const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+    if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
+    copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+  }
+  gemm<T>(true, false, GH, P, s.N, T(1), dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
+  gemm<T>(true, false, GH, a.I, s.N, T(1), a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
+  if (a.dx != nullptr) gemm<T>(false, false, s.N, a.I, GH, T(1), a.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
+  if (proj) gemm<T>(true, false, P, H, s.N, T(1), a.DH, P, a.R, H, T(0), a.dw_hr, H);
+  if (a.db_ih != nullptr) column_sums(a.db_ih, a.dgx, s.N, GH, GH);
+  if (a.db_hh != nullptr) {
+    if (gru) {
+      column_sums(a.db_hh, dgh, s.N, GH, GH);
+    } else {
+      std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
+    }
+  }
+}
+
+template void layer_forward<float>(const LayerFwd<float>&);
+template void layer_forward<double>(const LayerFwd<double>&);
+template void layer_backward<float>(const LayerBwd<float>&);
+template void layer_backward<double>(const LayerBwd<double>&);
+
+}  // namespace cpu
+}  // namespace rnnfast

@@ -1,0 +1,94 @@
+// One recurrent layer in one direction over a whole sequence, on the CPU: the
+// orchestration shared by LSTM, GRU and RNN (the cell maths is the only part that
+// differs, and lives in the pointwise kernels).
+//
+// Forward:
+//   gbuf = X W_ih^T + bias_x                        one GEMM over all N rows
+//   per step t (b_t active rows):
+//     LSTM/RNN: gbuf_t += h W_hh^T                  one GEMM
+//     GRU:      gh = h W_hh^T + b_hh                one GEMM (kept apart: r multiplies it)
+//     fused pointwise pass (activations, state update, output, what backward needs)
+//     LSTM with projection: h = r W_hr^T            one GEMM
+// Backward, in the reverse of the forward order:
+//   per step: dh += dy_t; (projection: dr = dh W_hr); fused pointwise pass giving the
+//             pre-activation gradients dGx_t (and dGh_t for GRU); dh = dGh_t W_hh
+//             (+ the GRU's direct z * dh path)                           one GEMM
+//   after the loop: dW_ih = dGx^T X, dW_hh = dGh^T H_prev, dX = dGx W_ih,
+//             dW_hr = dH^T R, biases = column sums of dGx / dGh in a fixed order
+//             (bitwise reproducible).
+// Buffers are the caller's (allocated once per call); nothing is allocated per step.
+//
+// Legend: N rows (sum of batch sizes), B batch, I input, H hidden, P output size
+// (proj_size or H), G gates (4, 3, 1), ld row stride of gbuf (see pointwise.h).
+#pragma once
+
+#include <cstdint>
+
+#include "pointwise.h"
+#include "sequence.h"
+
+namespace rnnfast {
+namespace cpu {
+
+template <typename T>
+struct LayerFwd {
+  CellKind kind;
+  const Sequence* seq;
+  bool reverse;
+  int64_t I, H, P, G, ld;
+  const T* x;       // [N, I]
+  const T* w_ih;    // [G*H, I]
+  const T* w_hh;    // [G*H, P]
+  const T* w_hr;    // [P, H] or nullptr
+  const T* bias_x;  // [G*H] folded into the input projection (LSTM/RNN: b_ih + b_hh;
+                    //       GRU: b_ih), or nullptr
+  const T* bias_h;  // [3H] GRU: b_hh, or nullptr
+  T* gbuf;          // [N, ld] pre-activations, then what backward needs (RNN: == y)
+  T* y;             // [N, P] layer output (RNN: nullptr, gbuf is the output)
+  T* h;             // [B, P] in: h_0; out: h_n
+  T* c;             // [B, H] LSTM: in c_0, out c_n
+  T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
+  T* scratch_r;     // [B, H] LSTM with projection
+  T* scratch_gh;    // [B, 3H] GRU
+};
+
+template <typename T>
+struct LayerBwd {
+  CellKind kind;
+  const Sequence* seq;
+  bool reverse;
+  int64_t I, H, P, G, ld;
+  const T* dy;      // [N, P] or nullptr
+  const T* x;       // [N, I]
+  const T* hx;      // [B, P]
+  const T* cx;      // [B, H] LSTM
+  const T* w_ih;    // [G*H, I]
+  const T* w_hh;    // [G*H, P]
+  const T* w_hr;    // [P, H] or nullptr
+  const T* y;       // [N, P] the forward output
+  const T* ws;      // [N, ld] gbuf saved by the forward pass
+  const T* saved;   // [N, H] LSTM cells
+  T* dh;            // [B, P] in: dL/dh_n; out: dL/dh_0
+  T* dc;            // [B, H] LSTM: in dL/dc_n; out dL/dc_0
+  T* dgx;           // [N, G*H] scratch
+  T* dgh;           // [N, G*H] GRU scratch, else nullptr (== dgx)
+  T* hprev;         // [N, P] scratch
+  T* dr;            // [B, H] LSTM projection scratch
+  T* R;             // [N, H] LSTM projection scratch
+  T* DH;            // [N, P] LSTM projection scratch
+  T* dx;            // [N, I] or nullptr (not needed)
+  T* dw_ih;         // [G*H, I]
+  T* dw_hh;         // [G*H, P]
+  T* db_ih;         // [G*H] or nullptr (no bias)
+  T* db_hh;         // [G*H] or nullptr (no bias; LSTM/RNN: equal to db_ih)
+  T* dw_hr;         // [P, H] or nullptr
+};
+
+template <typename T>
+void layer_forward(const LayerFwd<T>& a);
+
+template <typename T>
+void layer_backward(const LayerBwd<T>& a);
+
+}  // namespace cpu
+}  // namespace rnnfast

@@ -1,0 +1,302 @@
+// The CPU operators: argument checks, buffer allocation, and the call into the
+// shared layer orchestration (layer.h). See ops.h for every argument's shape.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+
+#include "../ops.h"
+#include "layer.h"
+#include "sequence.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+struct Dims {
+  Sequence seq;
+  int64_t I = 0, H = 0, P = 0, G = 0;
+  bool proj = false;
+  bool bias = false;
+};
+
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but input has dtype ", ref.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", ref.device());
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef want) {
+  TORCH_CHECK(t.sizes() == want, op, ": expected ", name, " of shape ", want, ", got ", t.sizes());
+}
+
+// Checks what any caller of the operators could get wrong; G = gates per unit.
+Dims check_layer(const char* op, int64_t G, const Tensor& input, const Tensor& hx,
+                 const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                 const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
+  Dims d;
+  d.G = G;
+  d.seq = make_sequence(op, input, batch_sizes);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0, op, ": w_ih must be (", G,
+              "*hidden_size, input_size), got ", w_ih.sizes());
+  d.H = w_ih.size(0) / G;
+  d.I = input.size(-1);
+  d.proj = present(w_hr);
+  d.P = d.proj ? w_hr->size(0) : d.H;
+  check_shape(op, "w_ih", w_ih, {G * d.H, d.I});
+  check_shape(op, "w_hh", w_hh, {G * d.H, d.P});
+  check_like(op, "w_ih", w_ih, input);
+  check_like(op, "w_hh", w_hh, input);
+  if (d.proj) {
+    check_shape(op, "w_hr", *w_hr, {d.P, d.H});
+    check_like(op, "w_hr", *w_hr, input);
+  }
+  check_shape(op, "hx", hx, {d.seq.B, d.P});
+  check_like(op, "hx", hx, input);
+  if (cx != nullptr) {
+    check_shape(op, "cx", *cx, {d.seq.B, d.H});
+    check_like(op, "cx", *cx, input);
+  }
+  d.bias = present(b_ih);
+  TORCH_CHECK(d.bias == present(b_hh), op, ": give both b_ih and b_hh, or neither");
+  if (d.bias) {
+    check_shape(op, "b_ih", *b_ih, {G * d.H});
+    check_shape(op, "b_hh", *b_hh, {G * d.H});
+    check_like(op, "b_ih", *b_ih, input);
+    check_like(op, "b_hh", *b_hh, input);
+  }
+  return d;
+}
+
+std::vector<int64_t> output_shape(const Tensor& input, int64_t P) {
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.back() = P;
+  return shape;
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+const T* cptr(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.const_data_ptr<T>() : nullptr;
+}
+
+// Checks shared by the backward operators.
+void check_grads(const char* op, const Dims& d, const Tensor& input, const Tensor& output,
+                 const OptTensor& grad_output, const OptTensor& grad_hy) {
+  const auto out_shape = output_shape(input, d.P);
+  check_shape(op, "output", output, out_shape);
+  if (present(grad_output)) check_shape(op, "grad_output", *grad_output, out_shape);
+  if (present(grad_hy)) check_shape(op, "grad_hy", *grad_hy, {d.seq.B, d.P});
+}
+
+Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
+  return present(g) ? g->clone(at::MemoryFormat::Contiguous) : at::zeros({rows, cols}, opts);
+}
+
+Tensor empty0(const at::TensorOptions& opts) { return at::empty({0}, opts); }
+
+}  // namespace
+
+// ------------------------------------------------------------------------- LSTM
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+    const OptTensor& batch_sizes, bool reverse, bool need_workspace) {
+  const char* op = "rnnfast::lstm_forward";
+  const Dims d = check_layer(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes);
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
+  const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
+  Tensor gates = at::empty({d.seq.N, 4 * d.H}, opts);
+  Tensor output = at::empty(output_shape(input, d.P), opts);
+  Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
+  Tensor cy = cx.clone(at::MemoryFormat::Contiguous);
+  Tensor cells = need_workspace ? at::empty({d.seq.N, d.H}, opts) : empty0(opts);
+  Tensor r = d.proj ? at::empty({d.seq.B, d.H}, opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_forward", [&] {
+    using T = scalar_t;
+    layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
+                      cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
+                      ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(cy),
+                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r), nullptr});
+  });
+  if (!need_workspace) gates = empty0(opts);
+  return {output, hy, cy, gates, cells};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy,
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& output, const Tensor& gates,
+    const Tensor& cells, const OptTensor& batch_sizes, bool reverse, bool has_bias,
+    bool need_grad_input) {
+  const char* op = "rnnfast::lstm_backward";
+  const Dims d = check_layer(op, 4, input, hx, &cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+                             batch_sizes);
+  const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
+  TORCH_CHECK(gates.numel() == N * G && cells.numel() == N * H, op,
+              ": the saved workspace is missing or has the wrong size (gates ", gates.sizes(),
+              ", cells ", cells.sizes(), "); run lstm_forward with need_workspace=True when a "
+              "backward pass will follow");
+  check_grads(op, d, input, output, grad_output, grad_hy);
+  if (present(grad_cy)) check_shape(op, "grad_cy", *grad_cy, {B, H});
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), hx_c = hx.contiguous(), cx_c = cx.contiguous();
+  const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
+  const Tensor y = output.contiguous(), g = gates.contiguous(), cl = cells.contiguous();
+  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
+  Tensor dgates = at::empty({N, G}, opts), hprev = at::empty({N, P}, opts);
+  Tensor dr = d.proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor R = d.proj ? at::empty({N, H}, opts) : Tensor();
+  Tensor DH = d.proj ? at::empty({N, P}, opts) : Tensor();
+  Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
+  Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, P}, opts);
+  Tensor db = has_bias ? at::empty({G}, opts) : empty0(opts);
+  Tensor dw_hr = d.proj ? at::empty({P, H}, opts) : empty0(opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_backward", [&] {
+    using T = scalar_t;
+    layer_backward<T>({CellKind::kLstm, &d.seq, reverse, d.I, H, P, 4, G, cptr<T>(dy), cptr<T>(x),
+                       cptr<T>(hx_c), cptr<T>(cx_c), cptr<T>(wih), cptr<T>(whh), cptr<T>(whr),
+                       cptr<T>(y), cptr<T>(g), cptr<T>(cl), ptr<T>(dh), ptr<T>(dc),
+                       ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
+                       need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
+                       has_bias ? ptr<T>(db) : nullptr, nullptr, ptr<T>(dw_hr)});
+  });
+  return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr};
+}
+
+// ------------------------------------------------------------------------- GRU
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx,
+                                               const Tensor& w_ih, const Tensor& w_hh,
+                                               const OptTensor& b_ih, const OptTensor& b_hh,
+                                               const OptTensor& batch_sizes, bool reverse,
+                                               bool need_workspace) {
+  const char* op = "rnnfast::gru_forward";
+  const Dims d = check_layer(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+                             batch_sizes);
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor bih = d.bias ? b_ih->contiguous() : Tensor();
+  const Tensor bhh = d.bias ? b_hh->contiguous() : Tensor();
+  Tensor ws = at::empty({d.seq.N, 4 * d.H}, opts);
+  Tensor output = at::empty(output_shape(input, d.H), opts);
+  Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
+  Tensor gh = at::empty({d.seq.B, 3 * d.H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
+    using T = scalar_t;
+    layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
+                      cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh),
+                      ptr<T>(ws), ptr<T>(output), ptr<T>(hy), nullptr, nullptr, nullptr,
+                      ptr<T>(gh)});
+  });
+  if (!need_workspace) ws = empty0(opts);
+  return {output, hy, ws};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input,
+    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+    const Tensor& workspace, const OptTensor& batch_sizes, bool reverse, bool has_bias,
+    bool need_grad_input) {
+  const char* op = "rnnfast::gru_backward";
+  const Dims d = check_layer(op, 3, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
+                             std::nullopt, batch_sizes);
+  const int64_t N = d.seq.N, B = d.seq.B, H = d.H, G = 3 * H;
+  TORCH_CHECK(workspace.numel() == N * 4 * H, op,
+              ": the saved workspace is missing or has the wrong size (", workspace.sizes(),
+              "); run gru_forward with need_workspace=True when a backward pass will follow");
+  check_grads(op, d, input, output, grad_output, grad_hy);
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), hx_c = hx.contiguous();
+  const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor y = output.contiguous(), ws = workspace.contiguous();
+  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  Tensor dh = state_grad(grad_hy, B, H, opts);
+  Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts);
+  Tensor hprev = at::empty({N, H}, opts);
+  Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
+  Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, H}, opts);
+  Tensor db_ih = has_bias ? at::empty({G}, opts) : empty0(opts);
+  Tensor db_hh = has_bias ? at::empty({G}, opts) : empty0(opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_backward", [&] {
+    using T = scalar_t;
+    layer_backward<T>({CellKind::kGru, &d.seq, reverse, d.I, H, H, 3, 4 * H, cptr<T>(dy),
+                       cptr<T>(x), cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr,
+                       cptr<T>(y), cptr<T>(ws), nullptr, ptr<T>(dh), nullptr, ptr<T>(dgx),
+                       ptr<T>(dgh), ptr<T>(hprev), nullptr, nullptr, nullptr,
+                       need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
+                       has_bias ? ptr<T>(db_ih) : nullptr, has_bias ? ptr<T>(db_hh) : nullptr,
+                       nullptr});
+  });
+  return {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+// ------------------------------------------------------------------------- RNN
+
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                                       const Tensor& w_hh, const OptTensor& b_ih,
+                                       const OptTensor& b_hh, const OptTensor& batch_sizes,
+                                       bool reverse, bool relu) {
+  const char* op = "rnnfast::rnn_forward";
+  const Dims d = check_layer(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+                             batch_sizes);
+  const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
+  Tensor output = at::empty(output_shape(input, d.H), input.options());
+  Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
+  const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_forward", [&] {
+    using T = scalar_t;
+    // The output buffer doubles as the pre-activation buffer: h_t replaces it in place.
+    layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
+                      cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
+                      ptr<T>(hy), nullptr, nullptr, nullptr, nullptr});
+  });
+  return {output, hy};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
+    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input,
+    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+    const OptTensor& batch_sizes, bool reverse, bool relu, bool has_bias, bool need_grad_input) {
+  const char* op = "rnnfast::rnn_backward";
+  const Dims d = check_layer(op, 1, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
+                             std::nullopt, batch_sizes);
+  const int64_t N = d.seq.N, B = d.seq.B, H = d.H;
+  check_grads(op, d, input, output, grad_output, grad_hy);
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), hx_c = hx.contiguous();
+  const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous(), y = output.contiguous();
+  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  Tensor dh = state_grad(grad_hy, B, H, opts);
+  Tensor dg = at::empty({N, H}, opts), hprev = at::empty({N, H}, opts);
+  Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
+  Tensor dw_ih = at::empty({H, d.I}, opts), dw_hh = at::empty({H, H}, opts);
+  Tensor db = has_bias ? at::empty({H}, opts) : empty0(opts);
+  const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_backward", [&] {
+    using T = scalar_t;
+    layer_backward<T>({kind, &d.seq, reverse, d.I, H, H, 1, H, cptr<T>(dy), cptr<T>(x),
+                       cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(y),
+                       cptr<T>(y), nullptr, ptr<T>(dh), nullptr, ptr<T>(dg), nullptr,
+                       ptr<T>(hprev), nullptr, nullptr, nullptr,
+                       need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
+                       has_bias ? ptr<T>(db) : nullptr, nullptr, nullptr});
+  });
+  return {dx, dh, dw_ih, dw_hh, db};
+}
+
+}  // namespace cpu
+}  // namespace rnnfast
