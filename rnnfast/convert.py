@@ -80,6 +80,8 @@ def convert(model: nn.Module, *, warn: bool = True) -> nn.Module:
     if type(model) in _REPLACEMENTS:
         return _replacement(model)
     skipped: list[str] = []
+    if isinstance(model, _TORCH_BASES):
+        skipped.append(f"the model itself ({type(model).__module__}.{type(model).__qualname__})")
     targets = []
     for parent_name, parent in model.named_modules():
         for child_name, child in parent.named_children():

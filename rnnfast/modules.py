@@ -124,6 +124,7 @@ class _RecurrentLayer(nn.RNNBase):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
             if hx is None:
+                self.check_input(input, batch_sizes)
                 max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
                 hx = self._as_hx(self._zero_states(input, max_batch_size))
             else:
