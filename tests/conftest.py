@@ -47,9 +47,9 @@ def load_reference():
 
 @contextlib.contextmanager
 def torch_native_cpu_rnn():
-    """Run torch.nn.LSTM (and GRU/RNN) on ATen's native CPU path instead of oneDNN. Same maths; oneDNN
-    builds a new primitive for every new shape (~1 s each on 2 cores), which would dominate
-    the runtime of a grid of small cases."""
+    """Run torch.nn.LSTM (and GRU/RNN) on ATen's native CPU path instead of oneDNN. Same
+    maths; oneDNN builds a new primitive for every new shape (~1 s each on 2 cores), which
+    would dominate the runtime of a grid of small cases."""
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:

@@ -1,6 +1,7 @@
 """The reference (rnnfast/reference.py) against torch.nn.LSTM, GRU, RNN (tanh and relu) and
-the three cells: outputs, final states and every gradient. This validates the executable spec itself; it needs only torch, not the
-compiled extension (the reference is loaded by file path)."""
+the three cells: outputs, final states and every gradient. This validates the executable
+spec itself; it needs only torch, not the compiled extension (the reference is loaded by
+file path)."""
 
 import itertools
 
