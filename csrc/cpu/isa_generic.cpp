@@ -1,14 +1,14 @@
 // The CPU pointwise kernels compiled for the generic instruction set (see pointwise.h).
 //
-// Everything shared between instruction sets (system headers, cell_math.h,
-// pointwise.h) is included BEFORE the target pragma, so that no inline function
-// that the linker could merge across ISA copies is compiled for generic; the code
-// after the pragma lives in namespace rnnfast::cpu::generic.
+// System headers and pointwise.h (declarations) are included BEFORE the target
+// pragma, so that no inline function the linker could merge across ISA copies is
+// compiled for generic. The cell maths (cell_math.h) comes AFTER it: its templates are
+// instantiated here with this ISA's own activation policy (distinct functions per
+// ISA), and they must carry the target to inline that policy's vector code.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#include "../kernels/cell_math.h"
 #include "pointwise.h"
 
 

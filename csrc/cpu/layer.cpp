@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cstring>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "blas.h"
 
 namespace rnnfast {
@@ -48,54 +52,114 @@ void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
   });
 }
 
-// Rows per pointwise chunk: a few thousand elements, so small steps stay on one thread.
-constexpr int64_t kPointwiseWork = 8;  // elements touched per unit, roughly
+// [begin, end) of a thread's share of n items, in blocks of `align` (a cache line
+// of floats) so that threads never write the same line.
+struct Range {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+Range split(int64_t n, int nt, int tid, int64_t align = 16) {
+  const int64_t blocks = (n + align - 1) / align;
+  const int64_t per = blocks / nt, rem = blocks % nt;
+  const int64_t b0 = tid * per + std::min<int64_t>(tid, rem);
+  const int64_t b1 = b0 + per + (tid < rem ? 1 : 0);
+  return {std::min(n, b0 * align), std::min(n, b1 * align)};
+}
+
+// Runs fn(tid, nt) on every thread of one parallel region (torch's intra-op thread
+// count; one thread when called from inside another parallel region).
+template <typename F>
+void parallel_region(const F& fn) {
+#ifdef _OPENMP
+  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    fn(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  fn(0, 1);
+}
+
+inline void barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
 
 }  // namespace
 
 template <typename T>
 void layer_forward(const LayerFwd<T>& a) {
   const Sequence& s = *a.seq;
-  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld;
+  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld, B = s.B;
   const bool gru = a.kind == CellKind::kGru;
   const bool proj = a.w_hr != nullptr;
 
-  // Input projection of the whole sequence, bias folded in.
+  // Input projection of the whole sequence, bias folded in (all threads, BLAS).
   if (a.bias_x != nullptr) broadcast_rows(a.gbuf, ld, a.bias_x, s.N, GH);
   gemm<T>(false, true, s.N, GH, a.I, T(1), a.x, a.I, a.w_ih, a.I,
           a.bias_x != nullptr ? T(1) : T(0), a.gbuf, ld);
+  copy_rows(a.hbuf, P, a.h, P, B, P);
+  copy_rows(a.hbuf + B * P, P, a.h, P, B, P);
 
   const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
-  for (int64_t step = 0; step < s.T; ++step) {
-    const int64_t t = s.time_at(step, a.reverse);
-    const int64_t b = s.bs[t];
-    if (b == 0) continue;
-    const int64_t row = s.off[t];
-    T* g = a.gbuf + row * ld;
-    if (gru) {
-      if (a.bias_h != nullptr) {
-        for (int64_t j = 0; j < b; ++j) std::memcpy(a.scratch_gh + j * GH, a.bias_h, sizeof(T) * GH);
+  parallel_region([&](int tid, int nt) {
+    const Range u = split(H, nt, tid);
+    const Range p = proj ? split(P, nt, tid) : u;
+    int cur = 0;
+    for (int64_t step = 0; step < s.T; ++step) {
+      const int64_t t = s.time_at(step, a.reverse);
+      const int64_t b = s.bs[t];
+      if (b == 0) continue;
+      const int64_t row = s.off[t];
+      const T* hin = a.hbuf + cur * B * P;
+      T* hout = a.hbuf + (1 - cur) * B * P;
+      T* g = a.gbuf + row * ld;
+      // Recurrent product for this thread's units, one GEMM per gate block.
+      for (int64_t gate = 0; gate < a.G && u.size() > 0; ++gate) {
+        const T* w = a.w_hh + (gate * H + u.begin) * P;
+        if (gru) {
+          T* out = a.scratch_gh + gate * H + u.begin;
+          if (a.bias_h != nullptr) {
+            for (int64_t j = 0; j < b; ++j)
+              std::memcpy(out + j * GH, a.bias_h + gate * H + u.begin, sizeof(T) * u.size());
+          }
+          gemm<T>(false, true, b, u.size(), P, T(1), hin, P, w, P,
+                  a.bias_h != nullptr ? T(1) : T(0), out, GH);
+        } else {
+          gemm<T>(false, true, b, u.size(), P, T(1), hin, P, w, P, T(1), g + gate * H + u.begin,
+                  ld);
+        }
       }
-      gemm<T>(false, true, b, GH, P, T(1), a.h, P, a.w_hh, P,
-              a.bias_h != nullptr ? T(1) : T(0), a.scratch_gh, GH);
-    } else {
-      gemm<T>(false, true, b, GH, P, T(1), a.h, P, a.w_hh, P, T(1), g, ld);
+      const FwdStep<T> st{g,
+                          gru ? a.scratch_gh : nullptr,
+                          hin,
+                          proj ? a.scratch_r : hout,
+                          a.c,
+                          (proj || a.y == nullptr) ? nullptr : a.y + row * H,
+                          a.saved != nullptr ? a.saved + row * H : nullptr,
+                          H,
+                          ld,
+                          u.begin,
+                          u.end};
+      kernel(st, 0, b);
+      if (proj) {
+        barrier();  // every unit of r_t is written
+        gemm<T>(false, true, b, p.size(), H, T(1), a.scratch_r, H, a.w_hr + p.begin * H, H, T(0),
+                hout + p.begin, P);
+        copy_rows(a.y + row * P + p.begin, P, hout + p.begin, P, b, p.size());
+      }
+      // Rows whose sequence ends here: their final state is h_t.
+      const int64_t n_next = step + 1 < s.T ? s.bs[s.time_at(step + 1, a.reverse)] : 0;
+      if (n_next < b) {
+        copy_rows(a.h + n_next * P + p.begin, P, hout + n_next * P + p.begin, P, b - n_next,
+                  p.size());
+      }
+      barrier();  // h_t complete before anyone reads it as h_{t-1}
+      cur = 1 - cur;
     }
-    const FwdStep<T> st{g,
-                        gru ? a.scratch_gh : nullptr,
-                        proj ? a.scratch_r : a.h,
-                        a.c,
-                        (proj || a.y == nullptr) ? nullptr : a.y + row * H,
-                        a.saved != nullptr ? a.saved + row * H : nullptr,
-                        H,
-                        ld};
-    parallel_rows(b, kPointwiseWork * H, [&](int64_t r0, int64_t r1) { kernel(st, r0, r1); },
-                  16384);
-    if (proj) {
-      gemm<T>(false, true, b, P, H, T(1), a.scratch_r, H, a.w_hr, H, T(0), a.h, P);
-      copy_rows(a.y + row * P, P, a.h, P, b, P);
-    }
-  }
+  });
 }
 
 template <typename T>
@@ -108,55 +172,61 @@ void layer_backward(const LayerBwd<T>& a) {
   T* dgh = gru ? a.dgh : a.dgx;
 
   const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
-  for (int64_t step = s.T - 1; step >= 0; --step) {
-    const int64_t t = s.time_at(step, a.reverse);
-    const int64_t b = s.bs[t];
-    if (b == 0) continue;
-    const int64_t row = s.off[t];
-    if (a.dy != nullptr) {
-      const T* dyt = a.dy + row * P;
-      T* dh = a.dh;
-      parallel_rows(b, P, [&](int64_t r0, int64_t r1) {
-        for (int64_t j = r0; j < r1; ++j) {
-          T* __restrict d = dh + j * P;
-          const T* __restrict v = dyt + j * P;
-          for (int64_t k = 0; k < P; ++k) d[k] += v[k];
+  parallel_region([&](int tid, int nt) {
+    const Range u = split(H, nt, tid);
+    const Range p = proj ? split(P, nt, tid) : u;
+    for (int64_t step = s.T - 1; step >= 0; --step) {
+      const int64_t t = s.time_at(step, a.reverse);
+      const int64_t b = s.bs[t];
+      if (b == 0) continue;
+      const int64_t row = s.off[t];
+      // dL/dh_t gains the output's gradient (this thread's columns).
+      if (a.dy != nullptr) {
+        for (int64_t j = 0; j < b; ++j) {
+          T* __restrict d = a.dh + j * P;
+          const T* __restrict v = a.dy + (row + j) * P;
+          for (int64_t k = p.begin; k < p.end; ++k) d[k] += v[k];
         }
-      });
+      }
+      if (proj) {
+        copy_rows(a.DH + row * P + p.begin, P, a.dh + p.begin, P, b, p.size());
+        barrier();  // all of dh_t is in place
+        gemm<T>(false, false, b, u.size(), P, T(1), a.dh, P, a.w_hr + u.begin, H, T(0),
+                a.dr + u.begin, H);
+      }
+      const int64_t tp = s.prev_of(t, a.reverse);
+      const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+      const T* prev = nullptr;
+      const T* init = nullptr;
+      if (lstm) {
+        prev = tp >= 0 ? a.saved + s.off[tp] * H : a.cx;
+        init = a.cx;
+      } else if (gru) {
+        prev = tp >= 0 ? a.y + s.off[tp] * H : a.hx;
+        init = a.hx;
+      }
+      const BwdStep<T> st{a.ws + row * ld,
+                          lstm ? a.saved + row * H : nullptr,
+                          prev,
+                          init,
+                          n_prev,
+                          proj ? a.dr : a.dh,
+                          a.dc,
+                          a.dgx + row * GH,
+                          gru ? a.dgh + row * GH : nullptr,
+                          proj ? a.R + row * H : nullptr,
+                          H,
+                          ld,
+                          u.begin,
+                          u.end};
+      kernel(st, 0, b);
+      barrier();  // every unit of dG_t is written
+      // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
+      // for this thread's columns.
+      gemm<T>(false, false, b, p.size(), GH, T(1), dgh + row * GH, GH, a.w_hh + p.begin, P,
+              gru ? T(1) : T(0), a.dh + p.begin, P);
     }
-    if (proj) {
-      copy_rows(a.DH + row * P, P, a.dh, P, b, P);
-      gemm<T>(false, false, b, H, P, T(1), a.dh, P, a.w_hr, H, T(0), a.dr, H);
-    }
-    const int64_t tp = s.prev_of(t, a.reverse);
-    const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
-    const T* prev = nullptr;
-    const T* init = nullptr;
-    if (lstm) {
-      prev = tp >= 0 ? a.saved + s.off[tp] * H : a.cx;
-      init = a.cx;
-    } else if (gru) {
-      prev = tp >= 0 ? a.y + s.off[tp] * H : a.hx;
-      init = a.hx;
-    }
-    const BwdStep<T> st{a.ws + row * ld,
-                        lstm ? a.saved + row * H : nullptr,
-                        prev,
-                        init,
-                        n_prev,
-                        proj ? a.dr : a.dh,
-                        a.dc,
-                        a.dgx + row * GH,
-                        gru ? a.dgh + row * GH : nullptr,
-                        proj ? a.R + row * H : nullptr,
-                        H,
-                        ld};
-    parallel_rows(b, 2 * kPointwiseWork * H, [&](int64_t r0, int64_t r1) { kernel(st, r0, r1); },
-                  16384);
-    // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel).
-    gemm<T>(false, false, b, P, GH, T(1), dgh + row * GH, GH, a.w_hh, P, gru ? T(1) : T(0), a.dh,
-            P);
-  }
+  });
 
   // h_{t-1} of every row of every step, so that dW_hh is a single GEMM.
   for (int64_t t = 0; t < s.T; ++t) {

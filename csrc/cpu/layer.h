@@ -16,7 +16,17 @@
 //   after the loop: dW_ih = dGx^T X, dW_hh = dGh^T H_prev, dX = dGx W_ih,
 //             dW_hr = dH^T R, biases = column sums of dGx / dGh in a fixed order
 //             (bitwise reproducible).
-// Buffers are the caller's (allocated once per call); nothing is allocated per step.
+// Threads: the whole step loop runs inside ONE parallel region (torch's intra-op
+// threads, OpenMP). Each thread owns a fixed range of hidden units (and of
+// projection outputs) for the whole sequence: it computes the recurrent product for
+// the gate rows of its units (so its slice of W_hh stays in its core's cache), runs
+// the pointwise pass on them, and meets the others at one barrier per step (two with
+// a projection). No library call forks threads and nothing is allocated per step;
+// the hidden state is double-buffered so that no thread overwrites h_{t-1} while
+// another still reads it. The whole-sequence GEMMs outside the loop use all threads
+// through the BLAS.
+//
+// Buffers are the caller's (allocated once per call).
 //
 // Legend: N rows (sum of batch sizes), B batch, I input, H hidden, P output size
 // (proj_size or H), G gates (4, 3, 1), ld row stride of gbuf (see pointwise.h).
@@ -46,6 +56,7 @@ struct LayerFwd {
   T* gbuf;          // [N, ld] pre-activations, then what backward needs (RNN: == y)
   T* y;             // [N, P] layer output (RNN: nullptr, gbuf is the output)
   T* h;             // [B, P] in: h_0; out: h_n
+  T* hbuf;          // [2, B, P] scratch: the double-buffered running h
   T* c;             // [B, H] LSTM: in c_0, out c_n
   T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
   T* scratch_r;     // [B, H] LSTM with projection

@@ -122,11 +122,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor cy = cx.clone(at::MemoryFormat::Contiguous);
   Tensor cells = need_workspace ? at::empty({d.seq.N, d.H}, opts) : empty0(opts);
   Tensor r = d.proj ? at::empty({d.seq.B, d.H}, opts) : Tensor();
+  Tensor hbuf = at::empty({2, d.seq.B, d.P}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
-                      ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(cy),
+                      ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), ptr<T>(cy),
                       need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r), nullptr});
   });
   if (!need_workspace) gates = empty0(opts);
@@ -194,11 +195,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   Tensor output = at::empty(output_shape(input, d.H), opts);
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor gh = at::empty({d.seq.B, 3 * d.H}, opts);
+  Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh),
-                      ptr<T>(ws), ptr<T>(output), ptr<T>(hy), nullptr, nullptr, nullptr,
+                      ptr<T>(ws), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
                       ptr<T>(gh)});
   });
   if (!need_workspace) ws = empty0(opts);
@@ -256,13 +258,14 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
   const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
   Tensor output = at::empty(output_shape(input, d.H), input.options());
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
+  Tensor hbuf = at::empty({2, d.seq.B, d.H}, input.options());
   const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_forward", [&] {
     using T = scalar_t;
     // The output buffer doubles as the pre-activation buffer: h_t replaces it in place.
     layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
                       cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
-                      ptr<T>(hy), nullptr, nullptr, nullptr, nullptr});
+                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, nullptr});
   });
   return {output, hy};
 }

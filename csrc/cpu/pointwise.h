@@ -1,7 +1,8 @@
 // Fused pointwise passes of the CPU kernels, and their run-time ISA dispatch.
 //
-// One call processes rows [row_begin, row_end) of one time step of one cell type;
-// the orchestration (csrc/cpu/layer.h) splits a step's rows over threads.
+// One call processes rows [row_begin, row_end) and hidden units [k0, k1) of one time
+// step of one cell type; the orchestration (csrc/cpu/layer.cpp) gives each thread
+// its own range of units for the whole sequence.
 //
 // Legend: B rows active this step, H hidden size, G gates (LSTM 4: i,f,g,o;
 // GRU 3: r,z,n; RNN 1), ld the row stride of the saved-gates buffer (LSTM 4H,
@@ -19,11 +20,13 @@ struct FwdStep {
   T* gx;        // [B, ld] in: pre-activations (x W_ih^T + biases, + h W_hh^T for LSTM/RNN);
                 //         out: what backward needs (activated gates; GRU also hn)
   const T* gh;  // [B, 3H] GRU only: h W_hh^T + b_hh (the recurrent part); else nullptr
-  T* h;         // [B, H]  in: h_{t-1} (GRU); out: h_t (LSTM with projection: o * tanh(c_t))
+  const T* h_prev;  // [B, H] GRU: h_{t-1}; else unused
+  T* h;         // [B, H]  out: h_t (LSTM with projection: o * tanh(c_t))
   T* c;         // [B, H]  LSTM: cell state, in c_{t-1}, out c_t; else nullptr
   T* y;         // [B, H]  out: copy of h_t into the layer output, or nullptr
   T* saved;     // [B, H]  LSTM: out copy of c_t for backward, or nullptr
   int64_t H, ld;
+  int64_t k0, k1;  // the units to process
 };
 
 template <typename T>
@@ -40,6 +43,7 @@ struct BwdStep {
   T* dgh;          // [B, G*H] GRU out: dL/d(recurrent-side pre-activations); else nullptr
   T* r;            // [B, H]  LSTM with projection: out o * tanh(c_t); else nullptr
   int64_t H, ld;
+  int64_t k0, k1;  // the units to process
 };
 
 enum class CellKind { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };

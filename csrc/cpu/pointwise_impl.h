@@ -13,14 +13,14 @@ namespace cpu {
 namespace RNNFAST_ISA {
 
 template <typename T>
-inline void copy_row(T* __restrict dst, const T* __restrict src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+inline void copy_units(T* __restrict dst, const T* __restrict src, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; ++k) dst[k] = src[k];
 }
 
 // ----------------------------------------------------------------- LSTM
 template <typename T>
 void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     T* __restrict gi = s.gx + j * s.ld;
     T* __restrict gf = gi + H;
@@ -29,20 +29,20 @@ void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     T* __restrict c = s.c + j * H;
     T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < H; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       T cn, r;
       cell::lstm_forward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cn, r);
       c[k] = cn;
       h[k] = r;
     }
-    if (s.saved != nullptr) copy_row(s.saved + j * H, c, H);
-    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
+    if (s.saved != nullptr) copy_units(s.saved + j * H, c, k0, k1);
+    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
   }
 }
 
 template <typename T>
 void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     const T* __restrict gi = s.ws + j * s.ld;
     const T* __restrict gf = gi + H;
@@ -59,7 +59,7 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     if (s.r != nullptr) {
       T* __restrict r = s.r + j * H;
 #pragma GCC ivdep
-      for (int64_t k = 0; k < H; ++k) {
+      for (int64_t k = k0; k < k1; ++k) {
         T dck = dc[k];
         cell::lstm_backward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cp[k], dr[k],
                                               dck, di[k], df[k], dg[k], dout[k], r[k]);
@@ -67,7 +67,7 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
       }
     } else {
 #pragma GCC ivdep
-      for (int64_t k = 0; k < H; ++k) {
+      for (int64_t k = k0; k < k1; ++k) {
         T dck = dc[k];
         T unused;
         cell::lstm_backward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cp[k], dr[k],
@@ -81,7 +81,7 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // ----------------------------------------------------------------- GRU
 template <typename T>
 void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     T* __restrict xr = s.gx + j * s.ld;
     T* __restrict xz = xr + H;
@@ -90,19 +90,20 @@ void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     const T* __restrict hr = s.gh + j * 3 * H;
     const T* __restrict hz = hr + H;
     const T* __restrict hn = hr + 2 * H;
+    const T* __restrict hp = s.h_prev + j * H;
     T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < H; ++k) {
-      h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], hr[k], hz[k], hn[k], h[k]);
+    for (int64_t k = k0; k < k1; ++k) {
+      h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], hr[k], hz[k], hn[k], hp[k]);
       saved_hn[k] = hn[k];
     }
-    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
+    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
   }
 }
 
 template <typename T>
 void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     const T* __restrict r = s.ws + j * s.ld;
     const T* __restrict z = r + H;
@@ -117,7 +118,7 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     T* __restrict dhz = dhr + H;
     T* __restrict dhn = dhr + 2 * H;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < H; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       dh[k] = cell::gru_backward_unit<T>(r[k], z[k], n[k], hn[k], hp[k], dh[k], dxr[k], dxz[k],
                                          dxn[k], dhr[k], dhz[k], dhn[k]);
     }
@@ -127,29 +128,29 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // ----------------------------------------------------------------- RNN
 template <typename T, bool Relu>
 void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     T* __restrict g = s.gx + j * s.ld;
     T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < H; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       const T v = cell::rnn_forward_unit<T, FastAct, Relu>(g[k]);
       g[k] = v;
       h[k] = v;
     }
-    if (s.y != nullptr) copy_row(s.y + j * H, h, H);
+    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
   }
 }
 
 template <typename T, bool Relu>
 void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
     const T* __restrict h = s.ws + j * s.ld;
     const T* __restrict dh = s.dh + j * H;
     T* __restrict dg = s.dgx + j * H;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < H; ++k) dg[k] = cell::rnn_backward_unit<T, Relu>(h[k], dh[k]);
+    for (int64_t k = k0; k < k1; ++k) dg[k] = cell::rnn_backward_unit<T, Relu>(h[k], dh[k]);
   }
 }
 
