@@ -7,6 +7,8 @@ The extension is required: these tests fail (not skip) when rnnfast cannot be im
 """
 
 import contextlib
+import copy
+import io
 import itertools
 import warnings
 
@@ -372,6 +374,20 @@ def test_flatten_parameters_is_harmless(kind):
     compare(ref, fast)
 
 
+@pytest.mark.parametrize("kind", KIND_IDS)
+def test_deepcopy_and_torch_save_whole_module(kind):
+    """copy.deepcopy and torch.save/torch.load of the module object (not just its
+    state_dict), as training scripts and checkpointing do."""
+    ref, fast = make_pair(kind, 5, 7, torch.float64, num_layers=2, bidirectional=True)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for clone in (copy.deepcopy(fast), loaded):
+        assert type(clone) is type(fast)
+        compare(ref, clone, "packed_unsorted")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", KIND_IDS)
 def test_other_dtypes_fall_back_to_torch(kind, dtype):
@@ -593,6 +609,20 @@ def test_torch_compile_fullgraph(kind, backend, form, with_hx, fresh_dynamo):
     """fullgraph=True: no graph break anywhere (PackedSequence included: batch_sizes is
     data, its values are unbacked symbols in the graph)."""
     _check_compiled(kind, backend, form, with_hx)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_relu"])
+def test_torch_compile_dynamic_shapes(kind, fresh_dynamo):
+    """One compiled module, called with several sequence lengths and batch sizes (as the
+    last, shorter batch of an epoch does) under dynamic=True."""
+    _, fast = make_module(kind, 5, 7, num_layers=2, dtype=torch.float64)
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager", dynamic=True)
+    for steps, batch in ((5, 3), (3, 4), (7, 1)):
+        x, _ = make_input("batched", steps, batch, 5, False, torch.float64)
+        hx = make_h0("batched", 2, batch, 7, torch.float64)
+        expected, grads = run_rnn(fast, x, hx)
+        got, _ = run_rnn(compiled, x, hx, grads=grads)
+        assert_results_close(_strip_compiled_prefix(got), expected, torch.float64)
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn_relu"])
