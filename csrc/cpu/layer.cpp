@@ -66,12 +66,21 @@ Range split(int64_t n, int nt, int tid, int64_t align = 16) {
   return {std::min(n, b0 * align), std::min(n, b1 * align)};
 }
 
+// Below this many flops per time step, one thread does the whole step loop: the
+// barrier and the split GEMMs would cost more than they save (and spinning at a
+// barrier on a busy machine is the worst case). Measured: a step of B=16, H=128
+// LSTM is ~1 MFLOP.
+constexpr int64_t kMinParallelStepFlops = 64 * 1024;
+
 // Runs fn(tid, nt) on every thread of one parallel region (torch's intra-op thread
-// count; one thread when called from inside another parallel region).
+// count; one thread when called from inside another parallel region, or when a
+// step carries less than kMinParallelStepFlops).
 template <typename F>
-void parallel_region(const F& fn) {
+void parallel_region(int64_t step_flops, const F& fn) {
 #ifdef _OPENMP
-  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int nt = (at::in_parallel_region() || step_flops < kMinParallelStepFlops)
+                     ? 1
+                     : at::get_num_threads();
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
     fn(omp_get_thread_num(), omp_get_num_threads());
@@ -104,7 +113,7 @@ void layer_forward(const LayerFwd<T>& a) {
   copy_rows(a.hbuf + B * P, P, a.h, P, B, P);
 
   const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
-  parallel_region([&](int tid, int nt) {
+  parallel_region(2 * B * GH * P + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
     int cur = 0;
@@ -172,7 +181,7 @@ void layer_backward(const LayerBwd<T>& a) {
   T* dgh = gru ? a.dgh : a.dgx;
 
   const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
-  parallel_region([&](int tid, int nt) {
+  parallel_region(2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
     for (int64_t step = s.T - 1; step >= 0; --step) {
