@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 // Fortran BLAS symbols; weak so that the extension still loads against a libtorch
@@ -15,6 +16,17 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's packed GEMM (Fortran-style interface, exported by libtorch with MKL).
+size_t SGEMM_PACK_GET_SIZE(const char* identifier, const int* m, const int* n, const int* k)
+    __attribute__((weak));
+void SGEMM_PACK(const char* identifier, const char* trans, const int* m, const int* n,
+                const int* k, const float* alpha, const float* src, const int* ld, float* dest)
+    __attribute__((weak));
+void SGEMM_COMPUTE(const char* transa, const char* transb, const int* m, const int* n,
+                   const int* k, const float* a, const int* lda, const float* b, const int* ldb,
+                   const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's per-thread thread count (returns the previous value; 0 = the global setting).
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace rnnfast {
@@ -92,6 +104,59 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            int64_t, const double*, int64_t, double, double*, int64_t);
+
+template <>
+PackedWeight<double>::PackedWeight(bool, int64_t N, int64_t K, int64_t, const double*, int64_t)
+    : N_(N), K_(K) {}
+template <>
+PackedWeight<double>::~PackedWeight() = default;
+template <>
+void PackedWeight<double>::gemm(int64_t, const double*, int64_t, double, double*, int64_t) const {
+  TORCH_CHECK(false, "rnnfast internal error: no packed GEMM for float64");
+}
+
+// Column-major view: C^T [N, M] = op(W)^T [N, K] X^T [K, M], W the packed "A" operand.
+template <>
+PackedWeight<float>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
+                                  const float* W, int64_t ldw)
+    : N_(N), K_(K) {
+  if (&SGEMM_PACK_GET_SIZE == nullptr || &SGEMM_PACK == nullptr || &SGEMM_COMPUTE == nullptr ||
+      N <= 0 || K <= 0 || M_max <= 0 || !fits_int(N) || !fits_int(K) || !fits_int(M_max) ||
+      !fits_int(ldw)) {
+    return;
+  }
+  const int m = static_cast<int>(N), n = static_cast<int>(M_max), k = static_cast<int>(K);
+  const int ld = static_cast<int>(std::max<int64_t>(ldw, 1));
+  const size_t bytes = SGEMM_PACK_GET_SIZE("A", &m, &n, &k);
+  data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (data_ == nullptr) return;
+  const float one = 1.0f;
+  SGEMM_PACK("A", trans_w ? "T" : "N", &m, &n, &k, &one, W, &ld, static_cast<float*>(data_));
+}
+
+template <>
+PackedWeight<float>::~PackedWeight() {
+  std::free(data_);
+}
+
+template <>
+void PackedWeight<float>::gemm(int64_t M, const float* X, int64_t ldx, float beta, float* C,
+                               int64_t ldc) const {
+  if (M <= 0) return;
+  const int m = static_cast<int>(N_), n = static_cast<int>(M), k = static_cast<int>(K_);
+  const int ldb = static_cast<int>(std::max<int64_t>(ldx, 1));
+  const int ld_c = static_cast<int>(std::max<int64_t>(ldc, 1));
+  const int lda = m;  // ignored for a packed operand
+  SGEMM_COMPUTE("P", "N", &m, &n, &k, static_cast<const float*>(data_), &lda, X, &ldb, &beta, C,
+                &ld_c);
+}
+
+SequentialBlasScope::SequentialBlasScope()
+    : previous_(&MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+
+SequentialBlasScope::~SequentialBlasScope() {
+  if (&MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+}
 
 const char* gemm_backend() {
   return Blas<float>::available() && Blas<double>::available() ? "blas (sgemm_/dgemm_ from libtorch)"

@@ -18,6 +18,41 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// A weight operand packed once for many small GEMMs with it (MKL's packed GEMM
+// API): C[M, N] = X[M, K] op(W) + beta C, with op(W) = W^T for W [N, K]
+// (trans_w) or W for W [K, N]. Per-call packing of W is what dominates a small-M
+// GEMM; the step loops pack their slice of W_hh once per sequence.
+// `available()` is false for double and when the BLAS lacks the API; callers then
+// use gemm().
+template <typename T>
+class PackedWeight {
+ public:
+  PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw);
+  ~PackedWeight();
+  PackedWeight(const PackedWeight&) = delete;
+  PackedWeight& operator=(const PackedWeight&) = delete;
+  bool available() const { return data_ != nullptr; }
+  void gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const;
+
+ private:
+  int64_t N_, K_;
+  void* data_ = nullptr;
+};
+
+// While alive, gemm() calls made by the current thread run single-threaded inside
+// the BLAS (for calls from inside our own parallel regions: MKL would otherwise
+// start its own threads there too). A no-op when the BLAS has no such control.
+class SequentialBlasScope {
+ public:
+  SequentialBlasScope();
+  ~SequentialBlasScope();
+  SequentialBlasScope(const SequentialBlasScope&) = delete;
+  SequentialBlasScope& operator=(const SequentialBlasScope&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Which GEMM backs gemm(): "blas (sgemm_/dgemm_ from libtorch)" or "aten".
 const char* gemm_backend();
 

@@ -83,7 +83,10 @@ void parallel_region(int64_t step_flops, const F& fn) {
                      : at::get_num_threads();
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-    fn(omp_get_thread_num(), omp_get_num_threads());
+    {
+      const SequentialBlasScope sequential_blas;
+      fn(omp_get_thread_num(), omp_get_num_threads());
+    }
     return;
   }
 #endif
@@ -116,6 +119,14 @@ void layer_forward(const LayerFwd<T>& a) {
   parallel_region(2 * B * GH * P + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
+    // This thread's gate rows of W_hh, packed [G * |u|, P] (it touches them first, so
+    // they are in its core's cache), and its recurrent-product scratch [B, G * |u|].
+    const int64_t GHs = a.G * u.size();
+    T* wp = a.wpack + a.G * u.begin * P;
+    T* rec = a.rec + B * a.G * u.begin;
+    for (int64_t gate = 0; gate < a.G; ++gate)
+      copy_rows(wp + gate * u.size() * P, P, a.w_hh + (gate * H + u.begin) * P, P, u.size(), P);
+    const PackedWeight<T> packed(true, GHs, P, B, wp, P);
     int cur = 0;
     for (int64_t step = 0; step < s.T; ++step) {
       const int64_t t = s.time_at(step, a.reverse);
@@ -125,20 +136,26 @@ void layer_forward(const LayerFwd<T>& a) {
       const T* hin = a.hbuf + cur * B * P;
       T* hout = a.hbuf + (1 - cur) * B * P;
       T* g = a.gbuf + row * ld;
-      // Recurrent product for this thread's units, one GEMM per gate block.
-      for (int64_t gate = 0; gate < a.G && u.size() > 0; ++gate) {
-        const T* w = a.w_hh + (gate * H + u.begin) * P;
-        if (gru) {
-          T* out = a.scratch_gh + gate * H + u.begin;
-          if (a.bias_h != nullptr) {
-            for (int64_t j = 0; j < b; ++j)
-              std::memcpy(out + j * GH, a.bias_h + gate * H + u.begin, sizeof(T) * u.size());
-          }
-          gemm<T>(false, true, b, u.size(), P, T(1), hin, P, w, P,
-                  a.bias_h != nullptr ? T(1) : T(0), out, GH);
+      // Recurrent product for this thread's units: one GEMM against its packed rows
+      // of W_hh, then added to the gate pre-activations (GRU: kept apart, + b_hh).
+      if (GHs > 0) {
+        if (packed.available()) {
+          packed.gemm(b, hin, P, T(0), rec, GHs);
         } else {
-          gemm<T>(false, true, b, u.size(), P, T(1), hin, P, w, P, T(1), g + gate * H + u.begin,
-                  ld);
+          gemm<T>(false, true, b, GHs, P, T(1), hin, P, wp, P, T(0), rec, GHs);
+        }
+        for (int64_t j = 0; j < b; ++j) {
+          for (int64_t gate = 0; gate < a.G; ++gate) {
+            const T* __restrict src = rec + j * GHs + gate * u.size();
+            if (gru) {
+              T* __restrict dst = a.scratch_gh + j * GH + gate * H + u.begin;
+              const T* __restrict bh = a.bias_h != nullptr ? a.bias_h + gate * H + u.begin : nullptr;
+              for (int64_t k = 0; k < u.size(); ++k) dst[k] = src[k] + (bh != nullptr ? bh[k] : T(0));
+            } else {
+              T* __restrict dst = g + j * ld + gate * H + u.begin;
+              for (int64_t k = 0; k < u.size(); ++k) dst[k] += src[k];
+            }
+          }
         }
       }
       const FwdStep<T> st{g,
@@ -184,6 +201,10 @@ void layer_backward(const LayerBwd<T>& a) {
   parallel_region(2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
+    // This thread's columns of W_hh, packed [G*H, |p|] (first touched by this thread).
+    T* wp = a.wpack + GH * p.begin;
+    copy_rows(wp, p.size(), a.w_hh + p.begin, P, GH, p.size());
+    const PackedWeight<T> packed(false, p.size(), GH, s.B, wp, p.size());
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -232,8 +253,12 @@ void layer_backward(const LayerBwd<T>& a) {
       barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
-      gemm<T>(false, false, b, p.size(), GH, T(1), dgh + row * GH, GH, a.w_hh + p.begin, P,
-              gru ? T(1) : T(0), a.dh + p.begin, P);
+      if (packed.available()) {
+        packed.gemm(b, dgh + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
+      } else {
+        gemm<T>(false, false, b, p.size(), GH, T(1), dgh + row * GH, GH, wp, p.size(),
+                gru ? T(1) : T(0), a.dh + p.begin, P);
+      }
     }
   });
 

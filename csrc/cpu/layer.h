@@ -61,6 +61,8 @@ struct LayerFwd {
   T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
   T* scratch_r;     // [B, H] LSTM with projection
   T* scratch_gh;    // [B, 3H] GRU
+  T* wpack;         // [G*H, P] scratch: each thread's gate rows of W_hh, packed together
+  T* rec;           // [B, G*H] scratch: each thread's recurrent product
 };
 
 template <typename T>
@@ -84,6 +86,7 @@ struct LayerBwd {
   T* dgx;           // [N, G*H] scratch
   T* dgh;           // [N, G*H] GRU scratch, else nullptr (== dgx)
   T* hprev;         // [N, P] scratch
+  T* wpack;         // [G*H, P] scratch: each thread's columns of W_hh, packed together
   T* dr;            // [B, H] LSTM projection scratch
   T* R;             // [N, H] LSTM projection scratch
   T* DH;            // [N, P] LSTM projection scratch

@@ -123,12 +123,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor cells = need_workspace ? at::empty({d.seq.N, d.H}, opts) : empty0(opts);
   Tensor r = d.proj ? at::empty({d.seq.B, d.H}, opts) : Tensor();
   Tensor hbuf = at::empty({2, d.seq.B, d.P}, opts);
+  Tensor wpack = at::empty({4 * d.H, d.P}, opts), rec = at::empty({d.seq.B, 4 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
                       ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), ptr<T>(cy),
-                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r), nullptr});
+                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r), nullptr,
+                      ptr<T>(wpack), ptr<T>(rec)});
   });
   if (!need_workspace) gates = empty0(opts);
   return {output, hy, cy, gates, cells};
@@ -158,6 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
   Tensor dgates = at::empty({N, G}, opts), hprev = at::empty({N, P}, opts);
+  Tensor wpack = at::empty({G, P}, opts);
   Tensor dr = d.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor R = d.proj ? at::empty({N, H}, opts) : Tensor();
   Tensor DH = d.proj ? at::empty({N, P}, opts) : Tensor();
@@ -170,7 +173,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     layer_backward<T>({CellKind::kLstm, &d.seq, reverse, d.I, H, P, 4, G, cptr<T>(dy), cptr<T>(x),
                        cptr<T>(hx_c), cptr<T>(cx_c), cptr<T>(wih), cptr<T>(whh), cptr<T>(whr),
                        cptr<T>(y), cptr<T>(g), cptr<T>(cl), ptr<T>(dh), ptr<T>(dc),
-                       ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
+                       ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(wpack), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db) : nullptr, nullptr, ptr<T>(dw_hr)});
   });
@@ -196,12 +199,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor gh = at::empty({d.seq.B, 3 * d.H}, opts);
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
+  Tensor wpack = at::empty({3 * d.H, d.H}, opts), rec = at::empty({d.seq.B, 3 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh),
                       ptr<T>(ws), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
-                      ptr<T>(gh)});
+                      ptr<T>(gh), ptr<T>(wpack), ptr<T>(rec)});
   });
   if (!need_workspace) ws = empty0(opts);
   return {output, hy, ws};
@@ -227,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts);
-  Tensor hprev = at::empty({N, H}, opts);
+  Tensor hprev = at::empty({N, H}, opts), wpack = at::empty({G, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, H}, opts);
   Tensor db_ih = has_bias ? at::empty({G}, opts) : empty0(opts);
@@ -237,7 +241,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     layer_backward<T>({CellKind::kGru, &d.seq, reverse, d.I, H, H, 3, 4 * H, cptr<T>(dy),
                        cptr<T>(x), cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr,
                        cptr<T>(y), cptr<T>(ws), nullptr, ptr<T>(dh), nullptr, ptr<T>(dgx),
-                       ptr<T>(dgh), ptr<T>(hprev), nullptr, nullptr, nullptr,
+                       ptr<T>(dgh), ptr<T>(hprev), ptr<T>(wpack), nullptr, nullptr, nullptr,
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db_ih) : nullptr, has_bias ? ptr<T>(db_hh) : nullptr,
                        nullptr});
@@ -259,13 +263,16 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
   Tensor output = at::empty(output_shape(input, d.H), input.options());
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, input.options());
+  Tensor wpack = at::empty({d.H, d.H}, input.options());
+  Tensor rec = at::empty({d.seq.B, d.H}, input.options());
   const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_forward", [&] {
     using T = scalar_t;
     // The output buffer doubles as the pre-activation buffer: h_t replaces it in place.
     layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
                       cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
-                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, nullptr});
+                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, nullptr,
+                      ptr<T>(wpack), ptr<T>(rec)});
   });
   return {output, hy};
 }
@@ -285,6 +292,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dg = at::empty({N, H}, opts), hprev = at::empty({N, H}, opts);
+  Tensor wpack = at::empty({H, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({H, d.I}, opts), dw_hh = at::empty({H, H}, opts);
   Tensor db = has_bias ? at::empty({H}, opts) : empty0(opts);
@@ -294,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     layer_backward<T>({kind, &d.seq, reverse, d.I, H, H, 1, H, cptr<T>(dy), cptr<T>(x),
                        cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(y),
                        cptr<T>(y), nullptr, ptr<T>(dh), nullptr, ptr<T>(dg), nullptr,
-                       ptr<T>(hprev), nullptr, nullptr, nullptr,
+                       ptr<T>(hprev), ptr<T>(wpack), nullptr, nullptr, nullptr,
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db) : nullptr, nullptr, nullptr});
   });
