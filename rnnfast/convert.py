@@ -22,6 +22,11 @@ _REPLACEMENTS: dict[type, type] = {
 }
 _TORCH_BASES = tuple(_REPLACEMENTS)
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
 
 def _constructor_args(m: nn.Module) -> tuple[type, dict]:
     if isinstance(m, nn.RNNBase):
@@ -55,6 +60,11 @@ def _replacement(m: nn.Module) -> nn.Module:
         new.register_buffer(name, buf)
     if isinstance(new, nn.RNNBase):
         new._init_flat_weights()
+    # Hooks registered on the original keep firing (the very same dicts, so the
+    # handles the user holds can still remove them).
+    for attr in _HOOK_DICTS:
+        if hasattr(m, attr):
+            object.__setattr__(new, attr, getattr(m, attr))
     new.train(m.training)
     return new
 
@@ -65,8 +75,9 @@ def convert(model: nn.Module, *, warn: bool = True) -> nn.Module:
     equivalent, in place, and return the model.
 
     The replacement shares the original's ``Parameter`` objects (so an optimiser
-    created before ``convert`` keeps training them), and keeps its device, dtype,
-    train/eval mode and every constructor option; outputs are unchanged.
+    created before ``convert`` keeps training them) and its hooks, and keeps its
+    device, dtype, train/eval mode and every constructor option; outputs are
+    unchanged.
     Subclasses of those torch.nn classes are left alone (their own ``forward`` may
     differ); with ``warn=True`` a ``UserWarning`` names them.
 

@@ -426,3 +426,18 @@ def test_word_language_model_training_matches(rnn_type, rnn_dropout, dtype):
         assert_close(got_params[name].detach(), p.detach(), dtype, msg=name)
     # and the training really moved the weights
     assert not torch.allclose(got_params["rnn.weight_hh_l0"], initial_w_hh)
+
+
+def test_convert_keeps_hooks_and_their_handles():
+    """Forward hooks registered before convert keep firing, and their handles still
+    remove them."""
+    model = torch.nn.Sequential(torch.nn.GRU(4, 5))
+    calls = []
+    handle = model[0].register_forward_hook(lambda mod, inp, out: calls.append(type(mod)))
+    rnnfast.convert(model)
+    assert isinstance(model[0], rnnfast.GRU)
+    model(torch.randn(3, 2, 4))
+    assert calls == [rnnfast.GRU]
+    handle.remove()
+    model(torch.randn(3, 2, 4))
+    assert calls == [rnnfast.GRU]

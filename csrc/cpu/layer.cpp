@@ -105,7 +105,6 @@ template <typename T>
 void layer_forward(const LayerFwd<T>& a) {
   const Sequence& s = *a.seq;
   const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld, B = s.B;
-  const bool gru = a.kind == CellKind::kGru;
   const bool proj = a.w_hr != nullptr;
 
   // Input projection of the whole sequence, bias folded in (all threads, BLAS).
@@ -137,29 +136,16 @@ void layer_forward(const LayerFwd<T>& a) {
       T* hout = a.hbuf + (1 - cur) * B * P;
       T* g = a.gbuf + row * ld;
       // Recurrent product for this thread's units: one GEMM against its packed rows
-      // of W_hh, then added to the gate pre-activations (GRU: kept apart, + b_hh).
-      if (GHs > 0) {
-        if (packed.available()) {
-          packed.gemm(b, hin, P, T(0), rec, GHs);
-        } else {
-          gemm<T>(false, true, b, GHs, P, T(1), hin, P, wp, P, T(0), rec, GHs);
-        }
-        for (int64_t j = 0; j < b; ++j) {
-          for (int64_t gate = 0; gate < a.G; ++gate) {
-            const T* __restrict src = rec + j * GHs + gate * u.size();
-            if (gru) {
-              T* __restrict dst = a.scratch_gh + j * GH + gate * H + u.begin;
-              const T* __restrict bh = a.bias_h != nullptr ? a.bias_h + gate * H + u.begin : nullptr;
-              for (int64_t k = 0; k < u.size(); ++k) dst[k] = src[k] + (bh != nullptr ? bh[k] : T(0));
-            } else {
-              T* __restrict dst = g + j * ld + gate * H + u.begin;
-              for (int64_t k = 0; k < u.size(); ++k) dst[k] += src[k];
-            }
-          }
-        }
+      // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
+      if (packed.available()) {
+        packed.gemm(b, hin, P, T(0), rec, GHs);
+      } else {
+        gemm<T>(false, true, b, GHs, P, T(1), hin, P, wp, P, T(0), rec, GHs);
       }
       const FwdStep<T> st{g,
-                          gru ? a.scratch_gh : nullptr,
+                          rec,
+                          GHs,
+                          a.bias_h,
                           hin,
                           proj ? a.scratch_r : hout,
                           a.c,

@@ -5,9 +5,9 @@
 // Forward:
 //   gbuf = X W_ih^T + bias_x                        one GEMM over all N rows
 //   per step t (b_t active rows):
-//     LSTM/RNN: gbuf_t += h W_hh^T                  one GEMM
-//     GRU:      gh = h W_hh^T + b_hh                one GEMM (kept apart: r multiplies it)
-//     fused pointwise pass (activations, state update, output, what backward needs)
+//     rec = h W_hh^T                                one GEMM (each thread: its units)
+//     fused pointwise pass: adds rec to gbuf_t (GRU: keeps it apart with b_hh, since
+//     r multiplies it), activations, state update, output, what backward needs
 //     LSTM with projection: h = r W_hr^T            one GEMM
 // Backward, in the reverse of the forward order:
 //   per step: dh += dy_t; (projection: dr = dh W_hr); fused pointwise pass giving the
@@ -60,7 +60,6 @@ struct LayerFwd {
   T* c;             // [B, H] LSTM: in c_0, out c_n
   T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
   T* scratch_r;     // [B, H] LSTM with projection
-  T* scratch_gh;    // [B, 3H] GRU
   T* wpack;         // [G*H, P] scratch: each thread's gate rows of W_hh, packed together
   T* rec;           // [B, G*H] scratch: each thread's recurrent product
 };

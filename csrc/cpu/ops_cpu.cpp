@@ -129,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
                       ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), ptr<T>(cy),
-                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r), nullptr,
+                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r),
                       ptr<T>(wpack), ptr<T>(rec)});
   });
   if (!need_workspace) gates = empty0(opts);
@@ -197,7 +197,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   Tensor ws = at::empty({d.seq.N, 4 * d.H}, opts);
   Tensor output = at::empty(output_shape(input, d.H), opts);
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
-  Tensor gh = at::empty({d.seq.B, 3 * d.H}, opts);
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
   Tensor wpack = at::empty({3 * d.H, d.H}, opts), rec = at::empty({d.seq.B, 3 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
@@ -205,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
     layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh),
                       ptr<T>(ws), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
-                      ptr<T>(gh), ptr<T>(wpack), ptr<T>(rec)});
+                      ptr<T>(wpack), ptr<T>(rec)});
   });
   if (!need_workspace) ws = empty0(opts);
   return {output, hy, ws};
@@ -271,7 +270,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
     // The output buffer doubles as the pre-activation buffer: h_t replaces it in place.
     layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
                       cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
-                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, nullptr,
+                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
                       ptr<T>(wpack), ptr<T>(rec)});
   });
   return {output, hy};

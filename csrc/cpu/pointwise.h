@@ -17,14 +17,17 @@ namespace cpu {
 
 template <typename T>
 struct FwdStep {
-  T* gx;        // [B, ld] in: pre-activations (x W_ih^T + biases, + h W_hh^T for LSTM/RNN);
-                //         out: what backward needs (activated gates; GRU also hn)
-  const T* gh;  // [B, 3H] GRU only: h W_hh^T + b_hh (the recurrent part); else nullptr
+  T* gx;          // [B, ld] in: input-side pre-activations (x W_ih^T + folded biases);
+                  //         out: what backward needs (activated gates; GRU also hn)
+  const T* rec;   // [B, rec_ld] this thread's recurrent product h_{t-1} W_hh^T: gate
+                  //         g of unit k at rec[j * rec_ld + g * (k1 - k0) + (k - k0)]
+  int64_t rec_ld;
+  const T* bias_h;  // [3H] GRU: b_hh (added to the recurrent side), or nullptr
   const T* h_prev;  // [B, H] GRU: h_{t-1}; else unused
-  T* h;         // [B, H]  out: h_t (LSTM with projection: o * tanh(c_t))
-  T* c;         // [B, H]  LSTM: cell state, in c_{t-1}, out c_t; else nullptr
-  T* y;         // [B, H]  out: copy of h_t into the layer output, or nullptr
-  T* saved;     // [B, H]  LSTM: out copy of c_t for backward, or nullptr
+  T* h;           // [B, H]  out: h_t (LSTM with projection: o * tanh(c_t))
+  T* c;           // [B, H]  LSTM: cell state, in c_{t-1}, out c_t; else nullptr
+  T* y;           // [B, H]  out: copy of h_t into the layer output, or nullptr
+  T* saved;       // [B, H]  LSTM: out copy of c_t for backward, or nullptr
   int64_t H, ld;
   int64_t k0, k1;  // the units to process
 };

@@ -28,10 +28,18 @@ void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     T* __restrict go = gi + 3 * H;
     T* __restrict c = s.c + j * H;
     T* __restrict h = s.h + j * H;
+    const int64_t n = k1 - k0;
+    const T* __restrict ri = s.rec + j * s.rec_ld;  // unit k at ri[k - k0]
 #pragma GCC ivdep
     for (int64_t k = k0; k < k1; ++k) {
+      T i = gi[k] + ri[k - k0], f = gf[k] + ri[k - k0 + n], g = gg[k] + ri[k - k0 + 2 * n],
+        o = go[k] + ri[k - k0 + 3 * n];
       T cn, r;
-      cell::lstm_forward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cn, r);
+      cell::lstm_forward_unit<T, FastAct>(i, f, g, o, c[k], cn, r);
+      gi[k] = i;
+      gf[k] = f;
+      gg[k] = g;
+      go[k] = o;
       c[k] = cn;
       h[k] = r;
     }
@@ -87,15 +95,27 @@ void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     T* __restrict xz = xr + H;
     T* __restrict xn = xr + 2 * H;
     T* __restrict saved_hn = xr + 3 * H;
-    const T* __restrict hr = s.gh + j * 3 * H;
-    const T* __restrict hz = hr + H;
-    const T* __restrict hn = hr + 2 * H;
+    const int64_t n = k1 - k0;
+    const T* __restrict rr = s.rec + j * s.rec_ld;  // unit k at rr[k - k0]
     const T* __restrict hp = s.h_prev + j * H;
     T* __restrict h = s.h + j * H;
+    if (s.bias_h != nullptr) {
+      const T* __restrict br = s.bias_h;
 #pragma GCC ivdep
-    for (int64_t k = k0; k < k1; ++k) {
-      h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], hr[k], hz[k], hn[k], hp[k]);
-      saved_hn[k] = hn[k];
+      for (int64_t k = k0; k < k1; ++k) {
+        const T hn = rr[k - k0 + 2 * n] + br[k + 2 * H];
+        h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], rr[k - k0] + br[k],
+                                                   rr[k - k0 + n] + br[k + H], hn, hp[k]);
+        saved_hn[k] = hn;
+      }
+    } else {
+#pragma GCC ivdep
+      for (int64_t k = k0; k < k1; ++k) {
+        const T hn = rr[k - k0 + 2 * n];
+        h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], rr[k - k0], rr[k - k0 + n], hn,
+                                                   hp[k]);
+        saved_hn[k] = hn;
+      }
     }
     if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
   }
@@ -132,9 +152,10 @@ void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   for (int64_t j = row_begin; j < row_end; ++j) {
     T* __restrict g = s.gx + j * s.ld;
     T* __restrict h = s.h + j * H;
+    const T* __restrict rr = s.rec + j * s.rec_ld;  // unit k at rr[k - k0]
 #pragma GCC ivdep
     for (int64_t k = k0; k < k1; ++k) {
-      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(g[k]);
+      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(g[k] + rr[k - k0]);
       g[k] = v;
       h[k] = v;
     }
