@@ -28,16 +28,20 @@ def threads(request):
     torch.set_num_threads(old)
 
 
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-8)}
+
+
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name,ref_cls,cls,kwargs", CASES, ids=[c[0] for c in CASES])
-def test_split_step_loop_matches_torch(name, ref_cls, cls, kwargs, packed, threads):
+def test_split_step_loop_matches_torch(name, ref_cls, cls, kwargs, packed, dtype, threads):
     torch.manual_seed(0)
     T, B, I, H = 6, 9, 50, 97
-    ref = ref_cls(I, H, num_layers=2, bidirectional=True, **kwargs)
-    m = cls(I, H, num_layers=2, bidirectional=True, **kwargs)
+    ref = ref_cls(I, H, num_layers=2, bidirectional=True, dtype=dtype, **kwargs)
+    m = cls(I, H, num_layers=2, bidirectional=True, dtype=dtype, **kwargs)
     m.load_state_dict(ref.state_dict())
-    x = torch.randn(T, B, I, requires_grad=True)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     lengths = torch.tensor([6, 6, 5, 5, 4, 3, 3, 2, 1])
     results = []
     for mod in (ref, m):
@@ -45,8 +49,9 @@ def test_split_step_loop_matches_torch(name, ref_cls, cls, kwargs, packed, threa
         out, state = mod(inp)
         out = out.data if packed else out
         states = state if isinstance(state, tuple) else (state,)
-        grads_out = [torch.linspace(-1, 1, t.numel()).reshape(t.shape) for t in (out, *states)]
+        grads_out = [torch.linspace(-1, 1, t.numel(), dtype=dtype).reshape(t.shape)
+                     for t in (out, *states)]
         grads = torch.autograd.grad((out, *states), [x, *mod.parameters()], grads_out)
         results.append([out, *states, *grads])
     for a, b in zip(*results):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b, a, **TOL[dtype])

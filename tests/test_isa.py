@@ -1,0 +1,84 @@
+"""Every CPU kernel set (AVX-512, AVX2, baseline x86-64), not only the one this CPU
+picks: each runs in a subprocess with RNNFAST_CPU_ISA set and is checked against
+torch.nn for every cell type, forward and backward, in float32 and float64."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import rnnfast
+
+SCRIPT = textwrap.dedent("""
+    import torch, rnnfast
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    want = {want!r}
+    got = rnnfast.build_info()["cpu_kernels"]
+    assert got == want, f"kernel set {{got}}, wanted {{want}}"
+    cases = [(torch.nn.LSTM, rnnfast.LSTM, dict(proj_size=5)), (torch.nn.LSTM, rnnfast.LSTM, {{}}),
+             (torch.nn.GRU, rnnfast.GRU, {{}}), (torch.nn.RNN, rnnfast.RNN, dict(nonlinearity="relu")),
+             (torch.nn.RNN, rnnfast.RNN, dict(nonlinearity="tanh"))]
+    tol = {{torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-8)}}
+    for dtype in (torch.float32, torch.float64):
+        for ref_cls, cls, kw in cases:
+            ref = ref_cls(6, 37, num_layers=2, bidirectional=True, dtype=dtype, **kw)
+            m = cls(6, 37, num_layers=2, bidirectional=True, dtype=dtype, **kw)
+            m.load_state_dict(ref.state_dict())
+            x = torch.randn(5, 4, 6, dtype=dtype, requires_grad=True)
+            res = []
+            for mod in (ref, m):
+                out, state = mod(pack_padded_sequence(x, [5, 4, 2, 1]))
+                states = state if isinstance(state, tuple) else (state,)
+                tensors = (out.data, *states)
+                gouts = [torch.linspace(-1, 1, t.numel(), dtype=dtype).reshape(t.shape)
+                         for t in tensors]
+                grads = torch.autograd.grad(tensors, [x, *mod.parameters()], gouts)
+                res.append([*tensors, *grads])
+            for a, b in zip(*res):
+                torch.testing.assert_close(b, a, **tol[dtype])
+    print("ok")
+""")
+
+
+def _supported() -> list[str]:
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    isas = ["generic"]
+    if {"avx2", "fma", "bmi2"} <= set(flags):
+        isas.append("avx2")
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= set(flags):
+        isas.append("avx512")
+    return isas
+
+
+ALL = ["generic", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ALL)
+def test_kernel_set_matches_torch(isa):
+    if isa not in _supported():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    env = dict(os.environ, RNNFAST_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(want=isa)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_unknown_kernel_set_is_a_clear_error():
+    env = dict(os.environ, RNNFAST_CPU_ISA="sse9")
+    code = "import torch, rnnfast; rnnfast.LSTM(3, 4)(torch.randn(2, 1, 3))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "RNNFAST_CPU_ISA must be one of avx512, avx2, generic; got 'sse9'" in proc.stderr
+
+
+def test_this_cpu_uses_its_best_kernel_set():
+    assert rnnfast.build_info()["cpu_kernels"] == _supported()[-1]
+    assert torch.get_num_threads() >= 1
