@@ -26,14 +26,6 @@ void copy_rows(T* out, int64_t ld_out, const T* src, int64_t ld_src, int64_t row
   for (int64_t i = 0; i < rows; ++i) std::memcpy(out + i * ld_out, src + i * ld_src, sizeof(T) * cols);
 }
 
-// Every row of out [rows, ld] starts with the vector v [cols].
-template <typename T>
-void broadcast_rows(T* out, int64_t ld, const T* v, int64_t rows, int64_t cols) {
-  parallel_rows(rows, cols, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) std::memcpy(out + i * ld, v, sizeof(T) * cols);
-  });
-}
-
 // out[k] = sum_i m[i * ld + k] over i ascending, per column block: deterministic.
 template <typename T>
 void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
@@ -104,37 +96,60 @@ inline void barrier() {
 template <typename T>
 void layer_forward(const LayerFwd<T>& a) {
   const Sequence& s = *a.seq;
-  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld, B = s.B;
+  const int64_t H = a.H, P = a.P, ld = a.ld, B = s.B, I = a.I;
   const bool proj = a.w_hr != nullptr;
-
-  // Input projection of the whole sequence, bias folded in (all threads, BLAS).
-  if (a.bias_x != nullptr) broadcast_rows(a.gbuf, ld, a.bias_x, s.N, GH);
-  gemm<T>(false, true, s.N, GH, a.I, T(1), a.x, a.I, a.w_ih, a.I,
-          a.bias_x != nullptr ? T(1) : T(0), a.gbuf, ld);
+  const int64_t Tc = std::max<int64_t>(1, a.chunk_steps);
   copy_rows(a.hbuf, P, a.h, P, B, P);
   copy_rows(a.hbuf + B * P, P, a.h, P, B, P);
 
   const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
-  parallel_region(2 * B * GH * P + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
+  parallel_region(2 * B * a.G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
-    // This thread's gate rows of W_hh, packed [G * |u|, P] (it touches them first, so
-    // they are in its core's cache), and its recurrent-product scratch [B, G * |u|].
+    // This thread's gate rows of W_hh and W_ih, packed [G * |u|, P] and [G * |u|, I] (it
+    // touches them first, so they are in its core's cache), its recurrent-product
+    // scratch [B, G * |u|] and its input-projection scratch [Tc * B, G * |u|].
     const int64_t GHs = a.G * u.size();
     T* wp = a.wpack + a.G * u.begin * P;
+    T* wip = a.wipack + a.G * u.begin * I;
     T* rec = a.rec + B * a.G * u.begin;
-    for (int64_t gate = 0; gate < a.G; ++gate)
+    T* xp = a.xbuf + Tc * B * a.G * u.begin;
+    for (int64_t gate = 0; gate < a.G; ++gate) {
       copy_rows(wp + gate * u.size() * P, P, a.w_hh + (gate * H + u.begin) * P, P, u.size(), P);
+      copy_rows(wip + gate * u.size() * I, I, a.w_ih + (gate * H + u.begin) * I, I, u.size(), I);
+    }
     const PackedWeight<T> packed(true, GHs, P, B, wp, P);
+    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, wip, I);
     int cur = 0;
+    int64_t chunk_lo = 0;  // first row of the current input-projection chunk
     for (int64_t step = 0; step < s.T; ++step) {
+      if (step % Tc == 0 && GHs > 0) {
+        // Input projection of the next Tc steps for this thread's units; their rows
+        // are contiguous in either direction.
+        const int64_t last = std::min(s.T, step + Tc) - 1;
+        const int64_t t_a = s.time_at(step, a.reverse), t_b = s.time_at(last, a.reverse);
+        const int64_t t_lo = std::min(t_a, t_b), t_hi = std::max(t_a, t_b);
+        chunk_lo = s.off[t_lo];
+        const int64_t rows = s.off[t_hi] + s.bs[t_hi] - chunk_lo;
+        if (a.bias_x != nullptr) {
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t gate = 0; gate < a.G; ++gate)
+              std::memcpy(xp + r * GHs + gate * u.size(), a.bias_x + gate * H + u.begin,
+                          sizeof(T) * u.size());
+        }
+        const T beta = a.bias_x != nullptr ? T(1) : T(0);
+        if (packed_ih.available()) {
+          packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
+        } else {
+          gemm<T>(false, true, rows, GHs, I, T(1), a.x + chunk_lo * I, I, wip, I, beta, xp, GHs);
+        }
+      }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
       if (b == 0) continue;
       const int64_t row = s.off[t];
       const T* hin = a.hbuf + cur * B * P;
       T* hout = a.hbuf + (1 - cur) * B * P;
-      T* g = a.gbuf + row * ld;
       // Recurrent product for this thread's units: one GEMM against its packed rows
       // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
       if (packed.available()) {
@@ -142,10 +157,12 @@ void layer_forward(const LayerFwd<T>& a) {
       } else {
         gemm<T>(false, true, b, GHs, P, T(1), hin, P, wp, P, T(0), rec, GHs);
       }
-      const FwdStep<T> st{g,
+      const FwdStep<T> st{xp + (row - chunk_lo) * GHs,
+                          GHs,
                           rec,
                           GHs,
                           a.bias_h,
+                          a.gbuf != nullptr ? a.gbuf + row * ld : nullptr,
                           hin,
                           proj ? a.scratch_r : hout,
                           a.c,

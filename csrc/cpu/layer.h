@@ -3,7 +3,8 @@
 // differs, and lives in the pointwise kernels).
 //
 // Forward:
-//   gbuf = X W_ih^T + bias_x                        one GEMM over all N rows
+//   per chunk of steps (~128 rows): xbuf = X W_ih^T + bias_x     one GEMM per thread,
+//     for its own units, so the pre-activations are consumed from its cache
 //   per step t (b_t active rows):
 //     rec = h W_hh^T                                one GEMM (each thread: its units)
 //     fused pointwise pass: adds rec to gbuf_t (GRU: keeps it apart with b_hh, since
@@ -53,7 +54,8 @@ struct LayerFwd {
   const T* bias_x;  // [G*H] folded into the input projection (LSTM/RNN: b_ih + b_hh;
                     //       GRU: b_ih), or nullptr
   const T* bias_h;  // [3H] GRU: b_hh, or nullptr
-  T* gbuf;          // [N, ld] pre-activations, then what backward needs (RNN: == y)
+  T* gbuf;          // [N, ld] what backward needs (RNN: == y, the output), or nullptr
+                    //         (LSTM/GRU inference)
   T* y;             // [N, P] layer output (RNN: nullptr, gbuf is the output)
   T* h;             // [B, P] in: h_0; out: h_n
   T* hbuf;          // [2, B, P] scratch: the double-buffered running h
@@ -62,7 +64,14 @@ struct LayerFwd {
   T* scratch_r;     // [B, H] LSTM with projection
   T* wpack;         // [G*H, P] scratch: each thread's gate rows of W_hh, packed together
   T* rec;           // [B, G*H] scratch: each thread's recurrent product
+  T* wipack;        // [G*H, I] scratch: each thread's gate rows of W_ih, packed together
+  T* xbuf;          // [chunk_steps*B, G*H] scratch: each thread's input projection of a
+                    //         chunk of steps
+  int64_t chunk_steps;
 };
+
+// Steps per input-projection chunk (about 128 rows, at least one step).
+inline int64_t input_chunk_steps(int64_t B) { return B >= 128 ? 1 : 128 / (B > 0 ? B : 1); }
 
 template <typename T>
 struct LayerBwd {

@@ -116,23 +116,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
   const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
-  Tensor gates = at::empty({d.seq.N, 4 * d.H}, opts);
+  Tensor gates = need_workspace ? at::empty({d.seq.N, 4 * d.H}, opts) : empty0(opts);
   Tensor output = at::empty(output_shape(input, d.P), opts);
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor cy = cx.clone(at::MemoryFormat::Contiguous);
   Tensor cells = need_workspace ? at::empty({d.seq.N, d.H}, opts) : empty0(opts);
   Tensor r = d.proj ? at::empty({d.seq.B, d.H}, opts) : Tensor();
   Tensor hbuf = at::empty({2, d.seq.B, d.P}, opts);
+  const int64_t Tc = input_chunk_steps(d.seq.B);
   Tensor wpack = at::empty({4 * d.H, d.P}, opts), rec = at::empty({d.seq.B, 4 * d.H}, opts);
+  Tensor wipack = at::empty({4 * d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, 4 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
-                      ptr<T>(gates), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), ptr<T>(cy),
-                      need_workspace ? ptr<T>(cells) : nullptr, ptr<T>(r),
-                      ptr<T>(wpack), ptr<T>(rec)});
+                      need_workspace ? ptr<T>(gates) : nullptr, ptr<T>(output), ptr<T>(hy),
+                      ptr<T>(hbuf), ptr<T>(cy), need_workspace ? ptr<T>(cells) : nullptr,
+                      ptr<T>(r), ptr<T>(wpack), ptr<T>(rec), ptr<T>(wipack), ptr<T>(xbuf), Tc});
   });
-  if (!need_workspace) gates = empty0(opts);
   return {output, hy, cy, gates, cells};
 }
 
@@ -194,19 +195,23 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor bih = d.bias ? b_ih->contiguous() : Tensor();
   const Tensor bhh = d.bias ? b_hh->contiguous() : Tensor();
-  Tensor ws = at::empty({d.seq.N, 4 * d.H}, opts);
+  // b_hh enters the pointwise pass; zeros stand in for a missing bias.
+  const Tensor bhh_or_zeros = d.bias ? bhh : at::zeros({3 * d.H}, opts);
+  Tensor ws = need_workspace ? at::empty({d.seq.N, 4 * d.H}, opts) : empty0(opts);
   Tensor output = at::empty(output_shape(input, d.H), opts);
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
+  const int64_t Tc = input_chunk_steps(d.seq.B);
   Tensor wpack = at::empty({3 * d.H, d.H}, opts), rec = at::empty({d.seq.B, 3 * d.H}, opts);
+  Tensor wipack = at::empty({3 * d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, 3 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
-                      cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh),
-                      ptr<T>(ws), ptr<T>(output), ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
-                      ptr<T>(wpack), ptr<T>(rec)});
+                      cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh_or_zeros),
+                      need_workspace ? ptr<T>(ws) : nullptr, ptr<T>(output), ptr<T>(hy),
+                      ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(wpack), ptr<T>(rec),
+                      ptr<T>(wipack), ptr<T>(xbuf), Tc});
   });
-  if (!need_workspace) ws = empty0(opts);
   return {output, hy, ws};
 }
 
@@ -261,17 +266,19 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
   const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
   Tensor output = at::empty(output_shape(input, d.H), input.options());
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
-  Tensor hbuf = at::empty({2, d.seq.B, d.H}, input.options());
-  Tensor wpack = at::empty({d.H, d.H}, input.options());
-  Tensor rec = at::empty({d.seq.B, d.H}, input.options());
+  const auto opts = input.options();
+  Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
+  const int64_t Tc = input_chunk_steps(d.seq.B);
+  Tensor wpack = at::empty({d.H, d.H}, opts), rec = at::empty({d.seq.B, d.H}, opts);
+  Tensor wipack = at::empty({d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, d.H}, opts);
   const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_forward", [&] {
     using T = scalar_t;
-    // The output buffer doubles as the pre-activation buffer: h_t replaces it in place.
+    // The saved row of an RNN is h_t itself: the output buffer is the workspace.
     layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
                       cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
-                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr,
-                      ptr<T>(wpack), ptr<T>(rec)});
+                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(wpack),
+                      ptr<T>(rec), ptr<T>(wipack), ptr<T>(xbuf), Tc});
   });
   return {output, hy};
 }

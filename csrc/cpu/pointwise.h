@@ -17,12 +17,14 @@ namespace cpu {
 
 template <typename T>
 struct FwdStep {
-  T* gx;          // [B, ld] in: input-side pre-activations (x W_ih^T + folded biases);
-                  //         out: what backward needs (activated gates; GRU also hn)
-  const T* rec;   // [B, rec_ld] this thread's recurrent product h_{t-1} W_hh^T: gate
-                  //         g of unit k at rec[j * rec_ld + g * (k1 - k0) + (k - k0)]
+  T* xin;         // [B, xin_ld] this thread's input-side pre-activations (x W_ih^T + folded
+                  //         biases): gate g of unit k at xin[j * xin_ld + g * (k1 - k0) + k - k0]
+  int64_t xin_ld;
+  const T* rec;   // [B, rec_ld] this thread's recurrent product h_{t-1} W_hh^T, same layout
   int64_t rec_ld;
-  const T* bias_h;  // [3H] GRU: b_hh (added to the recurrent side), or nullptr
+  const T* bias_h;  // [3H] GRU: b_hh (zeros without bias), added to the recurrent side
+  T* gx;          // [B, ld] out: what backward needs (activated gates, GRU also hn, RNN h_t
+                  //         = the output), or nullptr in inference (LSTM, GRU)
   const T* h_prev;  // [B, H] GRU: h_{t-1}; else unused
   T* h;           // [B, H]  out: h_t (LSTM with projection: o * tanh(c_t))
   T* c;           // [B, H]  LSTM: cell state, in c_{t-1}, out c_t; else nullptr

@@ -20,26 +20,27 @@ inline void copy_units(T* __restrict dst, const T* __restrict src, int64_t k0, i
 // ----------------------------------------------------------------- LSTM
 template <typename T>
 void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    T* __restrict gi = s.gx + j * s.ld;
-    T* __restrict gf = gi + H;
-    T* __restrict gg = gi + 2 * H;
-    T* __restrict go = gi + 3 * H;
+    const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
+    const T* __restrict ri = s.rec + j * s.rec_ld;
+    // Activated gates go to the workspace when saving, else back over this thread's
+    // own input-side scratch (never read again).
+    T* __restrict og = s.gx != nullptr ? s.gx + j * s.ld + k0 : s.xin + j * s.xin_ld;
+    const int64_t os = s.gx != nullptr ? H : n;
     T* __restrict c = s.c + j * H;
     T* __restrict h = s.h + j * H;
-    const int64_t n = k1 - k0;
-    const T* __restrict ri = s.rec + j * s.rec_ld;  // unit k at ri[k - k0]
 #pragma GCC ivdep
     for (int64_t k = k0; k < k1; ++k) {
-      T i = gi[k] + ri[k - k0], f = gf[k] + ri[k - k0 + n], g = gg[k] + ri[k - k0 + 2 * n],
-        o = go[k] + ri[k - k0 + 3 * n];
+      const int64_t m = k - k0;
+      T i = xi[m] + ri[m], f = xi[m + n] + ri[m + n], g = xi[m + 2 * n] + ri[m + 2 * n],
+        o = xi[m + 3 * n] + ri[m + 3 * n];
       T cn, r;
       cell::lstm_forward_unit<T, FastAct>(i, f, g, o, c[k], cn, r);
-      gi[k] = i;
-      gf[k] = f;
-      gg[k] = g;
-      go[k] = o;
+      og[m] = i;
+      og[m + os] = f;
+      og[m + 2 * os] = g;
+      og[m + 3 * os] = o;
       c[k] = cn;
       h[k] = r;
     }
@@ -89,32 +90,36 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // ----------------------------------------------------------------- GRU
 template <typename T>
 void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
-  const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
+  const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    T* __restrict xr = s.gx + j * s.ld;
-    T* __restrict xz = xr + H;
-    T* __restrict xn = xr + 2 * H;
-    T* __restrict saved_hn = xr + 3 * H;
-    const int64_t n = k1 - k0;
-    const T* __restrict rr = s.rec + j * s.rec_ld;  // unit k at rr[k - k0]
+    T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
+    const T* __restrict ri = s.rec + j * s.rec_ld;
     const T* __restrict hp = s.h_prev + j * H;
     T* __restrict h = s.h + j * H;
-    if (s.bias_h != nullptr) {
-      const T* __restrict br = s.bias_h;
+    const T* __restrict bh = s.bias_h + k0;  // b_hh (zeros without bias): unit k, gate g at
+                                              // bh[k - k0 + g * H]
+    if (s.gx != nullptr) {
+      T* __restrict og = s.gx + j * s.ld + k0;
 #pragma GCC ivdep
       for (int64_t k = k0; k < k1; ++k) {
-        const T hn = rr[k - k0 + 2 * n] + br[k + 2 * H];
-        h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], rr[k - k0] + br[k],
-                                                   rr[k - k0 + n] + br[k + H], hn, hp[k]);
-        saved_hn[k] = hn;
+        const int64_t m = k - k0;
+        T r = xi[m], z = xi[m + n], nn = xi[m + 2 * n];
+        const T hn = ri[m + 2 * n] + bh[m + 2 * H];
+        h[k] = cell::gru_forward_unit<T, FastAct>(r, z, nn, ri[m] + bh[m],
+                                                   ri[m + n] + bh[m + H], hn, hp[k]);
+        og[m] = r;
+        og[m + H] = z;
+        og[m + 2 * H] = nn;
+        og[m + 3 * H] = hn;
       }
     } else {
 #pragma GCC ivdep
       for (int64_t k = k0; k < k1; ++k) {
-        const T hn = rr[k - k0 + 2 * n];
-        h[k] = cell::gru_forward_unit<T, FastAct>(xr[k], xz[k], xn[k], rr[k - k0], rr[k - k0 + n], hn,
-                                                   hp[k]);
-        saved_hn[k] = hn;
+        const int64_t m = k - k0;
+        T r = xi[m], z = xi[m + n], nn = xi[m + 2 * n];
+        const T hn = ri[m + 2 * n] + bh[m + 2 * H];
+        h[k] = cell::gru_forward_unit<T, FastAct>(r, z, nn, ri[m] + bh[m],
+                                                   ri[m + n] + bh[m + H], hn, hp[k]);
       }
     }
     if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
@@ -150,12 +155,13 @@ template <typename T, bool Relu>
 void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    T* __restrict g = s.gx + j * s.ld;
+    const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k at xi[k - k0]
+    const T* __restrict ri = s.rec + j * s.rec_ld;
+    T* __restrict g = s.gx + j * s.ld;  // the layer output
     T* __restrict h = s.h + j * H;
-    const T* __restrict rr = s.rec + j * s.rec_ld;  // unit k at rr[k - k0]
 #pragma GCC ivdep
     for (int64_t k = k0; k < k1; ++k) {
-      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(g[k] + rr[k - k0]);
+      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(xi[k - k0] + ri[k - k0]);
       g[k] = v;
       h[k] = v;
     }
