@@ -105,51 +105,74 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            int64_t, const double*, int64_t, double, double*, int64_t);
 
-template <>
-PackedWeight<double>::PackedWeight(bool, int64_t N, int64_t K, int64_t, const double*, int64_t)
-    : N_(N), K_(K) {}
-template <>
-PackedWeight<double>::~PackedWeight() = default;
-template <>
-void PackedWeight<double>::gemm(int64_t, const double*, int64_t, double, double*, int64_t) const {
-  TORCH_CHECK(false, "rnnfast internal error: no packed GEMM for float64");
+namespace {
+
+// MKL's packed copy of W as the column-major "A" operand (C^T [N, M] = op(W)^T X^T),
+// or nullptr where there is no packed GEMM (float64, another BLAS).
+template <typename T>
+void* pack_weight(bool, int64_t, int64_t, int64_t, const T*, int64_t) {
+  return nullptr;
 }
 
-// Column-major view: C^T [N, M] = op(W)^T [N, K] X^T [K, M], W the packed "A" operand.
 template <>
-PackedWeight<float>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
-                                  const float* W, int64_t ldw)
-    : N_(N), K_(K) {
+void* pack_weight<float>(bool trans_w, int64_t N, int64_t K, int64_t M_max, const float* W,
+                         int64_t ldw) {
   if (&SGEMM_PACK_GET_SIZE == nullptr || &SGEMM_PACK == nullptr || &SGEMM_COMPUTE == nullptr ||
       N <= 0 || K <= 0 || M_max <= 0 || !fits_int(N) || !fits_int(K) || !fits_int(M_max) ||
       !fits_int(ldw)) {
-    return;
+    return nullptr;
   }
   const int m = static_cast<int>(N), n = static_cast<int>(M_max), k = static_cast<int>(K);
   const int ld = static_cast<int>(std::max<int64_t>(ldw, 1));
   const size_t bytes = SGEMM_PACK_GET_SIZE("A", &m, &n, &k);
-  data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  if (data_ == nullptr) return;
+  void* dest = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (dest == nullptr) return nullptr;
   const float one = 1.0f;
-  SGEMM_PACK("A", trans_w ? "T" : "N", &m, &n, &k, &one, W, &ld, static_cast<float*>(data_));
+  SGEMM_PACK("A", trans_w ? "T" : "N", &m, &n, &k, &one, W, &ld, static_cast<float*>(dest));
+  return dest;
+}
+
+template <typename T>
+void packed_gemm(const void*, int64_t, int64_t, int64_t, const T*, int64_t, T, T*, int64_t) {
+  TORCH_CHECK(false, "rnnfast internal error: no packed GEMM for this dtype");
 }
 
 template <>
-PackedWeight<float>::~PackedWeight() {
-  std::free(data_);
-}
-
-template <>
-void PackedWeight<float>::gemm(int64_t M, const float* X, int64_t ldx, float beta, float* C,
-                               int64_t ldc) const {
-  if (M <= 0) return;
-  const int m = static_cast<int>(N_), n = static_cast<int>(M), k = static_cast<int>(K_);
+void packed_gemm<float>(const void* packed, int64_t N, int64_t K, int64_t M, const float* X,
+                        int64_t ldx, float beta, float* C, int64_t ldc) {
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   const int ldb = static_cast<int>(std::max<int64_t>(ldx, 1));
   const int ld_c = static_cast<int>(std::max<int64_t>(ldc, 1));
   const int lda = m;  // ignored for a packed operand
-  SGEMM_COMPUTE("P", "N", &m, &n, &k, static_cast<const float*>(data_), &lda, X, &ldb, &beta, C,
+  SGEMM_COMPUTE("P", "N", &m, &n, &k, static_cast<const float*>(packed), &lda, X, &ldb, &beta, C,
                 &ld_c);
 }
+
+}  // namespace
+
+template <typename T>
+PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
+                              int64_t ldw)
+    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw),
+      packed_(pack_weight<T>(trans_w, N, K, M_max, W, ldw)) {}
+
+template <typename T>
+PackedWeight<T>::~PackedWeight() {
+  std::free(packed_);
+}
+
+template <typename T>
+void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
+  if (M <= 0 || N_ <= 0) return;
+  if (packed_ != nullptr) {
+    packed_gemm<T>(packed_, N_, K_, M, X, ldx, beta, C, ldc);
+  } else {
+    cpu::gemm<T>(false, trans_w_, M, N_, K_, T(1), X, ldx, W_, ldw_, beta, C, ldc);
+  }
+}
+
+template class PackedWeight<float>;
+template class PackedWeight<double>;
 
 SequentialBlasScope::SequentialBlasScope()
     : previous_(&MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}

@@ -18,12 +18,11 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-// A weight operand packed once for many small GEMMs with it (MKL's packed GEMM
-// API): C[M, N] = X[M, K] op(W) + beta C, with op(W) = W^T for W [N, K]
-// (trans_w) or W for W [K, N]. Per-call packing of W is what dominates a small-M
-// GEMM; the step loops pack their slice of W_hh once per sequence.
-// `available()` is false for double and when the BLAS lacks the API; callers then
-// use gemm().
+// A weight operand used by many small GEMMs: C[M, N] = X[M, K] op(W) + beta C, with
+// op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. Where the BLAS offers it
+// (MKL's packed GEMM, float32) W is packed once here: per-call packing of W is what
+// dominates a small-M GEMM, and the step loops multiply by the same slice of W_hh
+// every step. Elsewhere gemm() is the plain gemm() above. W must outlive this object.
 template <typename T>
 class PackedWeight {
  public:
@@ -31,12 +30,14 @@ class PackedWeight {
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;
-  bool available() const { return data_ != nullptr; }
   void gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const;
 
  private:
+  bool trans_w_;
   int64_t N_, K_;
-  void* data_ = nullptr;
+  const T* W_;
+  int64_t ldw_;
+  void* packed_ = nullptr;  // MKL's packed copy of W, or nullptr (use W_)
 };
 
 // While alive, gemm() calls made by the current thread run single-threaded inside

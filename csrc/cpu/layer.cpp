@@ -138,11 +138,7 @@ void layer_forward(const LayerFwd<T>& a) {
                           sizeof(T) * u.size());
         }
         const T beta = a.bias_x != nullptr ? T(1) : T(0);
-        if (packed_ih.available()) {
-          packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
-        } else {
-          gemm<T>(false, true, rows, GHs, I, T(1), a.x + chunk_lo * I, I, wip, I, beta, xp, GHs);
-        }
+        packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
       }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -152,11 +148,7 @@ void layer_forward(const LayerFwd<T>& a) {
       T* hout = a.hbuf + (1 - cur) * B * P;
       // Recurrent product for this thread's units: one GEMM against its packed rows
       // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
-      if (packed.available()) {
-        packed.gemm(b, hin, P, T(0), rec, GHs);
-      } else {
-        gemm<T>(false, true, b, GHs, P, T(1), hin, P, wp, P, T(0), rec, GHs);
-      }
+      packed.gemm(b, hin, P, T(0), rec, GHs);
       const FwdStep<T> st{xp + (row - chunk_lo) * GHs,
                           GHs,
                           rec,
@@ -256,12 +248,7 @@ void layer_backward(const LayerBwd<T>& a) {
       barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
-      if (packed.available()) {
-        packed.gemm(b, dgh + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
-      } else {
-        gemm<T>(false, false, b, p.size(), GH, T(1), dgh + row * GH, GH, wp, p.size(),
-                gru ? T(1) : T(0), a.dh + p.begin, P);
-      }
+      packed.gemm(b, dgh + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
     }
   });
 

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <cstdint>
 #include <optional>
@@ -38,16 +37,6 @@ struct Sequence {
 // Checks everything a caller of the op could get wrong and raises a clear error.
 Sequence make_sequence(const char* op, const at::Tensor& input,
                        const std::optional<at::Tensor>& batch_sizes);
-
-// Run fn(row_begin, row_end) over [0, rows) on torch's intra-op threads, with chunks
-// of at least `min_work` elements when each row carries `row_work` elements.
-template <typename F>
-inline void parallel_rows(int64_t rows, int64_t row_work, const F& fn,
-                          int64_t min_work = 16384) {
-  if (rows <= 0) return;
-  const int64_t grain = std::max<int64_t>(1, min_work / std::max<int64_t>(row_work, 1));
-  at::parallel_for(0, rows, grain, fn);
-}
 
 }  // namespace cpu
 }  // namespace rnnfast

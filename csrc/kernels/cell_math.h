@@ -6,8 +6,9 @@
 // run the very same arithmetic.
 //
 // The activation functions come from a policy type `Act` with static members
-// `sigmoid(x)` and `tanh(x)`, so that a backend can pick its own fast
-// approximations (see csrc/cpu/fast_math.h) while the algebra stays in one place.
+// `sigmoid(x)` and `tanh(x)`, so that each backend picks its own (the CPU's
+// vectorisable approximations: csrc/cpu/fast_math.h) while the algebra stays in one
+// place.
 //
 // Gate order follows torch.nn:
 //   LSTM: i, f, g, o         (input, forget, cell candidate, output)
@@ -27,14 +28,6 @@
 
 namespace rnnfast {
 namespace cell {
-
-// Exact activations (the C library on the host, CUDA's math library on the device).
-struct PreciseAct {
-  RNNFAST_HD static float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
-  RNNFAST_HD static double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
-  RNNFAST_HD static float tanh(float x) { return ::tanhf(x); }
-  RNNFAST_HD static double tanh(double x) { return ::tanh(x); }
-};
 
 // ---------------------------------------------------------------------------
 // LSTM
