@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 
 from setuptools import find_packages, setup
 
@@ -52,6 +53,20 @@ def want_cuda() -> bool:
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def cuda_fp16_include() -> str | None:
+    """A directory with CUDA's cuda_fp16.h and cuda_bf16.h, or None."""
+    candidates = []
+    if cpp_extension.CUDA_HOME:
+        candidates.append(os.path.join(cpp_extension.CUDA_HOME, "include"))
+    candidates += [os.path.join(p, "nvidia", "cu13", "include") for p in sys.path if p]
+    candidates.append("/usr/local/cuda/include")
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "cuda_fp16.h")) and \
+                os.path.isfile(os.path.join(d, "cuda_bf16.h")):
+            return d
+    return None
+
+
 def rel(paths: list[str]) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
@@ -61,14 +76,23 @@ def extensions():
     debug = env_flag("RNNFAST_DEBUG")
     with_cuda = want_cuda()
     sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
-                  + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+                  + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    # The SIMT emulator (always built) takes __half/__nv_bfloat16 from CUDA's own
+    # headers when they are on this machine; without them it supports float32/64.
+    fp16_dir = cuda_fp16_include()
+    if fp16_dir and not with_cuda:
+        include_dirs.append(fp16_dir)
     cxx = ["-O0" if debug else "-O3", "-std=c++17", "-fopenmp", "-fno-math-errno",
            "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas",
            f'-DRNNFAST_VERSION="{version}"']
     if debug:
         cxx.append("-g")
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v",
-            "-Xptxas", "-warn-spills", "-Werror", "all-warnings", f'-DRNNFAST_VERSION="{version}"']
+    # ptxas reports registers/shared memory per kernel (-v, kept in the build log)
+    # and a register spill fails the build (-warn-spills made an error).
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas=-v,-warn-spills,-Werror",
+            "-Werror", "all-warnings", f'-DRNNFAST_VERSION="{version}"']
     define_macros = []
     ext_cls = cpp_extension.CppExtension
     if with_cuda:
@@ -79,11 +103,12 @@ def extensions():
                           ("RNNFAST_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
         ext_cls = cpp_extension.CUDAExtension
     print(f"rnnfast {version}: building {'CPU+CUDA' if with_cuda else 'CPU-only'} "
-          f"against torch {torch.__version__}")
+          f"against torch {torch.__version__}; SIMT emulator half types from "
+          f"{fp16_dir or 'nowhere (cuda_fp16.h not found: float32/64 only)'}")
     return [ext_cls(
         name="rnnfast._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else {"cxx": cxx},
         extra_link_args=["-fopenmp"],

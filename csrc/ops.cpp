@@ -7,6 +7,20 @@
 #include <torch/library.h>
 
 #include "ops.h"
+#include "simt/emulation.h"
+
+namespace {
+// The CPU registration of an operator: the CPU kernels, or, while SIMT emulation
+// is on (testing: rnnfast.testing.emulate_cuda()), the CUDA kernels in the emulator.
+template <auto Cpu, auto Emulated>
+struct Route;
+template <typename R, typename... Args, R (*Cpu)(Args...), R (*Emulated)(Args...)>
+struct Route<Cpu, Emulated> {
+  static R call(Args... args) {
+    return rnnfast::simt_emulation() ? Emulated(args...) : Cpu(args...);
+  }
+};
+}  // namespace
 
 TORCH_LIBRARY(rnnfast, m) {
   m.def(
@@ -39,12 +53,13 @@ TORCH_LIBRARY(rnnfast, m) {
 }
 
 TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
-  m.impl("lstm_forward", &rnnfast::cpu::lstm_forward);
-  m.impl("lstm_backward", &rnnfast::cpu::lstm_backward);
-  m.impl("gru_forward", &rnnfast::cpu::gru_forward);
-  m.impl("gru_backward", &rnnfast::cpu::gru_backward);
-  m.impl("rnn_forward", &rnnfast::cpu::rnn_forward);
-  m.impl("rnn_backward", &rnnfast::cpu::rnn_backward);
+  using namespace rnnfast;
+  m.impl("lstm_forward", &Route<&cpu::lstm_forward, &simt_emu::lstm_forward>::call);
+  m.impl("lstm_backward", &Route<&cpu::lstm_backward, &simt_emu::lstm_backward>::call);
+  m.impl("gru_forward", &Route<&cpu::gru_forward, &simt_emu::gru_forward>::call);
+  m.impl("gru_backward", &Route<&cpu::gru_backward, &simt_emu::gru_backward>::call);
+  m.impl("rnn_forward", &Route<&cpu::rnn_forward, &simt_emu::rnn_forward>::call);
+  m.impl("rnn_backward", &Route<&cpu::rnn_backward, &simt_emu::rnn_backward>::call);
 }
 
 #ifndef RNNFAST_WITH_CUDA

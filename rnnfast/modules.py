@@ -25,11 +25,11 @@ from . import functional, ops
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 _SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
                  torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
                  torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-                 torch.bool: "Bool"}
+                 torch.bool: "Bool", torch.complex64: "ComplexFloat",
+                 torch.complex128: "ComplexDouble"}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -37,7 +37,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _check_state_like(weight: Tensor, input: Tensor, states: tuple[Tensor, ...]) -> None:
-    """States must match the weights' dtype and the input's device (torch's wording)."""
+    """States must match the weights' dtype and the input's device, and the input the
+    weights' device (torch's wording)."""
     for t in states:
         if t.dtype != weight.dtype:
             raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
@@ -46,6 +47,10 @@ def _check_state_like(weight: Tensor, input: Tensor, states: tuple[Tensor, ...])
             raise RuntimeError(
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {t.device}")
+    if weight.device != input.device:
+        raise RuntimeError(
+            "Input and parameter tensors are not at the same device, found input tensor at "
+            f"{input.device} and parameter tensor at {weight.device}")
 
 
 class _RecurrentLayer(nn.RNNBase):
@@ -75,6 +80,14 @@ class _RecurrentLayer(nn.RNNBase):
 
     def _as_hx(self, states: tuple[Tensor, ...]):
         return states if self._num_states > 1 else states[0]
+
+    def _split_hx(self, hx) -> tuple:
+        """The states of a user's ``hx``, indexed as torch.nn does (so that a wrong type
+        fails the same way)."""
+        return (hx,)
+
+    def _check_packed_dtype(self, input: Tensor) -> None:
+        """torch.nn.GRU/RNN check a packed input's dtype in Python (check_input)."""
 
     def _layer_params(self) -> list[tuple]:
         params = []
@@ -123,11 +136,16 @@ class _RecurrentLayer(nn.RNNBase):
         batch_dim = 0 if self.batch_first else 1
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            if batch_sizes.numel() == 0:  # torch.nn reads batch_sizes[0] first
+                raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
+            self._check_packed_dtype(input)
             if hx is None:
                 self.check_input(input, batch_sizes)
-                max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+                max_batch_size = int(batch_sizes[0])
                 hx = self._as_hx(self._zero_states(input, max_batch_size))
             else:
+                # torch.nn permutes the given state first, then checks it.
+                hx = self.permute_hidden(hx, sorted_indices)
                 self._check_packed_states(input, hx, batch_sizes)
         else:
             if input.dim() not in (2, 3):
@@ -141,18 +159,19 @@ class _RecurrentLayer(nn.RNNBase):
             if hx is None:
                 hx = self._as_hx(self._zero_states(input, max_batch_size))
             else:
-                given = hx if isinstance(hx, tuple) else (hx,)
+                given = self._split_hx(hx)
                 message = self._rank_error(is_batched, given)
                 if message is not None:
                     raise RuntimeError(message)
                 if not is_batched:
                     hx = self._as_hx(tuple(t.unsqueeze(1) for t in given))
             self.check_forward_args(input, hx, batch_sizes)
-        hx = self.permute_hidden(hx, sorted_indices)
-        states = hx if isinstance(hx, tuple) else (hx,)
+        states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+        if len(states) != self._num_states:
+            raise RuntimeError("lstm expects two hidden states")
         _check_state_like(self._flat()[0], input, states)
 
-        if input.dtype in _KERNEL_DTYPES:
+        if ops.runs_kernels(input):
             if batch_sizes is None and self.batch_first:
                 input = input.transpose(0, 1)
             output, finals = self._run(input, states, batch_sizes)
@@ -220,6 +239,20 @@ class LSTM(_RecurrentLayer):
 
     def _state_sizes(self) -> tuple[int, ...]:
         return (self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size)
+
+    def _split_hx(self, hx) -> tuple:
+        return (hx[0], hx[1])
+
+    def _check_packed_dtype(self, input: Tensor) -> None:
+        # torch.nn.LSTM does not check a packed input in Python; its kernel's matmul does.
+        weight = self._flat()[0]
+        if input.dtype != weight.dtype:
+            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
+                               f"{_dtype_name(input.dtype)} and {_dtype_name(weight.dtype)}")
+
+    def _check_packed_states(self, input: Tensor, hx, batch_sizes: Tensor) -> None:
+        hx[0].size(2)  # torch.nn.LSTM's kernel reads this first: IndexError below 3-D
+        super()._check_packed_states(input, hx, batch_sizes)
 
     def _rank_error(self, is_batched: bool, states: tuple[Tensor, ...]) -> Optional[str]:
         want = 3 if is_batched else 2
@@ -404,7 +437,17 @@ class _RecurrentCell(nn.RNNCellBase):
                                 device=input.device)
             states = (zeros,) * self._num_states
         else:
-            states = tuple(hx) if self._num_states > 1 else (hx,)
+            if self._num_states == 1:
+                states = (hx,)
+            elif not is_batched:
+                states = (hx[0], hx[1])  # torch.nn.LSTMCell indexes an unbatched hx
+            elif isinstance(hx, Tensor):
+                raise TypeError("lstm_cell(): argument 'hx' (position 2) must be tuple of "
+                                "Tensors, not Tensor")
+            else:
+                states = tuple(hx)
+                if len(states) != 2:
+                    raise RuntimeError("lstm_cell expects two hidden states")
             if not is_batched:
                 states = tuple(t.unsqueeze(0) for t in states)
         if input.size(1) != self.input_size:
@@ -445,7 +488,7 @@ class LSTMCell(_RecurrentCell):
                 ) -> tuple[Tensor, Tensor]:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.LSTMCell.forward`."""
         input, (h, c), is_batched = self._prepare(input, hx)
-        if input.dtype in _KERNEL_DTYPES:
+        if ops.runs_kernels(input):
             _, h, c = ops.lstm_layer(input.unsqueeze(0), h, c, self.weight_ih, self.weight_hh,
                                      self.bias_ih, self.bias_hh)
         else:
@@ -474,7 +517,7 @@ class GRUCell(_RecurrentCell):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.GRUCell.forward`."""
         input, (h,), is_batched = self._prepare(input, hx)
-        if input.dtype in _KERNEL_DTYPES:
+        if ops.runs_kernels(input):
             _, h = ops.gru_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
                                  self.bias_ih, self.bias_hh)
         else:
@@ -506,7 +549,7 @@ class RNNCell(_RecurrentCell):
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         input, (h,), is_batched = self._prepare(input, hx)
-        if input.dtype in _KERNEL_DTYPES:
+        if ops.runs_kernels(input):
             _, h = ops.rnn_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
                                  self.bias_ih, self.bias_hh, nonlinearity=self.nonlinearity)
         else:

@@ -46,7 +46,32 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
 
-__all__ = ["lstm_layer", "gru_layer", "rnn_layer"]
+__all__ = ["lstm_layer", "gru_layer", "rnn_layer", "runs_kernels"]
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+# True while rnnfast.testing.emulate_cuda() routes CPU tensors through the CUDA
+# kernels in the SIMT emulator (a Python flag so that torch.compile can guard on it).
+_simt_emulation = False
+
+
+def runs_kernels(input: Tensor) -> bool:
+    """Whether rnnfast's own kernels handle ``input``'s device and dtype.
+
+    CUDA kernels: float32, float64, float16, bfloat16; CPU kernels: float32 and
+    float64. Anything else falls back to torch's implementation.
+    """
+    if input.device.type == "cuda" or (_simt_emulation and input.device.type == "cpu"):
+        return input.dtype in _CUDA_DTYPES
+    return input.dtype in _CPU_DTYPES
+
+
+def _acc_like(t: Tensor, shape) -> Tensor:
+    """Workspace of the CUDA kernels: float32 for half types (the cell state and
+    saved gates stay in float32), the input's dtype otherwise."""
+    return t.new_empty(shape, dtype=torch.float32 if t.dtype in _HALF_DTYPES else t.dtype)
 
 
 def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> Any:
@@ -63,11 +88,11 @@ def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
     cy = cx.new_empty(cx.shape)
     if need_workspace:
         n = _rows(input, batch_sizes)
-        gates = input.new_empty((n, 4 * hidden))
-        cells = input.new_empty((n, hidden))
+        gates = _acc_like(input, (n, 4 * hidden))
+        cells = _acc_like(input, (n, hidden))
     else:
-        gates = input.new_empty((0,))
-        cells = input.new_empty((0,))
+        gates = _acc_like(input, (0,))
+        cells = _acc_like(input, (0,))
     return output, hy, cy, gates, cells
 
 
@@ -150,9 +175,9 @@ def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, n
     output = input.new_empty((*input.shape[:-1], hidden))
     hy = hx.new_empty(hx.shape)
     if need_workspace:
-        workspace = input.new_empty((_rows(input, batch_sizes), 4 * hidden))
+        workspace = _acc_like(input, (_rows(input, batch_sizes), 4 * hidden))
     else:
-        workspace = input.new_empty((0,))
+        workspace = _acc_like(input, (0,))
     return output, hy, workspace
 
 

@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
+#include "../checks.h"
 #include "../ops.h"
 #include "layer.h"
 #include "sequence.h"
@@ -11,72 +12,6 @@
 namespace rnnfast {
 namespace cpu {
 namespace {
-
-struct Dims {
-  Sequence seq;
-  int64_t I = 0, H = 0, P = 0, G = 0;
-  bool proj = false;
-  bool bias = false;
-};
-
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-void check_like(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but input has dtype ", ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", ref.device());
-}
-
-void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef want) {
-  TORCH_CHECK(t.sizes() == want, op, ": expected ", name, " of shape ", want, ", got ", t.sizes());
-}
-
-// Checks what any caller of the operators could get wrong; G = gates per unit.
-Dims check_layer(const char* op, int64_t G, const Tensor& input, const Tensor& hx,
-                 const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                 const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
-  Dims d;
-  d.G = G;
-  d.seq = make_sequence(op, input, batch_sizes);
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0, op, ": w_ih must be (", G,
-              "*hidden_size, input_size), got ", w_ih.sizes());
-  d.H = w_ih.size(0) / G;
-  d.I = input.size(-1);
-  d.proj = present(w_hr);
-  d.P = d.proj ? w_hr->size(0) : d.H;
-  check_shape(op, "w_ih", w_ih, {G * d.H, d.I});
-  check_shape(op, "w_hh", w_hh, {G * d.H, d.P});
-  check_like(op, "w_ih", w_ih, input);
-  check_like(op, "w_hh", w_hh, input);
-  if (d.proj) {
-    check_shape(op, "w_hr", *w_hr, {d.P, d.H});
-    check_like(op, "w_hr", *w_hr, input);
-  }
-  check_shape(op, "hx", hx, {d.seq.B, d.P});
-  check_like(op, "hx", hx, input);
-  if (cx != nullptr) {
-    check_shape(op, "cx", *cx, {d.seq.B, d.H});
-    check_like(op, "cx", *cx, input);
-  }
-  d.bias = present(b_ih);
-  TORCH_CHECK(d.bias == present(b_hh), op, ": give both b_ih and b_hh, or neither");
-  if (d.bias) {
-    check_shape(op, "b_ih", *b_ih, {G * d.H});
-    check_shape(op, "b_hh", *b_hh, {G * d.H});
-    check_like(op, "b_ih", *b_ih, input);
-    check_like(op, "b_hh", *b_hh, input);
-  }
-  return d;
-}
-
-std::vector<int64_t> output_shape(const Tensor& input, int64_t P) {
-  std::vector<int64_t> shape = input.sizes().vec();
-  shape.back() = P;
-  return shape;
-}
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -87,21 +22,6 @@ const T* cptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.const_data_ptr<T>() : nullptr;
 }
 
-// Checks shared by the backward operators.
-void check_grads(const char* op, const Dims& d, const Tensor& input, const Tensor& output,
-                 const OptTensor& grad_output, const OptTensor& grad_hy) {
-  const auto out_shape = output_shape(input, d.P);
-  check_shape(op, "output", output, out_shape);
-  if (present(grad_output)) check_shape(op, "grad_output", *grad_output, out_shape);
-  if (present(grad_hy)) check_shape(op, "grad_hy", *grad_hy, {d.seq.B, d.P});
-}
-
-Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
-  return present(g) ? g->clone(at::MemoryFormat::Contiguous) : at::zeros({rows, cols}, opts);
-}
-
-Tensor empty0(const at::TensorOptions& opts) { return at::empty({0}, opts); }
-
 }  // namespace
 
 // ------------------------------------------------------------------------- LSTM
@@ -111,7 +31,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
     const OptTensor& batch_sizes, bool reverse, bool need_workspace) {
   const char* op = "rnnfast::lstm_forward";
-  const Dims d = check_layer(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes);
+  const Dims d = check_layer(op, kCpuDtypes, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes);
   const auto opts = input.options();
   const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
@@ -144,7 +64,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& cells, const OptTensor& batch_sizes, bool reverse, bool has_bias,
     bool need_grad_input) {
   const char* op = "rnnfast::lstm_backward";
-  const Dims d = check_layer(op, 4, input, hx, &cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+  const Dims d = check_layer(op, kCpuDtypes, 4, input, hx, &cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
                              batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
   TORCH_CHECK(gates.numel() == N * G && cells.numel() == N * H, op,
@@ -189,7 +109,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
                                                const OptTensor& batch_sizes, bool reverse,
                                                bool need_workspace) {
   const char* op = "rnnfast::gru_forward";
-  const Dims d = check_layer(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+  const Dims d = check_layer(op, kCpuDtypes, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
                              batch_sizes);
   const auto opts = input.options();
   const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
@@ -221,7 +141,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& workspace, const OptTensor& batch_sizes, bool reverse, bool has_bias,
     bool need_grad_input) {
   const char* op = "rnnfast::gru_backward";
-  const Dims d = check_layer(op, 3, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
+  const Dims d = check_layer(op, kCpuDtypes, 3, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
                              std::nullopt, batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, G = 3 * H;
   TORCH_CHECK(workspace.numel() == N * 4 * H, op,
@@ -260,7 +180,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
                                        const OptTensor& b_hh, const OptTensor& batch_sizes,
                                        bool reverse, bool relu) {
   const char* op = "rnnfast::rnn_forward";
-  const Dims d = check_layer(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+  const Dims d = check_layer(op, kCpuDtypes, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt,
                              batch_sizes);
   const Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor bias = d.bias ? (*b_ih + *b_hh).contiguous() : Tensor();
@@ -288,7 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
     const OptTensor& batch_sizes, bool reverse, bool relu, bool has_bias, bool need_grad_input) {
   const char* op = "rnnfast::rnn_backward";
-  const Dims d = check_layer(op, 1, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
+  const Dims d = check_layer(op, kCpuDtypes, 1, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
                              std::nullopt, batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H;
   check_grads(op, d, input, output, grad_output, grad_hy);

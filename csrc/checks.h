@@ -1,0 +1,54 @@
+// Argument checks shared by every backend's operators (CPU, CUDA, the SIMT
+// emulator), so that a wrong call gets the same message on every device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "cpu/sequence.h"
+
+namespace rnnfast {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// Which input dtypes a backend accepts.
+enum class Dtypes { kFloat32And64, kWithHalf };
+constexpr Dtypes kCpuDtypes = Dtypes::kFloat32And64;
+constexpr Dtypes kCudaDtypes = Dtypes::kWithHalf;
+
+struct Dims {
+  cpu::Sequence seq;
+  int64_t I = 0, H = 0, P = 0, G = 0;
+  bool proj = false;
+  bool bias = false;
+};
+
+inline bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref);
+void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef want);
+
+// Checks what any caller of the operators could get wrong; G = gates per unit,
+// cx only for the LSTM, w_hr only for an LSTM with a projection.
+Dims check_layer(const char* op, Dtypes dtypes, int64_t G, const at::Tensor& input,
+                 const at::Tensor& hx, const at::Tensor* cx, const at::Tensor& w_ih,
+                 const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                 const OptTensor& w_hr, const OptTensor& batch_sizes);
+
+// Shape of the output: the input's with the last size replaced by P.
+std::vector<int64_t> output_shape(const at::Tensor& input, int64_t P);
+
+// Checks shared by the backward operators.
+void check_grads(const char* op, const Dims& d, const at::Tensor& input, const at::Tensor& output,
+                 const OptTensor& grad_output, const OptTensor& grad_hy);
+
+// A contiguous copy of an incoming state gradient, or zeros when there is none.
+at::Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols,
+                      const at::TensorOptions& opts);
+
+// The (0,) tensor that stands for "absent" in the operators' outputs.
+inline at::Tensor empty0(const at::TensorOptions& opts) { return at::empty({0}, opts); }
+
+}  // namespace rnnfast

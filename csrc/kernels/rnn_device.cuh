@@ -1,0 +1,299 @@
+// Fused per-step CUDA kernels for the LSTM, GRU and Elman RNN, written against
+// csrc/simt/simt.h: nvcc compiles them for the GPU (csrc/cuda/rnn_cuda.cu) and a
+// host compiler compiles them for the SIMT emulator (csrc/simt/rnn_emulated.cpp).
+// The per-unit maths are csrc/kernels/cell_math.h, shared with the CPU kernels.
+//
+// Legend: R rows active in this step (R <= B), H hidden size, G gates per unit
+// (LSTM 4, GRU 3, RNN 1). Every pointer below is to row-major storage with the
+// row stride given by its shape; the step's rows are rows [0, R).
+//
+// Types: T is the tensor element type (float, double, __half, __nv_bfloat16);
+// A = Acc<T> is the arithmetic type (float for the half types, T otherwise). The
+// LSTM cell state, the saved gates and all pointwise arithmetic use A; tensors
+// that feed a GEMM (h, the gate gradients) are T.
+//
+// Launch shape: one thread per (row, unit), grid-stride loop, 1-D blocks of
+// kPointwiseThreads; any grid size is correct. column_sum uses (32, 8) blocks.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../simt/simt.h"
+#include "cell_math.h"
+
+namespace rnnfast {
+namespace RNNFAST_DEVICE_NS {
+
+constexpr int kPointwiseThreads = 256;
+
+// ------------------------------------------------------------------ types
+
+template <typename T>
+struct AccOf {
+  using type = T;
+};
+#if SIMT_HAS_HALF
+template <>
+struct AccOf<__half> {
+  using type = float;
+};
+template <>
+struct AccOf<__nv_bfloat16> {
+  using type = float;
+};
+#endif
+template <typename T>
+using Acc = typename AccOf<T>::type;
+
+template <typename A, typename T>
+SIMT_DEVICE A load(const T* p) {
+  return static_cast<A>(*p);
+}
+template <typename T, typename A>
+SIMT_DEVICE void store(T* p, A v) {
+  *p = static_cast<T>(v);
+}
+#if SIMT_HAS_HALF
+template <>
+SIMT_DEVICE float load<float, __half>(const __half* p) {
+  return __half2float(*p);
+}
+template <>
+SIMT_DEVICE float load<float, __nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+template <>
+SIMT_DEVICE void store<__half, float>(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
+template <>
+SIMT_DEVICE void store<__nv_bfloat16, float>(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+#endif
+
+// Activations on the device: the GPU's fast exponential and division for float
+// (a few ulp; the tests' float32 tolerances cover them), exact ones for double.
+struct DeviceAct {
+  static SIMT_DEVICE float sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+  static SIMT_DEVICE double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+  static SIMT_DEVICE float tanh(float x) { return tanhf(x); }
+  static SIMT_DEVICE double tanh(double x) { return ::tanh(x); }
+};
+
+SIMT_DEVICE int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+SIMT_DEVICE int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// ------------------------------------------------------------------ LSTM
+
+template <typename T>
+struct LstmForwardStep {
+  int64_t R = 0, H = 0;
+  const T* gx = nullptr;  // [R, 4H] x W_ih^T + b_ih + b_hh of this step
+  const T* gh = nullptr;  // [R, 4H] h_prev W_hh^T
+  Acc<T>* c = nullptr;    // [R, H] cell state: in c_prev, out c
+  T* r = nullptr;         // [R, H] out: o * tanh(c) (h, or the input of the projection)
+  T* out = nullptr;       // [R, H] out: a second copy of r (the output rows), or null
+  Acc<T>* gates = nullptr;  // [R, 4H] out: activated gates (training only), or null
+  Acc<T>* cells = nullptr;  // [R, H] out: c (training only), or null
+};
+
+template <typename T>
+__global__ void lstm_forward_step(LstmForwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / p.H, j = e - b * p.H;
+    const int64_t g0 = b * 4 * p.H + j;
+    A gate[4];
+    for (int k = 0; k < 4; ++k)
+      gate[k] = load<A>(p.gx + g0 + k * p.H) + load<A>(p.gh + g0 + k * p.H);
+    A c, r;
+    cell::lstm_forward_unit<A, DeviceAct>(gate[0], gate[1], gate[2], gate[3], p.c[e], c, r);
+    p.c[e] = c;
+    store(p.r + e, r);
+    if (p.out != nullptr) store(p.out + e, r);
+    if (p.gates != nullptr) {
+      for (int k = 0; k < 4; ++k) p.gates[g0 + k * p.H] = gate[k];
+      p.cells[e] = c;
+    }
+  }
+}
+
+template <typename T>
+struct LstmBackwardStep {
+  int64_t R = 0, H = 0;
+  const Acc<T>* gates = nullptr;  // [R, 4H] activated gates saved by the forward pass
+  const Acc<T>* cells = nullptr;  // [R, H] c_t
+  const Acc<T>* cprev = nullptr;  // [R, H] c_{t-1}
+  const T* dr = nullptr;          // [R, H] dL/dr from later steps (and h_n)
+  const T* dout = nullptr;        // [R, H] dL/d output rows added to dr, or null
+  Acc<T>* dc = nullptr;           // [R, H] in dL/dc_t, out dL/dc_{t-1}
+  T* dgates = nullptr;            // [R, 4H] out: gradients of the gate pre-activations
+  T* r = nullptr;                 // [R, H] out: r recomputed (projection only), or null
+};
+
+template <typename T>
+__global__ void lstm_backward_step(LstmBackwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / p.H, j = e - b * p.H;
+    const int64_t g0 = b * 4 * p.H + j;
+    A dr = load<A>(p.dr + e);
+    if (p.dout != nullptr) dr += load<A>(p.dout + e);
+    A dc = p.dc[e], di, df, dg, do_, r;
+    cell::lstm_backward_unit<A, DeviceAct>(p.gates[g0], p.gates[g0 + p.H], p.gates[g0 + 2 * p.H],
+                                           p.gates[g0 + 3 * p.H], p.cells[e], p.cprev[e], dr, dc,
+                                           di, df, dg, do_, r);
+    p.dc[e] = dc;
+    store(p.dgates + g0, di);
+    store(p.dgates + g0 + p.H, df);
+    store(p.dgates + g0 + 2 * p.H, dg);
+    store(p.dgates + g0 + 3 * p.H, do_);
+    if (p.r != nullptr) store(p.r + e, r);
+  }
+}
+
+// ------------------------------------------------------------------ GRU
+
+template <typename T>
+struct GruForwardStep {
+  int64_t R = 0, H = 0;
+  const T* gx = nullptr;  // [R, 3H] x W_ih^T + b_ih
+  const T* gh = nullptr;  // [R, 3H] h_prev W_hh^T + b_hh
+  T* h = nullptr;         // [R, H] state: in h_prev, out h
+  T* out = nullptr;       // [R, H] out: the output rows
+  Acc<T>* ws = nullptr;   // [R, 4H] out: r, z, n, W_hn h + b_hn (training only), or null
+};
+
+template <typename T>
+__global__ void gru_forward_step(GruForwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / p.H, j = e - b * p.H;
+    const int64_t g0 = b * 3 * p.H + j;
+    A xr = load<A>(p.gx + g0), xz = load<A>(p.gx + g0 + p.H), xn = load<A>(p.gx + g0 + 2 * p.H);
+    const A hn = load<A>(p.gh + g0 + 2 * p.H);
+    const A h = cell::gru_forward_unit<A, DeviceAct>(xr, xz, xn, load<A>(p.gh + g0),
+                                                     load<A>(p.gh + g0 + p.H), hn,
+                                                     load<A>(p.h + e));
+    store(p.h + e, h);
+    store(p.out + e, h);
+    if (p.ws != nullptr) {
+      A* w = p.ws + b * 4 * p.H + j;
+      w[0] = xr;
+      w[p.H] = xz;
+      w[2 * p.H] = xn;
+      w[3 * p.H] = hn;
+    }
+  }
+}
+
+template <typename T>
+struct GruBackwardStep {
+  int64_t R = 0, H = 0;
+  const Acc<T>* ws = nullptr;  // [R, 4H] saved r, z, n, hn
+  const T* hprev = nullptr;    // [R, H] h_{t-1}
+  T* dh = nullptr;             // [R, H] in dL/dh_t from later steps, out z * dL/dh_t
+  const T* dout = nullptr;     // [R, H] dL/d output rows, or null
+  T* dgx = nullptr;            // [R, 3H] out: gradients of the input-side pre-activations
+  T* dgh = nullptr;            // [R, 3H] out: gradients of the recurrent-side pre-activations
+};
+
+template <typename T>
+__global__ void gru_backward_step(GruBackwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / p.H, j = e - b * p.H;
+    const int64_t g0 = b * 3 * p.H + j;
+    const Acc<T>* w = p.ws + b * 4 * p.H + j;
+    A dh = load<A>(p.dh + e);
+    if (p.dout != nullptr) dh += load<A>(p.dout + e);
+    A dxr, dxz, dxn, dhr, dhz, dhn;
+    const A direct = cell::gru_backward_unit<A>(w[0], w[p.H], w[2 * p.H], w[3 * p.H],
+                                                load<A>(p.hprev + e), dh, dxr, dxz, dxn, dhr,
+                                                dhz, dhn);
+    store(p.dh + e, direct);
+    store(p.dgx + g0, dxr);
+    store(p.dgx + g0 + p.H, dxz);
+    store(p.dgx + g0 + 2 * p.H, dxn);
+    store(p.dgh + g0, dhr);
+    store(p.dgh + g0 + p.H, dhz);
+    store(p.dgh + g0 + 2 * p.H, dhn);
+  }
+}
+
+// ------------------------------------------------------------------ Elman RNN
+
+template <typename T>
+struct RnnForwardStep {
+  int64_t R = 0, H = 0;
+  const T* gx = nullptr;  // [R, H] x W_ih^T + b_ih + b_hh
+  const T* gh = nullptr;  // [R, H] h_prev W_hh^T
+  T* h = nullptr;         // [R, H] out: the new state
+  T* out = nullptr;       // [R, H] out: the output rows
+};
+
+template <typename T, bool Relu>
+__global__ void rnn_forward_step(RnnForwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const A h = cell::rnn_forward_unit<A, DeviceAct, Relu>(load<A>(p.gx + e) + load<A>(p.gh + e));
+    store(p.h + e, h);
+    store(p.out + e, h);
+  }
+}
+
+template <typename T>
+struct RnnBackwardStep {
+  int64_t R = 0, H = 0;
+  const T* h = nullptr;     // [R, H] h_t (the output rows)
+  const T* dh = nullptr;    // [R, H] dL/dh_t from later steps
+  const T* dout = nullptr;  // [R, H] dL/d output rows, or null
+  T* dpre = nullptr;        // [R, H] out: dL/d pre-activation
+};
+
+template <typename T, bool Relu>
+__global__ void rnn_backward_step(RnnBackwardStep<T> p) {
+  using A = Acc<T>;
+  const int64_t n = p.R * p.H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    A dh = load<A>(p.dh + e);
+    if (p.dout != nullptr) dh += load<A>(p.dout + e);
+    store(p.dpre + e, cell::rnn_backward_unit<A, Relu>(load<A>(p.h + e), dh));
+  }
+}
+
+// ------------------------------------------------------------------ reductions
+
+// out[c] = sum over r of x[r, c], accumulated in A in a fixed order (so the bias
+// gradients are bitwise reproducible; no atomics). Block (32, 8): threadIdx.x picks
+// the column within the block's 32, threadIdx.y strides over rows; the 8 partial
+// sums meet in shared memory (8 * 32 * sizeof(A) bytes).
+template <typename T>
+__global__ void column_sum(const T* x, int64_t rows, int64_t cols, T* out) {
+  using A = Acc<T>;
+  A* partial = simt::dynamic_shared<A>();
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  A s = A(0);
+  if (c < cols) {
+    for (int64_t r = threadIdx.y; r < rows; r += blockDim.y) s += load<A>(x + r * cols + c);
+  }
+  partial[threadIdx.y * 32 + threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    A total = A(0);
+    for (unsigned k = 0; k < blockDim.y; ++k) total += partial[k * 32 + threadIdx.x];
+    store(out + c, total);
+  }
+}
+
+}  // namespace RNNFAST_DEVICE_NS
+}  // namespace rnnfast

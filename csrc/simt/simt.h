@@ -1,0 +1,401 @@
+// simt.h: one kernel source for the GPU (nvcc) and for the SIMT emulator (g++).
+//
+// Kernels in csrc/kernels/ and host code in csrc/cuda/ are written against this
+// header only. Compiled by nvcc it maps onto CUDA itself; compiled by a host
+// compiler it maps onto a small emulator (simt_runtime.cpp) that runs every CUDA
+// thread as a fiber with CUDA's semantics, so the same kernels run on the CPU
+// under pytest and ctest on machines without a GPU.
+//
+// Rules for code that uses it (enforced by tests/test_simt_rules.py):
+//   * no `<<<...>>>`: launch with simt::launch / simt::launch_cooperative;
+//   * no raw `__shared__`: use simt::dynamic_shared<T>() (per-block storage,
+//     poisoned with NaN bytes at block start in the emulator);
+//   * no CUB and no inline PTX inside kernels;
+//   * grid-wide sync only in cooperative launches (simt::grid_sync()).
+//
+// What the emulator provides (beyond the usual builtins threadIdx, blockIdx,
+// blockDim, gridDim, warpSize = 32):
+//   __syncthreads, __syncthreads_count/_and/_or, __syncwarp, __threadfence*,
+//   __shfl_sync/_up/_down/_xor (with width), __ballot_sync/__any_sync/__all_sync,
+//   atomicAdd/Sub/Max/Min/Exch/CAS, __expf, __fdividef, __ldg, __half and
+//   __nv_bfloat16 (CUDA's own headers, when available: SIMT_HAS_HALF).
+// Warp collectives complete only when every lane named in the mask has arrived,
+// and each lane's result is kept per lane, so a fast lane cannot overwrite a value
+// a slow lane has yet to read. The emulator aborts with a message naming the
+// kernel, block, thread and source line on: threads of a block waiting at
+// different barriers, a barrier that some threads never reach (they exited), a
+// warp collective whose mask names lanes that exited or do not exist or excludes
+// the caller, deadlock (every live thread waits and nothing can release any), and
+// livelock (threads spinning on atomics that never change anything).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#if defined(__CUDACC__)
+// ============================================================================ GPU
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#define SIMT_HAS_HALF 1
+#define SIMT_EMULATED 0
+#define SIMT_DEVICE __device__ __forceinline__
+#define SIMT_HD __host__ __device__ __forceinline__
+
+namespace simt {
+inline namespace gpu {
+
+using stream_t = cudaStream_t;
+using dim3_t = ::dim3;
+
+// Launch shape and name (the name is for the emulator's messages).
+struct LaunchConfig {
+  dim3_t grid;
+  dim3_t block;
+  size_t smem = 0;
+  stream_t stream = nullptr;
+  const char* name = "kernel";
+};
+
+// Thrown when a launch is rejected (bad shape, too much shared memory, a
+// cooperative grid that could not be co-resident).
+struct LaunchError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Dynamic shared memory of the current block, as T[]. Size set at launch.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char simt_dynamic_smem[];
+  return reinterpret_cast<T*>(simt_dynamic_smem);
+}
+
+__device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  kernel<<<cfg.grid, cfg.block, cfg.smem, cfg.stream>>>(std::forward<Args>(args)...);
+}
+
+namespace detail {
+template <typename Tuple, size_t... I>
+void cooperative(const void* kernel, const LaunchConfig& cfg, Tuple& args,
+                 std::index_sequence<I...>) {
+  void* argv[] = {static_cast<void*>(&std::get<I>(args))..., nullptr};
+  const cudaError_t err =
+      cudaLaunchCooperativeKernel(kernel, cfg.grid, cfg.block, argv, cfg.smem, cfg.stream);
+  if (err != cudaSuccess) {
+    throw LaunchError(std::string("cooperative launch of ") + cfg.name +
+                      " failed: " + cudaGetErrorString(err));
+  }
+}
+}  // namespace detail
+
+// A launch whose blocks may call grid_sync(); every block must be co-resident.
+template <typename... KArgs, typename... Args>
+void launch_cooperative(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  std::tuple<std::decay_t<KArgs>...> packed(std::forward<Args>(args)...);
+  detail::cooperative(reinterpret_cast<const void*>(kernel), cfg, packed,
+                      std::index_sequence_for<KArgs...>{});
+}
+
+}  // namespace gpu
+}  // namespace simt
+
+#else
+// ============================================================================ emulator
+
+#if __has_include(<cuda_fp16.h>) && __has_include(<cuda_bf16.h>) && !defined(SIMT_NO_HALF)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define SIMT_HAS_HALF 1
+#else
+#define SIMT_HAS_HALF 0
+#endif
+
+#include <cmath>
+#include <functional>
+
+#define SIMT_EMULATED 1
+#define SIMT_DEVICE inline
+#define SIMT_HD inline
+
+// CUDA's execution-space keywords mean nothing to a host compiler (CUDA's own
+// host_defines.h, pulled in by cuda_fp16.h, defines them away the same way).
+#ifndef __global__
+#define __global__
+#endif
+#ifndef __device__
+#define __device__
+#endif
+#ifndef __host__
+#define __host__
+#endif
+#ifndef __forceinline__
+#define __forceinline__ inline
+#endif
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#ifndef __restrict__
+#define __restrict__ __restrict
+#endif
+
+namespace simt {
+inline namespace emu {
+
+struct uint3_t {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+struct dim3_t {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3_t(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using stream_t = void*;
+
+struct LaunchConfig {
+  dim3_t grid;
+  dim3_t block;
+  size_t smem = 0;
+  stream_t stream = nullptr;
+  const char* name = "kernel";
+};
+
+struct LaunchError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The emulated device: launch limits follow an NVIDIA A100 (sm_80), the smallest
+// of the architectures the extension is built for, so a launch that could not run
+// there fails here too.
+struct DeviceModel {
+  int sm_count = 108;
+  int max_threads_per_sm = 2048;
+  int max_blocks_per_sm = 32;
+  size_t smem_per_sm = 164 * 1024;
+  size_t max_dynamic_smem = 48 * 1024;  // without cudaFuncSetAttribute opt-in
+};
+const DeviceModel& device_model();
+
+namespace detail {
+
+struct Fiber;
+struct Block;
+struct Launch;
+
+// The thread (fiber) currently running on this OS thread; aborts outside kernels.
+Fiber& self();
+const uint3_t& thread_idx();
+const uint3_t& block_idx();
+const dim3_t& block_dim();
+const dim3_t& grid_dim();
+unsigned char* block_smem();
+
+void run(const LaunchConfig& cfg, bool cooperative, const std::function<void()>& body);
+
+// Block barrier: op 0 plain, 1 count, 2 and, 3 or; returns the reduction.
+int block_barrier(int op, int pred, const char* file, int line);
+void grid_barrier(const char* file, int line);
+
+enum class WarpOp : int { kSync, kShfl, kUp, kDown, kXor, kBallot, kAny, kAll };
+// Warp collective on an up-to-8-byte value; returns the lane's result bits.
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t bits, int arg, int width,
+                         const char* file, int line);
+
+// A scheduling point after an atomic; `changed` tells whether memory changed
+// (spinning on atomics that change nothing is how the livelock check counts).
+void atomic_point(bool changed);
+
+template <typename T>
+uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
+                "warp shuffles move values of at most 8 bytes");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <typename T>
+T from_bits(uint64_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+}  // namespace detail
+
+// Dynamic shared memory of the current block, as T[]. Size set at launch;
+// poisoned (every byte 0xFF: NaN for floats, -1 for integers) at block start.
+template <typename T>
+inline T* dynamic_shared() {
+  return reinterpret_cast<T*>(detail::block_smem());
+}
+
+inline void grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  detail::grid_barrier(file, line);
+}
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  std::tuple<std::decay_t<KArgs>...> packed(std::forward<Args>(args)...);
+  detail::run(cfg, false, [&] { std::apply(kernel, packed); });
+}
+
+template <typename... KArgs, typename... Args>
+void launch_cooperative(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  std::tuple<std::decay_t<KArgs>...> packed(std::forward<Args>(args)...);
+  detail::run(cfg, true, [&] { std::apply(kernel, packed); });
+}
+
+}  // namespace emu
+}  // namespace simt
+
+// ---------------------------------------------------------------- CUDA builtins
+
+#define threadIdx (::simt::detail::thread_idx())
+#define blockIdx (::simt::detail::block_idx())
+#define blockDim (::simt::detail::block_dim())
+#define gridDim (::simt::detail::grid_dim())
+constexpr int warpSize = 32;
+
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::simt::detail::block_barrier(0, 0, file, line);
+}
+inline int __syncthreads_count(int pred, const char* file = __builtin_FILE(),
+                               int line = __builtin_LINE()) {
+  return ::simt::detail::block_barrier(1, pred != 0, file, line);
+}
+inline int __syncthreads_and(int pred, const char* file = __builtin_FILE(),
+                             int line = __builtin_LINE()) {
+  return ::simt::detail::block_barrier(2, pred != 0, file, line);
+}
+inline int __syncthreads_or(int pred, const char* file = __builtin_FILE(),
+                            int line = __builtin_LINE()) {
+  return ::simt::detail::block_barrier(3, pred != 0, file, line);
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
+                       int line = __builtin_LINE()) {
+  ::simt::detail::warp_collective(::simt::detail::WarpOp::kSync, mask, 0, 0, 32, file, line);
+}
+// Memory is coherent in the emulator (one OS thread runs all fibers).
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+inline void __threadfence_system() {}
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T var, int src, int width = warpSize,
+                     const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return from_bits<T>(warp_collective(WarpOp::kShfl, mask, to_bits(var), src, width, file, line));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                        const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return from_bits<T>(warp_collective(WarpOp::kUp, mask, to_bits(var), static_cast<int>(delta),
+                                      width, file, line));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                          const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return from_bits<T>(warp_collective(WarpOp::kDown, mask, to_bits(var), static_cast<int>(delta),
+                                      width, file, line));
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,
+                         const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return from_bits<T>(
+      warp_collective(WarpOp::kXor, mask, to_bits(var), lane_mask, width, file, line));
+}
+inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return static_cast<unsigned>(
+      warp_collective(WarpOp::kBallot, mask, pred != 0, 0, 32, file, line));
+}
+inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return static_cast<int>(warp_collective(WarpOp::kAny, mask, pred != 0, 0, 32, file, line));
+}
+inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE()) {
+  using namespace ::simt::detail;
+  return static_cast<int>(warp_collective(WarpOp::kAll, mask, pred != 0, 0, 32, file, line));
+}
+
+// Atomics: a fiber is never preempted, so read-modify-write is atomic; each is
+// also a scheduling point so that spin-waits on atomics make progress.
+template <typename T>
+inline T atomicAdd(T* addr, T val) {
+  const T old = *addr;
+  *addr = old + val;
+  ::simt::detail::atomic_point(val != T(0));
+  return old;
+}
+template <typename T>
+inline T atomicSub(T* addr, T val) {
+  const T old = *addr;
+  *addr = old - val;
+  ::simt::detail::atomic_point(val != T(0));
+  return old;
+}
+template <typename T>
+inline T atomicMax(T* addr, T val) {
+  const T old = *addr;
+  if (val > old) *addr = val;
+  ::simt::detail::atomic_point(val > old);
+  return old;
+}
+template <typename T>
+inline T atomicMin(T* addr, T val) {
+  const T old = *addr;
+  if (val < old) *addr = val;
+  ::simt::detail::atomic_point(val < old);
+  return old;
+}
+template <typename T>
+inline T atomicExch(T* addr, T val) {
+  const T old = *addr;
+  *addr = val;
+  ::simt::detail::atomic_point(!(old == val));
+  return old;
+}
+template <typename T>
+inline T atomicCAS(T* addr, T compare, T val) {
+  const T old = *addr;
+  const bool swap = old == compare;
+  if (swap) *addr = val;
+  ::simt::detail::atomic_point(swap && !(old == val));
+  return old;
+}
+
+// Math intrinsics. The GPU's fast versions are approximations (a few ulp); the
+// emulator computes them exactly, so tolerances must cover the GPU's error.
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float x, float y) {
+  // CUDA: for 2^126 < |y| < 2^128 the result is 0 (and NaN when x is infinite).
+  const float ay = std::fabs(y);
+  if (ay > 0x1p126f && ay < INFINITY) return std::isinf(x) ? NAN : 0.0f * x;
+  return x / y;
+}
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+#endif  // __CUDACC__
