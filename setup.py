@@ -58,13 +58,28 @@ def cuda_fp16_include() -> str | None:
     candidates = []
     if cpp_extension.CUDA_HOME:
         candidates.append(os.path.join(cpp_extension.CUDA_HOME, "include"))
-    candidates += [os.path.join(p, "nvidia", "cu13", "include") for p in sys.path if p]
     candidates.append("/usr/local/cuda/include")
+    candidates += [os.path.join(p, "nvidia", "cu13", "include") for p in sys.path if p]
     for d in candidates:
-        if os.path.isfile(os.path.join(d, "cuda_fp16.h")) and \
-                os.path.isfile(os.path.join(d, "cuda_bf16.h")):
+        # A complete set: the half headers include crt/host_defines.h.
+        if all(os.path.isfile(os.path.join(d, h))
+               for h in ("cuda_fp16.h", "cuda_bf16.h", os.path.join("crt", "host_defines.h"))):
             return d
     return None
+
+
+def torch_cuda_wheel_includes() -> list[str]:
+    """CUDA headers that torch's CUDA wheels ship (cusparse.h, cublas_v2.h, ...) under
+    site-packages/nvidia/cu*/include: torch's headers need some that a bare nvcc
+    install may lack. Searched after CUDA_HOME/include (-isystem), so nvcc's own
+    headers win wherever both have one."""
+    found = []
+    for p in sys.path:
+        for cu in ("cu13", "cu12"):
+            d = os.path.join(p, "nvidia", cu, "include") if p else ""
+            if d and os.path.isfile(os.path.join(d, "cusparse.h")) and d not in found:
+                found.append(d)
+    return found
 
 
 def rel(paths: list[str]) -> list[str]:
@@ -82,16 +97,17 @@ def extensions():
     # The SIMT emulator (always built) takes __half/__nv_bfloat16 from CUDA's own
     # headers when they are on this machine; without them it supports float32/64.
     fp16_dir = cuda_fp16_include()
-    if fp16_dir and not with_cuda:
+    if fp16_dir:
         include_dirs.append(fp16_dir)
-    cxx = ["-O0" if debug else "-O3", "-std=c++17", "-fopenmp", "-fno-math-errno",
+    # C++20: torch >= 2.14's headers require it (and it builds against older torch too).
+    cxx = ["-O0" if debug else "-O3", "-std=c++20", "-fopenmp", "-fno-math-errno",
            "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas",
            f'-DRNNFAST_VERSION="{version}"']
     if debug:
         cxx.append("-g")
     # ptxas reports registers/shared memory per kernel (-v, kept in the build log)
     # and a register spill fails the build (-warn-spills made an error).
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas=-v,-warn-spills,-Werror",
+    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-Xptxas=-v,-warn-spills,-Werror",
             "-Werror", "all-warnings", f'-DRNNFAST_VERSION="{version}"']
     define_macros = []
     ext_cls = cpp_extension.CppExtension
@@ -102,6 +118,8 @@ def extensions():
         define_macros += [("RNNFAST_WITH_CUDA", None),
                           ("RNNFAST_CUDA_ARCHS", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"')]
         ext_cls = cpp_extension.CUDAExtension
+        for d in torch_cuda_wheel_includes():
+            nvcc += ["-isystem", d]
     print(f"rnnfast {version}: building {'CPU+CUDA' if with_cuda else 'CPU-only'} "
           f"against torch {torch.__version__}; SIMT emulator half types from "
           f"{fp16_dir or 'nowhere (cuda_fp16.h not found: float32/64 only)'}")

@@ -216,18 +216,12 @@ void fiber_main() {
   rt.launch->exited += 1;
   rt.launch->spins = 0;
   if (b.at_barrier > 0) {
+    const Fiber* waiter = nullptr;
+    for (const Fiber* o : b.threads)
+      if (o->wait == Wait::kBarrier) waiter = o;
     fail("exited while %d thread(s) of its block wait at __syncthreads (%s:%d): a barrier that "
          "some threads never reach",
-         b.at_barrier, [&] {
-           for (Fiber* o : b.threads)
-             if (o->wait == Wait::kBarrier) return o->file;
-           return "";
-         }(),
-         [&] {
-           for (Fiber* o : b.threads)
-             if (o->wait == Wait::kBarrier) return o->line;
-           return 0;
-         }());
+         b.at_barrier, waiter->file, waiter->line);
   }
   if (rt.launch->at_grid > 0) {
     fail("exited while %d thread(s) wait at grid_sync: a grid barrier that some threads never "

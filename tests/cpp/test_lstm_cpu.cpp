@@ -1,4 +1,5 @@
-// C++ tests of the CPU LSTM operators through the dispatcher, with no Python:
+// C++ tests of the CPU LSTM operators through the dispatcher, with no Python
+// (and, case "emulated", of the CUDA LSTM operators in the SIMT emulator):
 // forward against ATen's own at::lstm, backward against libtorch autograd through
 // at::lstm. Run by ctest (see CMakeLists.txt): `test_lstm_cpu <case>`.
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "build_info.h"
+#include "simt/emulation.h"
 
 namespace {
 
@@ -218,12 +220,23 @@ void test_errors() {
   }, "need_workspace=True");
 }
 
+// The same checks through the CUDA kernels and orchestration, run in the SIMT
+// emulator (the CPU registrations route there while emulation is on).
+void test_emulated() {
+  rnnfast::set_simt_emulation(true);
+  test_forward();
+  test_backward();
+  test_packed();
+  rnnfast::set_simt_emulation(false);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> cases{
       {"forward", test_forward}, {"backward", test_backward},
-      {"packed", test_packed},   {"errors", test_errors}};
+      {"packed", test_packed},   {"errors", test_errors},
+      {"emulated", test_emulated}};
   at::manual_seed(0);
   std::printf("rnnfast %s, CPU kernels: %s\n", rnnfast::build_info()["version"].c_str(),
               rnnfast::build_info()["cpu_kernels"].c_str());
