@@ -31,7 +31,10 @@ template <typename T>
 void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
   constexpr int64_t kBlock = 64;
   const int64_t nblocks = (cols + kBlock - 1) / kBlock;
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+  // Threads only when each gets real work (~32K additions): a thread team for a tiny
+  // reduction costs more than the reduction, badly so on a loaded machine.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
+  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
       T* __restrict o = out + k0;

@@ -129,7 +129,8 @@ RNNFAST_HD T rnn_forward_unit(T pre) {
 template <typename T, bool Relu>
 RNNFAST_HD T rnn_backward_unit(T h, T dh) {
   if constexpr (Relu) {
-    return h > T(0) ? dh : T(0);
+    // As torch's threshold_backward: zero only where h <= 0, so a NaN h passes dh.
+    return h <= T(0) ? T(0) : dh;
   } else {
     return dh * (T(1) - h * h);
   }
