@@ -9,6 +9,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../ops.h"
+
+namespace rnnfast {
+namespace gpu {
+RNNFAST_DECLARE_OPERATORS()  // rnn_host.h defines them; the compiler checks they match
+}  // namespace gpu
+}  // namespace rnnfast
+
 #define RNNFAST_DEVICE_NS gpu
 #define RNNFAST_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define RNNFAST_DEVICE_GUARD(t) const c10::cuda::OptionalCUDAGuard device_guard_((t).device())

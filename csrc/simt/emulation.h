@@ -7,10 +7,7 @@
 // emulation is slow (every CUDA thread is a fiber) and meant for small sizes.
 #pragma once
 
-#include <ATen/ATen.h>
-
-#include <optional>
-#include <tuple>
+#include "../ops.h"
 
 namespace rnnfast {
 
@@ -20,38 +17,6 @@ void set_simt_emulation(bool on);
 bool simt_has_half();
 
 namespace simt_emu {
-
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-    const OptTensor& batch_sizes, bool reverse, bool need_workspace);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy,
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, const OptTensor& batch_sizes, bool reverse, bool has_bias,
-    bool need_grad_input);
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx,
-                                               const Tensor& w_ih, const Tensor& w_hh,
-                                               const OptTensor& b_ih, const OptTensor& b_hh,
-                                               const OptTensor& batch_sizes, bool reverse,
-                                               bool need_workspace);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input,
-    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    const Tensor& workspace, const OptTensor& batch_sizes, bool reverse, bool has_bias,
-    bool need_grad_input);
-std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                       const Tensor& w_hh, const OptTensor& b_ih,
-                                       const OptTensor& b_hh, const OptTensor& batch_sizes,
-                                       bool reverse, bool relu);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
-    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input,
-    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    const OptTensor& batch_sizes, bool reverse, bool relu, bool has_bias, bool need_grad_input);
-
+RNNFAST_DECLARE_OPERATORS()
 }  // namespace simt_emu
 }  // namespace rnnfast
