@@ -108,6 +108,10 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh
 
 
 def _lstm_setup_context(ctx, inputs, output) -> None:
+    # Outputs nobody differentiates (the saved workspace above all) get None, not a
+    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
+    # fill in every backward. The backward operators take absent gradients as zero.
+    ctx.set_materialize_grads(False)
     (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace) = inputs
     out, _hy, _cy, gates, cells = output
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes)
@@ -192,6 +196,10 @@ def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, work
 
 
 def _gru_setup_context(ctx, inputs, output) -> None:
+    # Outputs nobody differentiates (the saved workspace above all) get None, not a
+    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
+    # fill in every backward. The backward operators take absent gradients as zero.
+    ctx.set_materialize_grads(False)
     input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace = inputs
     out, _hy, workspace = output
     ctx.save_for_backward(input, hx, w_ih, w_hh, out, workspace, batch_sizes)
@@ -260,6 +268,10 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batc
 
 
 def _rnn_setup_context(ctx, inputs, output) -> None:
+    # Outputs nobody differentiates (the saved workspace above all) get None, not a
+    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
+    # fill in every backward. The backward operators take absent gradients as zero.
+    ctx.set_materialize_grads(False)
     input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu = inputs
     out, _hy = output
     ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)

@@ -255,15 +255,29 @@ void layer_backward(const LayerBwd<T>& a) {
     }
   });
 
-  // h_{t-1} of every row of every step, so that dW_hh is a single GEMM.
-  for (int64_t t = 0; t < s.T; ++t) {
-    const int64_t b = s.bs[t];
-    const int64_t tp = s.prev_of(t, a.reverse);
-    const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
-    if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
-    copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+  if (s.uniform()) {
+    // dW_hh = sum_t dGh_t^T h_{t-1}. With all B rows in every step, h_{t-1} of steps
+    // after the first (in processing order) is the output one step over, a contiguous
+    // block of rows: two GEMMs on the buffers themselves, no N x P copy.
+    const int64_t B = s.B, shifted = s.N - B;
+    const int64_t first = a.reverse ? shifted : 0;  // rows whose h_{t-1} is hx
+    gemm<T>(true, false, GH, P, B, T(1), dgh + first * GH, GH, a.hx, P, T(0), a.dw_hh, P);
+    if (shifted > 0) {
+      const T* dg_rows = dgh + (a.reverse ? 0 : B) * GH;
+      const T* h_rows = a.y + (a.reverse ? B : 0) * P;
+      gemm<T>(true, false, GH, P, shifted, T(1), dg_rows, GH, h_rows, P, T(1), a.dw_hh, P);
+    }
+  } else {
+    // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t b = s.bs[t];
+      const int64_t tp = s.prev_of(t, a.reverse);
+      const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+      if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
+      copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+    }
+    gemm<T>(true, false, GH, P, s.N, T(1), dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
   }
-  gemm<T>(true, false, GH, P, s.N, T(1), dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
   gemm<T>(true, false, GH, a.I, s.N, T(1), a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
   if (a.dx != nullptr) gemm<T>(false, false, s.N, a.I, GH, T(1), a.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
   if (proj) gemm<T>(true, false, P, H, s.N, T(1), a.DH, P, a.R, H, T(0), a.dw_hr, H);

@@ -93,7 +93,7 @@ struct LayerBwd {
   T* dc;            // [B, H] LSTM: in dL/dc_n; out dL/dc_0
   T* dgx;           // [N, G*H] scratch
   T* dgh;           // [N, G*H] GRU scratch, else nullptr (== dgx)
-  T* hprev;         // [N, P] scratch
+  T* hprev;         // [N, P] scratch (packed input with shrinking batches only)
   T* wpack;         // [G*H, P] scratch: each thread's columns of W_hh, packed together
   T* dr;            // [B, H] LSTM projection scratch
   T* R;             // [N, H] LSTM projection scratch

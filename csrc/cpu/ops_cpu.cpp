@@ -80,7 +80,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor y = output.contiguous(), g = gates.contiguous(), cl = cells.contiguous();
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
-  Tensor dgates = at::empty({N, G}, opts), hprev = at::empty({N, P}, opts);
+  Tensor dgates = at::empty({N, G}, opts);
+  Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, P}, opts);
   Tensor wpack = at::empty({G, P}, opts);
   Tensor dr = d.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor R = d.proj ? at::empty({N, H}, opts) : Tensor();
@@ -155,7 +156,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts);
-  Tensor hprev = at::empty({N, H}, opts), wpack = at::empty({G, H}, opts);
+  Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
+  Tensor wpack = at::empty({G, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, H}, opts);
   Tensor db_ih = has_bias ? at::empty({G}, opts) : empty0(opts);
@@ -217,7 +219,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous(), y = output.contiguous();
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, H, opts);
-  Tensor dg = at::empty({N, H}, opts), hprev = at::empty({N, H}, opts);
+  Tensor dg = at::empty({N, H}, opts);
+  Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
   Tensor wpack = at::empty({H, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({H, d.I}, opts), dw_hh = at::empty({H, H}, opts);

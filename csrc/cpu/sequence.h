@@ -27,6 +27,13 @@ struct Sequence {
 
   // Step processed `step`-th in forward time order of this direction.
   int64_t time_at(int64_t step, bool reverse) const { return reverse ? T - 1 - step : step; }
+  // Every step has all B rows (padded input, or a packed one of equal lengths): the
+  // previous step's rows are then the same rows one step over, a contiguous shift.
+  bool uniform() const {
+    for (int64_t b : bs)
+      if (b != B) return false;
+    return true;
+  }
   // The step that precedes t in this direction's processing order, or -1.
   int64_t prev_of(int64_t t, bool reverse) const {
     return reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
