@@ -4,6 +4,7 @@ torch.nn for every cell type, forward and backward, in float32 and float64."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,16 @@ def test_unknown_kernel_set_is_a_clear_error():
 
 def test_this_cpu_uses_its_best_kernel_set():
     assert rnnfast.build_info()["cpu_kernels"] == _supported()[-1]
+
+
+def test_no_isa_specific_code_runs_at_load():
+    """The per-ISA kernel tables are built at compile time (constinit), so loading the
+    library runs no AVX-512/AVX2 instruction: a static initializer in an isa_*.cpp file
+    once made `import rnnfast` die with SIGILL on every CPU without AVX-512."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.fail("nm (binutils) is needed to inspect the extension's static initializers")
+    so = rnnfast._C.__file__
+    syms = subprocess.run([nm, so], capture_output=True, text=True, check=True).stdout
+    inits = [line.split()[-1] for line in syms.splitlines() if "_GLOBAL__sub_I_isa_" in line]
+    assert inits == [], f"static initializers in per-ISA code of {so}: {inits}"

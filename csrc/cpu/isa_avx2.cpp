@@ -19,7 +19,7 @@
 namespace rnnfast {
 namespace cpu {
 namespace avx2 {
-extern const CpuKernels kKernels = make_kernels("avx2");
+constinit const CpuKernels kKernels = make_kernels("avx2");
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace rnnfast

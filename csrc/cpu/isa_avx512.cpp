@@ -19,7 +19,7 @@
 namespace rnnfast {
 namespace cpu {
 namespace avx512 {
-extern const CpuKernels kKernels = make_kernels("avx512");
+constinit const CpuKernels kKernels = make_kernels("avx512");
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace rnnfast

@@ -19,7 +19,7 @@
 namespace rnnfast {
 namespace cpu {
 namespace generic {
-extern const CpuKernels kKernels = make_kernels("generic");
+constinit const CpuKernels kKernels = make_kernels("generic");
 }  // namespace generic
 }  // namespace cpu
 }  // namespace rnnfast

@@ -181,7 +181,9 @@ void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   }
 }
 
-inline CpuKernels make_kernels(const char* name) {
+// constexpr: the tables are built at compile time (constinit in isa_*.cpp), so no code
+// of this instruction set runs while the library loads, on CPUs that lack it.
+constexpr CpuKernels make_kernels(const char* name) {
   return CpuKernels{
       name,
       {&lstm_fwd<float>, &gru_fwd<float>, &rnn_fwd<float, false>, &rnn_fwd<float, true>},
