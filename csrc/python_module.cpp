@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "build_info.h"
+#include "cpu/blas.h"
 #include "simt/emulation.h"
 
 namespace {
@@ -18,6 +19,26 @@ pybind11::dict build_info() {
   return info;
 }
 
+// out = x op(w) + beta * out through the step loops' PackedWeight (testing): x [M, K],
+// w [N, K] (trans_w) or [K, N], out [M, N]; rows may be strided, columns contiguous.
+void step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double beta,
+               at::Tensor& out) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm: 2-d tensors");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.scalar_type() == out.scalar_type(),
+              "step_gemm: one dtype");
+  TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1 && out.stride(1) == 1,
+              "step_gemm: columns must be contiguous");
+  const int64_t M = x.size(0), K = x.size(1), N = trans_w ? w.size(0) : w.size(1);
+  TORCH_CHECK((trans_w ? w.size(1) : w.size(0)) == K && out.size(0) == M && out.size(1) == N,
+              "step_gemm: shapes do not match");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "step_gemm", [&] {
+    const rnnfast::cpu::PackedWeight<scalar_t> pw(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
+                                                  w.stride(0));
+    pw.gemm(M, x.const_data_ptr<scalar_t>(), x.stride(0), static_cast<scalar_t>(beta),
+            out.data_ptr<scalar_t>(), out.stride(0));
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -30,4 +51,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_simt_emulation", &rnnfast::set_simt_emulation, pybind11::arg("on"),
         "Route CPU tensors through the CUDA kernels in the SIMT emulator (testing only; "
         "use rnnfast.testing.emulate_cuda()).");
+  m.def("_step_gemm", &step_gemm, pybind11::arg("x"), pybind11::arg("w"),
+        pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
+        "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
+        "(the panel micro-kernel where the CPU kernel set has one; testing).");
 }

@@ -1,11 +1,15 @@
 #include "blas.h"
 
+#include "panel_gemm.h"
+#include "pointwise.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 
 // Fortran BLAS symbols; weak so that the extension still loads against a libtorch
 // built without an exported BLAS (then the ATen fallback below is used).
@@ -150,20 +154,72 @@ void packed_gemm<float>(const void* packed, int64_t N, int64_t K, int64_t M, con
 
 }  // namespace
 
+void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels) {
+  const int64_t npanels = (N + kPanel - 1) / kPanel;
+  for (int64_t j = 0; j < npanels; ++j) {
+    float* __restrict pj = panels + j * K * kPanel;
+    const int64_t cols = std::min(kPanel, N - j * kPanel);
+    for (int64_t k = 0; k < K; ++k) {
+      float* __restrict dst = pj + k * kPanel;
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t n = j * kPanel + c;
+        dst[c] = trans_w ? W[n * ldw + k] : W[k * ldw + n];
+      }
+      for (int64_t c = cols; c < kPanel; ++c) dst[c] = 0.0f;
+    }
+  }
+}
+
+namespace {
+
+// The CPU's own panel micro-kernel (float32 on sets that have one), or nullptr.
+template <typename T>
+PanelGemmF32 panel_kernel() {
+  return nullptr;
+}
+template <>
+PanelGemmF32 panel_kernel<float>() {
+  return cpu_kernels().panel_gemm_f32;
+}
+
+// W packed into panels for `kernel` (64-byte aligned), or nullptr.
+template <typename T>
+void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (kernel == nullptr || N <= 0 || K <= 0) return nullptr;
+    const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
+    void* dest = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (dest != nullptr) pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(dest));
+    return dest;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
                               int64_t ldw)
-    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw),
-      packed_(pack_weight<T>(trans_w, N, K, M_max, W, ldw)) {}
+    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw), kernel_(panel_kernel<T>()),
+      panels_(pack_own<T>(kernel_, trans_w, N, K, W, ldw)),
+      packed_(panels_ != nullptr ? nullptr : pack_weight<T>(trans_w, N, K, M_max, W, ldw)) {}
 
 template <typename T>
 PackedWeight<T>::~PackedWeight() {
+  std::free(panels_);
   std::free(packed_);
 }
 
 template <typename T>
 void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
   if (M <= 0 || N_ <= 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (panels_ != nullptr) {
+      TORCH_CHECK(beta == 0.0f || beta == 1.0f, "rnnfast internal error: panel GEMM takes beta 0 or 1");
+      kernel_(M, N_, K_, static_cast<const float*>(panels_), X, ldx, beta != 0.0f, C, ldc);
+      return;
+    }
+  }
   if (packed_ != nullptr) {
     packed_gemm<T>(packed_, N_, K_, M, X, ldx, beta, C, ldc);
   } else {
@@ -184,6 +240,13 @@ SequentialBlasScope::~SequentialBlasScope() {
 const char* gemm_backend() {
   return Blas<float>::available() && Blas<double>::available() ? "blas (sgemm_/dgemm_ from libtorch)"
                                                                : "aten";
+}
+
+const char* step_gemm_backend() {
+  if (cpu_kernels().panel_gemm_f32 != nullptr) return "rnnfast panel micro-kernel";
+  if (&SGEMM_PACK_GET_SIZE != nullptr && &SGEMM_PACK != nullptr && &SGEMM_COMPUTE != nullptr)
+    return "mkl packed gemm";
+  return gemm_backend();
 }
 
 }  // namespace cpu

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "panel_gemm.h"
+
 namespace rnnfast {
 namespace cpu {
 
@@ -19,10 +21,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
 // A weight operand used by many small GEMMs: C[M, N] = X[M, K] op(W) + beta C, with
-// op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. Where the BLAS offers it
-// (MKL's packed GEMM, float32) W is packed once here: per-call packing of W is what
-// dominates a small-M GEMM, and the step loops multiply by the same slice of W_hh
-// every step. Elsewhere gemm() is the plain gemm() above. W must outlive this object.
+// op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. W is packed once here:
+// per-call packing of W is what dominates a small-M GEMM, and the step loops
+// multiply by the same slice of W_hh every step. float32 uses, in this order of
+// preference, the CPU kernel set's own panel micro-kernel (panel_gemm.h; beta must
+// then be 0 or 1), MKL's packed GEMM, or plain gemm(); float64 uses gemm(). W must
+// outlive this object.
 template <typename T>
 class PackedWeight {
  public:
@@ -37,7 +41,9 @@ class PackedWeight {
   int64_t N_, K_;
   const T* W_;
   int64_t ldw_;
-  void* packed_ = nullptr;  // MKL's packed copy of W, or nullptr (use W_)
+  PanelGemmF32 kernel_;     // the panel micro-kernel, or nullptr
+  void* panels_;            // W packed for kernel_, or nullptr
+  void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)
 };
 
 // While alive, gemm() calls made by the current thread run single-threaded inside
@@ -56,6 +62,9 @@ class SequentialBlasScope {
 
 // Which GEMM backs gemm(): "blas (sgemm_/dgemm_ from libtorch)" or "aten".
 const char* gemm_backend();
+
+// Which GEMM backs PackedWeight<float> (the per-step products) on this CPU.
+const char* step_gemm_backend();
 
 }  // namespace cpu
 }  // namespace rnnfast

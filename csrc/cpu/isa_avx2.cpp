@@ -9,17 +9,22 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "pointwise.h"
 
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma,bmi2")
 #define RNNFAST_ISA avx2
 #include "pointwise_impl.h"
+#include "panel_gemm_impl.h"
 
 namespace rnnfast {
 namespace cpu {
 namespace avx2 {
-constinit const CpuKernels kKernels = make_kernels("avx2");
+constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32);
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace rnnfast

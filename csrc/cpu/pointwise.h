@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "panel_gemm.h"
+
 namespace rnnfast {
 namespace cpu {
 
@@ -59,7 +61,8 @@ using FwdKernel = void (*)(const FwdStep<T>&, int64_t row_begin, int64_t row_end
 template <typename T>
 using BwdKernel = void (*)(const BwdStep<T>&, int64_t row_begin, int64_t row_end);
 
-// One set of kernels per instruction set, indexed by CellKind; `cpu_kernels()`
+// One set of kernels per instruction set, indexed by CellKind (and the step loops'
+// GEMM micro-kernel); `cpu_kernels()`
 // picks the best set the running CPU supports (RNNFAST_CPU_ISA=avx512|avx2|generic
 // overrides).
 struct CpuKernels {
@@ -68,6 +71,9 @@ struct CpuKernels {
   FwdKernel<double> fwd_f64[kNumCellKinds];
   BwdKernel<float> bwd_f32[kNumCellKinds];
   BwdKernel<double> bwd_f64[kNumCellKinds];
+  // The step loops' small-GEMM micro-kernel (panel_gemm.h), or nullptr: the BLAS's
+  // packed GEMM instead (AVX-512 sets keep MKL's, measured there; see README).
+  PanelGemmF32 panel_gemm_f32;
 };
 
 const CpuKernels& cpu_kernels();

@@ -1,0 +1,89 @@
+"""The CPU step loops' GEMM (csrc/cpu/blas.h PackedWeight: the panel micro-kernel of
+csrc/cpu/panel_gemm.h where the CPU kernel set has one, else MKL's packed GEMM or the
+BLAS), checked directly against a float64 product at the awkward sizes: every row-block
+remainder (M = 1..7 and beyond 6), partial panels (N not a multiple of 16), tiny and
+long reductions, strided rows, beta 0 and 1."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _C
+
+MS = [1, 2, 3, 4, 5, 6, 7, 12, 13, 64, 131]
+NS = [1, 5, 16, 17, 31, 48, 65, 100]
+KS = [1, 7, 128, 301]
+EPS = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
+
+
+def _check(M, N, K, trans_w, beta, dtype, gen):
+    x = torch.randn(M, K, dtype=dtype, generator=gen)
+    w = torch.randn(*((N, K) if trans_w else (K, N)), dtype=dtype, generator=gen)
+    out = torch.randn(M, N, dtype=dtype, generator=gen)
+    c0 = out.clone()
+    _C._step_gemm(x, w, trans_w, beta, out)
+    wk = w.t() if trans_w else w
+    ref = x.double() @ wk.double() + beta * c0.double()
+    # Rounding bound of a length-K dot product plus one addition: (K + 1) u sum|terms|.
+    bound = (K + 2) * EPS[dtype] * ((x.double().abs() @ wk.double().abs()) + abs(beta) * c0.double().abs())
+    err = (out.double() - ref).abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"M={M} N={N} K={K} trans_w={trans_w} beta={beta}: error above the rounding bound by {worst:g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_step_gemm_against_float64(trans_w, beta, dtype):
+    gen = torch.Generator().manual_seed(1234)
+    for M, N, K in itertools.product(MS, NS, KS):
+        _check(M, N, K, trans_w, beta, dtype, gen)
+
+
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_step_gemm_strided_rows_and_untouched_padding(trans_w):
+    gen = torch.Generator().manual_seed(5)
+    for M, N, K in [(1, 17, 9), (4, 33, 64), (7, 100, 5), (64, 16, 130)]:
+        xs = torch.randn(M, K + 3, generator=gen)
+        ws = torch.randn(*((N, K + 3) if trans_w else (K, N + 3)), generator=gen)
+        outs = torch.randn(M, N + 3, generator=gen)
+        pad = outs[:, N:].clone()
+        x, out = xs[:, :K], outs[:, :N]
+        w = ws[:, :K] if trans_w else ws[:, :N]
+        _C._step_gemm(x, w, trans_w, 0.0, out)
+        ref = x.double() @ (w.t() if trans_w else w).double()
+        torch.testing.assert_close(out.double(), ref, atol=(K + 2) * 2.0 ** -24 * 64, rtol=0)
+        assert torch.equal(outs[:, N:], pad), "columns past N were written"
+
+
+def test_step_gemm_propagates_nan_and_inf():
+    x = torch.randn(5, 40)
+    w = torch.randn(37, 40)
+    x[2, 3] = float("nan")
+    x[4, 0] = float("inf")
+    w[0].abs_()  # column 0 of op(w) has w[0, 0] > 0: inf * positive
+    out = torch.zeros(5, 37)
+    _C._step_gemm(x, w, True, 0.0, out)
+    assert torch.isnan(out[2]).all()
+    assert torch.isfinite(out[[0, 1, 3]]).all()
+    assert out[4, 0].item() == float("inf")
+
+
+def test_step_gemm_is_bitwise_reproducible():
+    gen = torch.Generator().manual_seed(9)
+    x, w = torch.randn(4, 513, generator=gen), torch.randn(70, 513, generator=gen)
+    a, b = torch.empty(4, 70), torch.empty(4, 70)
+    _C._step_gemm(x, w, True, 0.0, a)
+    _C._step_gemm(x, w, True, 0.0, b)
+    assert torch.equal(a, b)
+
+
+def test_step_gemm_backend_follows_the_kernel_set():
+    info = rnnfast.build_info()
+    if info["cpu_kernels"] == "avx2":
+        assert info["step_gemm"] == "rnnfast panel micro-kernel"
+    else:
+        assert info["step_gemm"] != "rnnfast panel micro-kernel"
