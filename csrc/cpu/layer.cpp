@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -109,20 +110,19 @@ void layer_forward(const LayerFwd<T>& a) {
   parallel_region(2 * B * a.G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
-    // This thread's gate rows of W_hh and W_ih, packed [G * |u|, P] and [G * |u|, I] (it
-    // touches them first, so they are in its core's cache), its recurrent-product
-    // scratch [B, G * |u|] and its input-projection scratch [Tc * B, G * |u|].
+    // This thread's gate rows of W_hh and W_ih, one PackedWeight per gate on the rows
+    // of the weights themselves (each packs its slice once; it then stays in this
+    // core's cache), its recurrent-product scratch [B, G * |u|] and its
+    // input-projection scratch [Tc * B, G * |u|]: gate g of unit k in column
+    // g * |u| + k - u.begin of both.
     const int64_t GHs = a.G * u.size();
-    T* wp = a.wpack + a.G * u.begin * P;
-    T* wip = a.wipack + a.G * u.begin * I;
     T* rec = a.rec + B * a.G * u.begin;
     T* xp = a.xbuf + Tc * B * a.G * u.begin;
+    std::optional<PackedWeight<T>> packed[4], packed_ih[4];
     for (int64_t gate = 0; gate < a.G; ++gate) {
-      copy_rows(wp + gate * u.size() * P, P, a.w_hh + (gate * H + u.begin) * P, P, u.size(), P);
-      copy_rows(wip + gate * u.size() * I, I, a.w_ih + (gate * H + u.begin) * I, I, u.size(), I);
+      packed[gate].emplace(true, u.size(), P, B, a.w_hh + (gate * H + u.begin) * P, P);
+      packed_ih[gate].emplace(true, u.size(), I, Tc * B, a.w_ih + (gate * H + u.begin) * I, I);
     }
-    const PackedWeight<T> packed(true, GHs, P, B, wp, P);
-    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, wip, I);
     int cur = 0;
     int64_t chunk_lo = 0;  // first row of the current input-projection chunk
     for (int64_t step = 0; step < s.T; ++step) {
@@ -141,7 +141,8 @@ void layer_forward(const LayerFwd<T>& a) {
                           sizeof(T) * u.size());
         }
         const T beta = a.bias_x != nullptr ? T(1) : T(0);
-        packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
+        for (int64_t gate = 0; gate < a.G; ++gate)
+          packed_ih[gate]->gemm(rows, a.x + chunk_lo * I, I, beta, xp + gate * u.size(), GHs);
       }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -149,9 +150,10 @@ void layer_forward(const LayerFwd<T>& a) {
       const int64_t row = s.off[t];
       const T* hin = a.hbuf + cur * B * P;
       T* hout = a.hbuf + (1 - cur) * B * P;
-      // Recurrent product for this thread's units: one GEMM against its packed rows
+      // Recurrent product for this thread's units: one GEMM per gate against its rows
       // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
-      packed.gemm(b, hin, P, T(0), rec, GHs);
+      for (int64_t gate = 0; gate < a.G; ++gate)
+        packed[gate]->gemm(b, hin, P, T(0), rec + gate * u.size(), GHs);
       const FwdStep<T> st{xp + (row - chunk_lo) * GHs,
                           GHs,
                           rec,
@@ -199,10 +201,8 @@ void layer_backward(const LayerBwd<T>& a) {
   parallel_region(2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
-    // This thread's columns of W_hh, packed [G*H, |p|] (first touched by this thread).
-    T* wp = a.wpack + GH * p.begin;
-    copy_rows(wp, p.size(), a.w_hh + p.begin, P, GH, p.size());
-    const PackedWeight<T> packed(false, p.size(), GH, s.B, wp, p.size());
+    // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself.
+    const PackedWeight<T> packed(false, p.size(), GH, s.B, a.w_hh + p.begin, P);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];

@@ -62,9 +62,7 @@ struct LayerFwd {
   T* c;             // [B, H] LSTM: in c_0, out c_n
   T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
   T* scratch_r;     // [B, H] LSTM with projection
-  T* wpack;         // [G*H, P] scratch: each thread's gate rows of W_hh, packed together
   T* rec;           // [B, G*H] scratch: each thread's recurrent product
-  T* wipack;        // [G*H, I] scratch: each thread's gate rows of W_ih, packed together
   T* xbuf;          // [chunk_steps*B, G*H] scratch: each thread's input projection of a
                     //         chunk of steps
   int64_t chunk_steps;
@@ -94,7 +92,6 @@ struct LayerBwd {
   T* dgx;           // [N, G*H] scratch
   T* dgh;           // [N, G*H] GRU scratch, else nullptr (== dgx)
   T* hprev;         // [N, P] scratch (packed input with shrinking batches only)
-  T* wpack;         // [G*H, P] scratch: each thread's columns of W_hh, packed together
   T* dr;            // [B, H] LSTM projection scratch
   T* R;             // [N, H] LSTM projection scratch
   T* DH;            // [N, P] LSTM projection scratch

@@ -44,15 +44,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor r = d.proj ? at::empty({d.seq.B, d.H}, opts) : Tensor();
   Tensor hbuf = at::empty({2, d.seq.B, d.P}, opts);
   const int64_t Tc = input_chunk_steps(d.seq.B);
-  Tensor wpack = at::empty({4 * d.H, d.P}, opts), rec = at::empty({d.seq.B, 4 * d.H}, opts);
-  Tensor wipack = at::empty({4 * d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, 4 * d.H}, opts);
+  Tensor rec = at::empty({d.seq.B, 4 * d.H}, opts), xbuf = at::empty({Tc * d.seq.B, 4 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kLstm, &d.seq, reverse, d.I, d.H, d.P, 4, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), cptr<T>(whr), cptr<T>(bias), nullptr,
                       need_workspace ? ptr<T>(gates) : nullptr, ptr<T>(output), ptr<T>(hy),
                       ptr<T>(hbuf), ptr<T>(cy), need_workspace ? ptr<T>(cells) : nullptr,
-                      ptr<T>(r), ptr<T>(wpack), ptr<T>(rec), ptr<T>(wipack), ptr<T>(xbuf), Tc});
+                      ptr<T>(r), ptr<T>(rec), ptr<T>(xbuf), Tc});
   });
   return {output, hy, cy, gates, cells};
 }
@@ -82,7 +81,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
   Tensor dgates = at::empty({N, G}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, P}, opts);
-  Tensor wpack = at::empty({G, P}, opts);
   Tensor dr = d.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor R = d.proj ? at::empty({N, H}, opts) : Tensor();
   Tensor DH = d.proj ? at::empty({N, P}, opts) : Tensor();
@@ -95,7 +93,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     layer_backward<T>({CellKind::kLstm, &d.seq, reverse, d.I, H, P, 4, G, cptr<T>(dy), cptr<T>(x),
                        cptr<T>(hx_c), cptr<T>(cx_c), cptr<T>(wih), cptr<T>(whh), cptr<T>(whr),
                        cptr<T>(y), cptr<T>(g), cptr<T>(cl), ptr<T>(dh), ptr<T>(dc),
-                       ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(wpack), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
+                       ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db) : nullptr, nullptr, ptr<T>(dw_hr)});
   });
@@ -123,15 +121,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor
   Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
   const int64_t Tc = input_chunk_steps(d.seq.B);
-  Tensor wpack = at::empty({3 * d.H, d.H}, opts), rec = at::empty({d.seq.B, 3 * d.H}, opts);
-  Tensor wipack = at::empty({3 * d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, 3 * d.H}, opts);
+  Tensor rec = at::empty({d.seq.B, 3 * d.H}, opts), xbuf = at::empty({Tc * d.seq.B, 3 * d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_forward", [&] {
     using T = scalar_t;
     layer_forward<T>({CellKind::kGru, &d.seq, reverse, d.I, d.H, d.H, 3, 4 * d.H, cptr<T>(x),
                       cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(bih), cptr<T>(bhh_or_zeros),
                       need_workspace ? ptr<T>(ws) : nullptr, ptr<T>(output), ptr<T>(hy),
-                      ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(wpack), ptr<T>(rec),
-                      ptr<T>(wipack), ptr<T>(xbuf), Tc});
+                      ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(rec), ptr<T>(xbuf), Tc});
   });
   return {output, hy, ws};
 }
@@ -157,7 +153,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
-  Tensor wpack = at::empty({G, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, H}, opts);
   Tensor db_ih = has_bias ? at::empty({G}, opts) : empty0(opts);
@@ -167,7 +162,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     layer_backward<T>({CellKind::kGru, &d.seq, reverse, d.I, H, H, 3, 4 * H, cptr<T>(dy),
                        cptr<T>(x), cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr,
                        cptr<T>(y), cptr<T>(ws), nullptr, ptr<T>(dh), nullptr, ptr<T>(dgx),
-                       ptr<T>(dgh), ptr<T>(hprev), ptr<T>(wpack), nullptr, nullptr, nullptr,
+                       ptr<T>(dgh), ptr<T>(hprev), nullptr, nullptr, nullptr,
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db_ih) : nullptr, has_bias ? ptr<T>(db_hh) : nullptr,
                        nullptr});
@@ -191,16 +186,15 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, co
   const auto opts = input.options();
   Tensor hbuf = at::empty({2, d.seq.B, d.H}, opts);
   const int64_t Tc = input_chunk_steps(d.seq.B);
-  Tensor wpack = at::empty({d.H, d.H}, opts), rec = at::empty({d.seq.B, d.H}, opts);
-  Tensor wipack = at::empty({d.H, d.I}, opts), xbuf = at::empty({Tc * d.seq.B, d.H}, opts);
+  Tensor rec = at::empty({d.seq.B, d.H}, opts), xbuf = at::empty({Tc * d.seq.B, d.H}, opts);
   const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_forward", [&] {
     using T = scalar_t;
     // The saved row of an RNN is h_t itself: the output buffer is the workspace.
     layer_forward<T>({kind, &d.seq, reverse, d.I, d.H, d.H, 1, d.H, cptr<T>(x), cptr<T>(wih),
                       cptr<T>(whh), nullptr, cptr<T>(bias), nullptr, ptr<T>(output), nullptr,
-                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(wpack),
-                      ptr<T>(rec), ptr<T>(wipack), ptr<T>(xbuf), Tc});
+                      ptr<T>(hy), ptr<T>(hbuf), nullptr, nullptr, nullptr, ptr<T>(rec),
+                      ptr<T>(xbuf), Tc});
   });
   return {output, hy};
 }
@@ -221,7 +215,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dg = at::empty({N, H}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
-  Tensor wpack = at::empty({H, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({H, d.I}, opts), dw_hh = at::empty({H, H}, opts);
   Tensor db = has_bias ? at::empty({H}, opts) : empty0(opts);
@@ -231,7 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     layer_backward<T>({kind, &d.seq, reverse, d.I, H, H, 1, H, cptr<T>(dy), cptr<T>(x),
                        cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(y),
                        cptr<T>(y), nullptr, ptr<T>(dh), nullptr, ptr<T>(dg), nullptr,
-                       ptr<T>(hprev), ptr<T>(wpack), nullptr, nullptr, nullptr,
+                       ptr<T>(hprev), nullptr, nullptr, nullptr,
                        need_grad_input ? ptr<T>(dx) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                        has_bias ? ptr<T>(db) : nullptr, nullptr, nullptr});
   });
