@@ -19,19 +19,23 @@ KS = [1, 7, 128, 301]
 EPS = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 
 
+def _assert_within_rounding(out, x, wk, beta, c0, K, dtype, what):
+    """|out - ref| <= (K + 2) u sum|terms|: the rounding bound of a length-K dot product
+    plus one addition (u = unit roundoff of dtype), elementwise."""
+    ref = x.double() @ wk.double() + beta * c0.double()
+    bound = (K + 2) * EPS[dtype] * ((x.double().abs() @ wk.double().abs()) + abs(beta) * c0.double().abs())
+    worst = ((out.double() - ref).abs() - bound).max().item()
+    assert worst <= 0, f"{what}: error above the rounding bound by {worst:g}"
+
+
 def _check(M, N, K, trans_w, beta, dtype, gen):
     x = torch.randn(M, K, dtype=dtype, generator=gen)
     w = torch.randn(*((N, K) if trans_w else (K, N)), dtype=dtype, generator=gen)
     out = torch.randn(M, N, dtype=dtype, generator=gen)
     c0 = out.clone()
     _C._step_gemm(x, w, trans_w, beta, out)
-    wk = w.t() if trans_w else w
-    ref = x.double() @ wk.double() + beta * c0.double()
-    # Rounding bound of a length-K dot product plus one addition: (K + 1) u sum|terms|.
-    bound = (K + 2) * EPS[dtype] * ((x.double().abs() @ wk.double().abs()) + abs(beta) * c0.double().abs())
-    err = (out.double() - ref).abs()
-    worst = (err - bound).max().item()
-    assert worst <= 0, f"M={M} N={N} K={K} trans_w={trans_w} beta={beta}: error above the rounding bound by {worst:g}"
+    _assert_within_rounding(out, x, w.t() if trans_w else w, beta, c0, K, dtype,
+                            f"M={M} N={N} K={K} trans_w={trans_w} beta={beta}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -53,9 +57,10 @@ def test_step_gemm_strided_rows_and_untouched_padding(trans_w):
         pad = outs[:, N:].clone()
         x, out = xs[:, :K], outs[:, :N]
         w = ws[:, :K] if trans_w else ws[:, :N]
+        c0 = out.clone()
         _C._step_gemm(x, w, trans_w, 0.0, out)
-        ref = x.double() @ (w.t() if trans_w else w).double()
-        torch.testing.assert_close(out.double(), ref, atol=(K + 2) * 2.0 ** -24 * 64, rtol=0)
+        _assert_within_rounding(out, x, w.t() if trans_w else w, 0.0, c0, K, torch.float32,
+                                f"strided M={M} N={N} K={K}")
         assert torch.equal(outs[:, N:], pad), "columns past N were written"
 
 
