@@ -35,6 +35,7 @@ std::map<std::string, std::string> build_info() {
   info["cpu_kernels"] = cpu::cpu_kernels().name;
   info["gemm"] = cpu::gemm_backend();
   info["step_gemm"] = cpu::step_gemm_backend();
+  info["sequence_gemm"] = cpu::sequence_gemm_backend();
   info["threads"] = std::to_string(at::get_num_threads());
 #ifdef _OPENMP
   info["openmp"] = "true";

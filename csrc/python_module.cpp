@@ -39,6 +39,26 @@ void step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double be
   });
 }
 
+// out = op(a) b (+ out with accumulate) through the blocked GEMM of the whole-sequence
+// products at any size (testing): a [M, K] or, with trans_a, [K, M]; b [K, N]; out
+// [M, N]; float32; rows may be strided, columns contiguous.
+void blocked_gemm(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool accumulate,
+                  at::Tensor& out) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "blocked_gemm: 2-d tensors");
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat,
+              "blocked_gemm: float32 tensors");
+  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.stride(1) == 1,
+              "blocked_gemm: columns must be contiguous");
+  const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
+  const int64_t N = b.size(1);
+  TORCH_CHECK(b.size(0) == K && out.size(0) == M && out.size(1) == N,
+              "blocked_gemm: shapes do not match");
+  rnnfast::cpu::blocked_sequence_gemm(trans_a, M, N, K, a.const_data_ptr<float>(), a.stride(0),
+                                      b.const_data_ptr<float>(), b.stride(0), accumulate,
+                                      out.data_ptr<float>(), out.stride(0));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -55,4 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
         "(the panel micro-kernel where the CPU kernel set has one; testing).");
+  m.def("_blocked_gemm", &blocked_gemm, pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("trans_a"), pybind11::arg("accumulate"), pybind11::arg("out"),
+        "out = (a.T if trans_a else a) @ b (+ out) through the blocked GEMM of the "
+        "whole-sequence products, at any size (testing; CPU kernel sets that have one).");
 }

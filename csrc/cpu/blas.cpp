@@ -4,11 +4,13 @@
 #include "pointwise.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <type_traits>
 
 // Fortran BLAS symbols; weak so that the extension still loads against a libtorch
@@ -108,6 +110,52 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            int64_t, const double*, int64_t, double, double*, int64_t);
+
+void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const float* A,
+                           int64_t lda, const float* B, int64_t ldb, bool accumulate, float* C,
+                           int64_t ldc) {
+  const BlockedGemmF32 kernel = cpu_kernels().blocked_gemm_f32;
+  TORCH_CHECK(kernel != nullptr, "rnnfast internal error: this CPU kernel set has no blocked GEMM");
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  const int64_t a_row = trans_a ? 1 : lda, a_k = trans_a ? lda : 1;
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  const size_t bytes = sizeof(float) * static_cast<size_t>(blocked_gemm_workspace_floats(N));
+  // Rows of C in whole 6-row tiles per thread; one workspace per thread per call.
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::unique_ptr<void, decltype(&std::free)> ws(std::aligned_alloc(64, (bytes + 63) / 64 * 64),
+                                                   &std::free);
+    TORCH_CHECK(ws != nullptr, "rnnfast: out of memory for a ", bytes, "-byte GEMM workspace");
+    const int64_t m0 = t0 * kTileRows, m1 = std::min(M, t1 * kTileRows);
+    kernel(m1 - m0, N, K, A + m0 * a_row, a_row, a_k, B, ldb, accumulate, C + m0 * ldc, ldc,
+           static_cast<float*>(ws.get()));
+  });
+}
+
+template <typename T>
+void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                   const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    // Below this size MKL was as fast or faster in the measurements (panel_gemm.h).
+    const bool large = N >= 256 && M > 0 && K > 0 &&
+                       static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >=
+                           static_cast<double>(int64_t{1} << 28);
+    if (cpu_kernels().blocked_gemm_f32 != nullptr && large && (beta == 0.0f || beta == 1.0f)) {
+      blocked_sequence_gemm(trans_a, M, N, K, A, lda, B, ldb, beta != 0.0f, C, ldc);
+      return;
+    }
+  }
+  gemm<T>(trans_a, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+}
+
+template void sequence_gemm<float>(bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                                   const float*, int64_t, float, float*, int64_t);
+template void sequence_gemm<double>(bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                    const double*, int64_t, double, double*, int64_t);
 
 namespace {
 
@@ -240,6 +288,11 @@ SequentialBlasScope::~SequentialBlasScope() {
 const char* gemm_backend() {
   return Blas<float>::available() && Blas<double>::available() ? "blas (sgemm_/dgemm_ from libtorch)"
                                                                : "aten";
+}
+
+const char* sequence_gemm_backend() {
+  return cpu_kernels().blocked_gemm_f32 != nullptr ? "rnnfast blocked gemm (large products)"
+                                                   : gemm_backend();
 }
 
 const char* step_gemm_backend() {

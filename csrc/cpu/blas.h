@@ -20,6 +20,25 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// The whole-sequence products of the backward pass (dW = dG^T X, dX = dG W):
+//
+//   C[M, N] = op(A)[M, K] B[K, N] + beta * C,   op(A) = A [M, K] (lda >= K) or, with
+//   trans_a, the transpose of A [K, M] (lda >= M); B row-major [K, N] (ldb >= N).
+//
+// On all of torch's intra-op threads (one when called inside a parallel region). float32
+// with beta 0 or 1 on a product this large (N >= 256 and M N K >= 2^28) uses the CPU
+// kernel set's blocked GEMM where it has one (panel_gemm.h), with the rows of C split
+// across the threads: bitwise the same result for any thread count. Otherwise gemm().
+template <typename T>
+void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                   const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// The blocked-GEMM path of sequence_gemm<float> at any size (C = op(A) B, + C with
+// accumulate); the CPU kernel set must have one (sequence_gemm_backend()). For tests.
+void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const float* A,
+                           int64_t lda, const float* B, int64_t ldb, bool accumulate, float* C,
+                           int64_t ldc);
+
 // A weight operand used by many small GEMMs: C[M, N] = X[M, K] op(W) + beta C, with
 // op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. W is packed once here:
 // per-call packing of W is what dominates a small-M GEMM, and the step loops
@@ -65,6 +84,9 @@ const char* gemm_backend();
 
 // Which GEMM backs PackedWeight<float> (the per-step products) on this CPU.
 const char* step_gemm_backend();
+
+// Which GEMM backs sequence_gemm<float> (the large whole-sequence products) on this CPU.
+const char* sequence_gemm_backend();
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -24,7 +24,7 @@
 namespace rnnfast {
 namespace cpu {
 namespace avx2 {
-constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32);
+constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32, &blocked_gemm_f32);
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace rnnfast

@@ -27,22 +27,46 @@ void copy_rows(T* out, int64_t ld_out, const T* src, int64_t ld_src, int64_t row
   for (int64_t i = 0; i < rows; ++i) std::memcpy(out + i * ld_out, src + i * ld_src, sizeof(T) * cols);
 }
 
-// out[k] = sum_i m[i * ld + k] over i ascending, per column block: deterministic.
+// out[k] = sum_i m[i * ld + k], per column block, by cascade summation: rows in leaves
+// of kLeaf summed in order, leaves combined as a binary counter combines carries (the
+// pairwise tree over leaves). Rounding error grows with kLeaf + log2(rows / kLeaf), not
+// with rows as a plain running sum's does; the order is fixed: deterministic.
 template <typename T>
 void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
-  constexpr int64_t kBlock = 64;
+  constexpr int64_t kBlock = 64, kLeaf = 32;
+  constexpr int kLevels = 48;  // 2^48 leaves of 32 rows: more rows than memory holds
   const int64_t nblocks = (cols + kBlock - 1) / kBlock;
   // Threads only when each gets real work (~32K additions): a thread team for a tiny
   // reduction costs more than the reduction, badly so on a loaded machine.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
   at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
+    T level[kLevels][kBlock];
+    bool used[kLevels];
+    T leaf[kBlock];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
+      std::fill(used, used + kLevels, false);
+      for (int64_t i0 = 0; i0 < rows; i0 += kLeaf) {
+        T* __restrict s = leaf;
+        for (int64_t k = 0; k < n; ++k) s[k] = T(0);
+        for (int64_t i = i0; i < std::min(rows, i0 + kLeaf); ++i) {
+          const T* __restrict row = m + i * ld + k0;
+          for (int64_t k = 0; k < n; ++k) s[k] += row[k];
+        }
+        int l = 0;
+        for (; used[l]; ++l) {  // carry: merge equal-sized partial sums
+          const T* __restrict p = level[l];
+          for (int64_t k = 0; k < n; ++k) s[k] = p[k] + s[k];
+          used[l] = false;
+        }
+        std::copy(s, s + n, level[l]);
+        used[l] = true;
+      }
       T* __restrict o = out + k0;
       for (int64_t k = 0; k < n; ++k) o[k] = T(0);
-      for (int64_t i = 0; i < rows; ++i) {
-        const T* __restrict row = m + i * ld + k0;
-        for (int64_t k = 0; k < n; ++k) o[k] += row[k];
+      for (int l = 0; l < kLevels; ++l) {
+        if (!used[l]) continue;
+        for (int64_t k = 0; k < n; ++k) o[k] = level[l][k] + o[k];
       }
     }
   });
@@ -261,11 +285,11 @@ void layer_backward(const LayerBwd<T>& a) {
     // block of rows: two GEMMs on the buffers themselves, no N x P copy.
     const int64_t B = s.B, shifted = s.N - B;
     const int64_t first = a.reverse ? shifted : 0;  // rows whose h_{t-1} is hx
-    gemm<T>(true, false, GH, P, B, T(1), dgh + first * GH, GH, a.hx, P, T(0), a.dw_hh, P);
+    sequence_gemm<T>(true, GH, P, B, dgh + first * GH, GH, a.hx, P, T(0), a.dw_hh, P);
     if (shifted > 0) {
       const T* dg_rows = dgh + (a.reverse ? 0 : B) * GH;
       const T* h_rows = a.y + (a.reverse ? B : 0) * P;
-      gemm<T>(true, false, GH, P, shifted, T(1), dg_rows, GH, h_rows, P, T(1), a.dw_hh, P);
+      sequence_gemm<T>(true, GH, P, shifted, dg_rows, GH, h_rows, P, T(1), a.dw_hh, P);
     }
   } else {
     // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
@@ -276,11 +300,12 @@ void layer_backward(const LayerBwd<T>& a) {
       if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
       copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
     }
-    gemm<T>(true, false, GH, P, s.N, T(1), dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
+    sequence_gemm<T>(true, GH, P, s.N, dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
   }
-  gemm<T>(true, false, GH, a.I, s.N, T(1), a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
-  if (a.dx != nullptr) gemm<T>(false, false, s.N, a.I, GH, T(1), a.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
-  if (proj) gemm<T>(true, false, P, H, s.N, T(1), a.DH, P, a.R, H, T(0), a.dw_hr, H);
+  sequence_gemm<T>(true, GH, a.I, s.N, a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
+  if (a.dx != nullptr)
+    sequence_gemm<T>(false, s.N, a.I, GH, a.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
+  if (proj) sequence_gemm<T>(true, P, H, s.N, a.DH, P, a.R, H, T(0), a.dw_hr, H);
   if (a.db_ih != nullptr) column_sums(a.db_ih, a.dgx, s.N, GH, GH);
   if (a.db_hh != nullptr) {
     if (gru) {

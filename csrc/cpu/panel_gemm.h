@@ -41,5 +41,42 @@ using PanelGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* pane
                               const float* X, int64_t ldx, bool accumulate, float* C,
                               int64_t ldc);
 
+// The whole-sequence products' blocked GEMM (float32, one thread):
+//
+//   C[M, N] = op(A)[M, K] B[K, N]          (accumulate = false; C is not read)
+//   C[M, N] = C + op(A)[M, K] B[K, N]      (accumulate = true)
+//
+// op(A)[m][k] is A[m * a_row + k * a_k]: A itself is a_row = lda, a_k = 1; A^T (the
+// weight gradients' dG^T) is a_row = 1, a_k = lda. B is row-major with row stride ldb.
+// The classic blocking for the caches: B is packed kBlockK rows by kBlockN columns at a
+// time into 16-column panels (its 16 x kBlockK micro-panel stays in L1), op(A) kBlockM
+// rows by kBlockK at a time into 6-row tiles (the block stays in L2), and a 6 x 16
+// register tile of C is accumulated per k block with C's lines prefetched. Each C
+// element is the k blocks' sums added in ascending k, every block summed in ascending
+// k: the result does not depend on how rows are split across threads.
+//
+// Against the BLAS: measured in one process against torch.mm (MKL 2024.2, 2 threads,
+// this project's AVX2 machine, AMD EPYC; two rounds of one run) at the backward shapes
+// of the M/L/XL grid (e.g. 3072x1024x6400 with A^T, 6400x1024x3072 with A): MKL 89-126
+// GF/s, this 94-128 GF/s, i.e. level with MKL to 1.2x faster (largest with N = 512 and
+// op(A) = A), within the machine's noise at some shapes. Below N = 256 MKL was as fast
+// or faster (sequence_gemm in blas.h keeps those). Kept because it is no slower and its
+// result does not depend on the thread count.
+//
+// workspace: blocked_gemm_workspace_floats(N) floats, 64-byte aligned.
+constexpr int64_t kTileRows = 6;   // rows of C per register tile
+constexpr int64_t kBlockM = 144;   // rows of op(A) per packed block (multiple of 6)
+constexpr int64_t kBlockK = 384;   // k per block
+constexpr int64_t kBlockN = 4080;  // columns of B per packed block (multiple of 16)
+
+inline int64_t blocked_gemm_workspace_floats(int64_t N) {
+  const int64_t nc = N < kBlockN ? (N + kPanel - 1) / kPanel * kPanel : kBlockN;
+  return kBlockM * kBlockK + nc * kBlockK;
+}
+
+using BlockedGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_row,
+                                int64_t a_k, const float* B, int64_t ldb, bool accumulate,
+                                float* C, int64_t ldc, float* workspace);
+
 }  // namespace cpu
 }  // namespace rnnfast

@@ -74,6 +74,8 @@ struct CpuKernels {
   // The step loops' small-GEMM micro-kernel (panel_gemm.h), or nullptr: the BLAS's
   // packed GEMM instead (AVX-512 sets keep MKL's, measured there; see README).
   PanelGemmF32 panel_gemm_f32;
+  // The whole-sequence products' blocked GEMM (panel_gemm.h), or nullptr: the BLAS.
+  BlockedGemmF32 blocked_gemm_f32;
 };
 
 const CpuKernels& cpu_kernels();

@@ -183,14 +183,16 @@ void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 
 // constexpr: the tables are built at compile time (constinit in isa_*.cpp), so no code
 // of this instruction set runs while the library loads, on CPUs that lack it.
-constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nullptr) {
+constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nullptr,
+                                  BlockedGemmF32 blocked_gemm = nullptr) {
   return CpuKernels{
       name,
       {&lstm_fwd<float>, &gru_fwd<float>, &rnn_fwd<float, false>, &rnn_fwd<float, true>},
       {&lstm_fwd<double>, &gru_fwd<double>, &rnn_fwd<double, false>, &rnn_fwd<double, true>},
       {&lstm_bwd<float>, &gru_bwd<float>, &rnn_bwd<float, false>, &rnn_bwd<float, true>},
       {&lstm_bwd<double>, &gru_bwd<double>, &rnn_bwd<double, false>, &rnn_bwd<double, true>},
-      panel_gemm};
+      panel_gemm,
+      blocked_gemm};
 }
 
 }  // namespace RNNFAST_ISA
