@@ -219,14 +219,20 @@ void layer_backward(const LayerBwd<T>& a) {
   const bool gru = a.kind == CellKind::kGru;
   const bool lstm = a.kind == CellKind::kLstm;
   const bool proj = a.w_hr != nullptr;
-  T* dgh = gru ? a.dgh : a.dgx;
+  // GRU: the recurrent side's gradient differs from the input side's only in the n
+  // gate (dGh_n = dGx_n * r; the r and z columns are equal), so only that part is kept,
+  // [N, H] in a.dgh; the r and z columns are read from dgx.
+  const int64_t H_rz = gru ? 2 * H : 0;  // leading columns of dGh that are dgx's
 
   const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
   parallel_region(2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
-    // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself.
-    const PackedWeight<T> packed(false, p.size(), GH, s.B, a.w_hh + p.begin, P);
+    // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself
+    // (GRU: the r,z rows and the n rows apart, for the two parts of dGh).
+    const PackedWeight<T> packed(false, p.size(), gru ? H_rz : GH, s.B, a.w_hh + p.begin, P);
+    std::optional<PackedWeight<T>> packed_n;
+    if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -265,7 +271,7 @@ void layer_backward(const LayerBwd<T>& a) {
                           proj ? a.dr : a.dh,
                           a.dc,
                           a.dgx + row * GH,
-                          gru ? a.dgh + row * GH : nullptr,
+                          gru ? a.dgh + row * H : nullptr,
                           proj ? a.R + row * H : nullptr,
                           H,
                           ld,
@@ -275,23 +281,31 @@ void layer_backward(const LayerBwd<T>& a) {
       barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
-      packed.gemm(b, dgh + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
+      packed.gemm(b, a.dgx + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
+      if (gru) packed_n->gemm(b, a.dgh + row * H, H, T(1), a.dh + p.begin, P);
     }
   });
 
-  if (s.uniform()) {
-    // dW_hh = sum_t dGh_t^T h_{t-1}. With all B rows in every step, h_{t-1} of steps
-    // after the first (in processing order) is the output one step over, a contiguous
-    // block of rows: two GEMMs on the buffers themselves, no N x P copy.
-    const int64_t B = s.B, shifted = s.N - B;
-    const int64_t first = a.reverse ? shifted : 0;  // rows whose h_{t-1} is hx
-    sequence_gemm<T>(true, GH, P, B, dgh + first * GH, GH, a.hx, P, T(0), a.dw_hh, P);
-    if (shifted > 0) {
-      const T* dg_rows = dgh + (a.reverse ? 0 : B) * GH;
-      const T* h_rows = a.y + (a.reverse ? B : 0) * P;
-      sequence_gemm<T>(true, GH, P, shifted, dg_rows, GH, h_rows, P, T(1), a.dw_hh, P);
+  // dW_hh = sum_t dGh_t^T h_{t-1}, for `rows` rows of dW_hh from the matching columns
+  // of dGh (row stride ldg).
+  const auto dw_hh_rows = [&](const T* dg, int64_t ldg, int64_t rows, T* dw) {
+    if (s.uniform()) {
+      // With all B rows in every step, h_{t-1} of steps after the first (in processing
+      // order) is the output one step over, a contiguous block of rows: two GEMMs on
+      // the buffers themselves, no N x P copy.
+      const int64_t B = s.B, shifted = s.N - B;
+      const int64_t first = a.reverse ? shifted : 0;  // rows whose h_{t-1} is hx
+      sequence_gemm<T>(true, rows, P, B, dg + first * ldg, ldg, a.hx, P, T(0), dw, P);
+      if (shifted > 0) {
+        const T* dg_rows = dg + (a.reverse ? 0 : B) * ldg;
+        const T* h_rows = a.y + (a.reverse ? B : 0) * P;
+        sequence_gemm<T>(true, rows, P, shifted, dg_rows, ldg, h_rows, P, T(1), dw, P);
+      }
+    } else {
+      sequence_gemm<T>(true, rows, P, s.N, dg, ldg, a.hprev, P, T(0), dw, P);
     }
-  } else {
+  };
+  if (!s.uniform()) {
     // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
     for (int64_t t = 0; t < s.T; ++t) {
       const int64_t b = s.bs[t];
@@ -300,7 +314,12 @@ void layer_backward(const LayerBwd<T>& a) {
       if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
       copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
     }
-    sequence_gemm<T>(true, GH, P, s.N, dgh, GH, a.hprev, P, T(0), a.dw_hh, P);
+  }
+  if (gru) {
+    dw_hh_rows(a.dgx, GH, H_rz, a.dw_hh);
+    dw_hh_rows(a.dgh, H, H, a.dw_hh + H_rz * P);
+  } else {
+    dw_hh_rows(a.dgx, GH, GH, a.dw_hh);
   }
   sequence_gemm<T>(true, GH, a.I, s.N, a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
   if (a.dx != nullptr)
@@ -309,7 +328,8 @@ void layer_backward(const LayerBwd<T>& a) {
   if (a.db_ih != nullptr) column_sums(a.db_ih, a.dgx, s.N, GH, GH);
   if (a.db_hh != nullptr) {
     if (gru) {
-      column_sums(a.db_hh, dgh, s.N, GH, GH);
+      std::memcpy(a.db_hh, a.db_ih, sizeof(T) * H_rz);
+      column_sums(a.db_hh + H_rz, a.dgh, s.N, H, H);
     } else {
       std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
     }

@@ -12,8 +12,9 @@
 //     LSTM with projection: h = r W_hr^T            one GEMM
 // Backward, in the reverse of the forward order:
 //   per step: dh += dy_t; (projection: dr = dh W_hr); fused pointwise pass giving the
-//             pre-activation gradients dGx_t (and dGh_t for GRU); dh = dGh_t W_hh
-//             (+ the GRU's direct z * dh path)                           one GEMM
+//             pre-activation gradients dGx_t (and the n part of dGh_t for GRU, whose
+//             r, z parts are dGx_t's); dh = dGh_t W_hh (+ the GRU's direct z * dh
+//             path)                                 one GEMM (GRU: r,z rows and n rows)
 //   after the loop: dW_ih = dGx^T X, dW_hh = dGh^T H_prev, dX = dGx W_ih,
 //             dW_hr = dH^T R, biases = column sums of dGx / dGh in a fixed order
 //             (bitwise reproducible).
@@ -90,7 +91,8 @@ struct LayerBwd {
   T* dh;            // [B, P] in: dL/dh_n; out: dL/dh_0
   T* dc;            // [B, H] LSTM: in dL/dc_n; out dL/dc_0
   T* dgx;           // [N, G*H] scratch
-  T* dgh;           // [N, G*H] GRU scratch, else nullptr (== dgx)
+  T* dgh;           // [N, H] GRU scratch: the n gate's recurrent-side gradient (its r
+                    //         and z parts equal dgx's), else nullptr
   T* hprev;         // [N, P] scratch (packed input with shrinking batches only)
   T* dr;            // [B, H] LSTM projection scratch
   T* R;             // [N, H] LSTM projection scratch

@@ -151,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor y = output.contiguous(), ws = workspace.contiguous();
   const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
   Tensor dh = state_grad(grad_hy, B, H, opts);
-  Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts);
+  Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, H}, opts);  // dgh: n gate only
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
   Tensor dx = need_grad_input ? at::empty(input.sizes(), opts) : empty0(opts);
   Tensor dw_ih = at::empty({G, d.I}, opts), dw_hh = at::empty({G, H}, opts);

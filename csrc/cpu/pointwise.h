@@ -47,7 +47,8 @@ struct BwdStep {
                    //         GRU out: z * dL/dh_t (the direct path to h_{t-1})
   T* dc;           // [B, H]  LSTM: in dL/dc_t, out dL/dc_{t-1}
   T* dgx;          // [B, G*H] out: dL/d(input-side pre-activations)
-  T* dgh;          // [B, G*H] GRU out: dL/d(recurrent-side pre-activations); else nullptr
+  T* dgh;          // [B, H]  GRU out: dL/d(recurrent-side pre-activation of the n gate)
+                   //         (its r and z parts equal dgx's); else nullptr
   T* r;            // [B, H]  LSTM with projection: out o * tanh(c_t); else nullptr
   int64_t H, ld;
   int64_t k0, k1;  // the units to process

@@ -139,13 +139,12 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     T* __restrict dxr = s.dgx + j * 3 * H;
     T* __restrict dxz = dxr + H;
     T* __restrict dxn = dxr + 2 * H;
-    T* __restrict dhr = s.dgh + j * 3 * H;
-    T* __restrict dhz = dhr + H;
-    T* __restrict dhn = dhr + 2 * H;
+    T* __restrict dhn = s.dgh + j * H;  // the r, z parts of dGh are dxr, dxz
 #pragma GCC ivdep
     for (int64_t k = k0; k < k1; ++k) {
+      T dhr, dhz;
       dh[k] = cell::gru_backward_unit<T>(r[k], z[k], n[k], hn[k], hp[k], dh[k], dxr[k], dxz[k],
-                                         dxn[k], dhr[k], dhz[k], dhn[k]);
+                                         dxn[k], dhr, dhz, dhn[k]);
     }
   }
 }
