@@ -242,8 +242,12 @@ void layer_backward(const LayerBwd<T>& a) {
       if (a.dy != nullptr) {
         for (int64_t j = 0; j < b; ++j) {
           T* __restrict d = a.dh + j * P;
-          const T* __restrict v = a.dy + (row + j) * P;
-          for (int64_t k = p.begin; k < p.end; ++k) d[k] += v[k];
+          const T* __restrict v = a.dy + (row + j) * a.dy_ld;
+          if (a.dy_cs == 1) {
+            for (int64_t k = p.begin; k < p.end; ++k) d[k] += v[k];
+          } else {
+            for (int64_t k = p.begin; k < p.end; ++k) d[k] += v[k * a.dy_cs];
+          }
         }
       }
       if (proj) {

@@ -78,7 +78,8 @@ struct LayerBwd {
   const Sequence* seq;
   bool reverse;
   int64_t I, H, P, G, ld;
-  const T* dy;      // [N, P] or nullptr
+  const T* dy;      // [N, P] or nullptr: element (n, k) at dy[n * dy_ld + k * dy_cs]
+  int64_t dy_ld, dy_cs;  //    (any strides, 0 included: an expanded gradient)
   const T* x;       // [N, I]
   const T* hx;      // [B, P]
   const T* cx;      // [B, H] LSTM

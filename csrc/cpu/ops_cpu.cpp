@@ -22,6 +22,24 @@ const T* cptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.const_data_ptr<T>() : nullptr;
 }
 
+// grad_output as rows [N, P] with a row and a column stride, without a copy where its
+// strides allow (e.g. the expanded gradient of out.sum(), whose strides are all 0): a
+// 2-d [N, P] tensor, or a 3-d [T, B, P] whose time stride is B times its batch stride
+// (or with T or B of 1). Anything else is made contiguous.
+struct GradRows {
+  Tensor t;
+  int64_t ld, cs;
+};
+GradRows grad_rows(const OptTensor& g, int64_t P) {
+  if (!present(g)) return {Tensor(), 0, 0};
+  const Tensor& t = *g;
+  if (t.dim() == 2) return {t, t.stride(0), t.stride(1)};
+  if (t.dim() == 3 && t.size(1) == 1) return {t, t.stride(0), t.stride(2)};
+  if (t.dim() == 3 && (t.size(0) == 1 || t.stride(0) == t.size(1) * t.stride(1)))
+    return {t, t.stride(1), t.stride(2)};
+  return {t.contiguous(), P, 1};
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------- LSTM
@@ -77,7 +95,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
   const Tensor y = output.contiguous(), g = gates.contiguous(), cl = cells.contiguous();
-  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  const GradRows dy = grad_rows(grad_output, P);
   Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
   Tensor dgates = at::empty({N, G}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, P}, opts);
@@ -90,7 +108,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dw_hr = d.proj ? at::empty({P, H}, opts) : empty0(opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_lstm_backward", [&] {
     using T = scalar_t;
-    layer_backward<T>({CellKind::kLstm, &d.seq, reverse, d.I, H, P, 4, G, cptr<T>(dy), cptr<T>(x),
+    layer_backward<T>({CellKind::kLstm, &d.seq, reverse, d.I, H, P, 4, G, cptr<T>(dy.t), dy.ld, dy.cs, cptr<T>(x),
                        cptr<T>(hx_c), cptr<T>(cx_c), cptr<T>(wih), cptr<T>(whh), cptr<T>(whr),
                        cptr<T>(y), cptr<T>(g), cptr<T>(cl), ptr<T>(dh), ptr<T>(dc),
                        ptr<T>(dgates), nullptr, ptr<T>(hprev), ptr<T>(dr), ptr<T>(R), ptr<T>(DH),
@@ -149,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor x = input.contiguous(), hx_c = hx.contiguous();
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor y = output.contiguous(), ws = workspace.contiguous();
-  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  const GradRows dy = grad_rows(grad_output, H);
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, H}, opts);  // dgh: n gate only
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
@@ -159,7 +177,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor db_hh = has_bias ? at::empty({G}, opts) : empty0(opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_gru_backward", [&] {
     using T = scalar_t;
-    layer_backward<T>({CellKind::kGru, &d.seq, reverse, d.I, H, H, 3, 4 * H, cptr<T>(dy),
+    layer_backward<T>({CellKind::kGru, &d.seq, reverse, d.I, H, H, 3, 4 * H, cptr<T>(dy.t), dy.ld, dy.cs,
                        cptr<T>(x), cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr,
                        cptr<T>(y), cptr<T>(ws), nullptr, ptr<T>(dh), nullptr, ptr<T>(dgx),
                        ptr<T>(dgh), ptr<T>(hprev), nullptr, nullptr, nullptr,
@@ -211,7 +229,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const auto opts = input.options();
   const Tensor x = input.contiguous(), hx_c = hx.contiguous();
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous(), y = output.contiguous();
-  const Tensor dy = present(grad_output) ? grad_output->contiguous() : Tensor();
+  const GradRows dy = grad_rows(grad_output, H);
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dg = at::empty({N, H}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
@@ -221,7 +239,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const CellKind kind = relu ? CellKind::kRnnRelu : CellKind::kRnnTanh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnfast_rnn_backward", [&] {
     using T = scalar_t;
-    layer_backward<T>({kind, &d.seq, reverse, d.I, H, H, 1, H, cptr<T>(dy), cptr<T>(x),
+    layer_backward<T>({kind, &d.seq, reverse, d.I, H, H, 1, H, cptr<T>(dy.t), dy.ld, dy.cs, cptr<T>(x),
                        cptr<T>(hx_c), nullptr, cptr<T>(wih), cptr<T>(whh), nullptr, cptr<T>(y),
                        cptr<T>(y), nullptr, ptr<T>(dh), nullptr, ptr<T>(dg), nullptr,
                        ptr<T>(hprev), nullptr, nullptr, nullptr,
