@@ -1,8 +1,8 @@
 """The blocked GEMM of the backward pass's whole-sequence products (dW = dG^T X and
 dX = dG W; csrc/cpu/panel_gemm.h, csrc/cpu/blas.h sequence_gemm), checked directly
 against a float64 product at the awkward sizes: row-tile remainders (M not a multiple of
-6), partial panels (N not a multiple of 16), k-block and row-block edges (K around 384,
-M around 144), more columns than one packed block of B holds (N > 4080), op(A) = A and
+6), partial panels (N not a multiple of 16), k-block and row-block edges (K around 256,
+M around 144), more columns than one packed block of B holds (N > 512), op(A) = A and
 A^T, accumulate or not, strided rows. Then at the layer level, at sizes where the layers
 take this path, against torch.nn."""
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _assert_within_rounding(out, a, b, trans_a, accumulate, c0, K, what):
 def test_blocked_gemm_against_float64(trans_a, accumulate):
     gen = torch.Generator().manual_seed(11)
     for M, N, K in itertools.product([1, 5, 6, 7, 143, 145], [1, 15, 16, 17, 100],
-                                     [1, 383, 384, 385, 800]):
+                                     [1, 255, 256, 257, 800]):
         a, b = _operands(M, N, K, trans_a, gen)
         # C is not read without accumulate: NaN there must not leak into the result.
         out = torch.randn(M, N, generator=gen) if accumulate else torch.full((M, N), float("nan"))
@@ -63,7 +63,7 @@ def test_blocked_gemm_against_float64(trans_a, accumulate):
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A^T"])
 def test_blocked_gemm_wider_than_one_block_of_b(trans_a):
     gen = torch.Generator().manual_seed(12)
-    M, N, K = 13, 4080 + 37, 9
+    M, N, K = 13, 8 * 512 + 37, 9
     a, b = _operands(M, N, K, trans_a, gen)
     out = torch.empty(M, N)
     _C._blocked_gemm(a, b, trans_a, False, out)

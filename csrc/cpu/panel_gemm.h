@@ -65,9 +65,10 @@ using PanelGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* pane
 //
 // Block sizes: the B micro-panel (16 x kBlockK, 16 KiB) stays in L1 and the op(A) block
 // (kBlockM x kBlockK, 144 KiB) in L2 of this machine (32 KiB / 512 KiB); kBlockN keeps
-// the per-thread workspace at 656 KiB (a larger B block, 384 x 4080, was no faster in a
-// standalone comparison and made the workspace 1.7 MiB a thread at N = 1024, which put
-// the RNN's training peak memory above torch.nn's at XL).
+// the per-thread workspace at 656 KiB. A larger B block, 384 x 4080, was level with this
+// in a standalone comparison on 2 threads at the XL backward shapes (about 5% faster at
+// 6400x1024x1024 with op(A) = A, where this packs A twice), but its 1.7 MiB a thread at
+// N = 1024 put the RNN's training peak memory 2% above torch.nn's at XL.
 //
 // workspace: blocked_gemm_workspace_floats(N) floats, 64-byte aligned.
 constexpr int64_t kTileRows = 6;   // rows of C per register tile
