@@ -26,7 +26,7 @@
 // a projection). No library call forks threads and nothing is allocated per step;
 // the hidden state is double-buffered so that no thread overwrites h_{t-1} while
 // another still reads it. The whole-sequence GEMMs outside the loop use all threads
-// through the BLAS.
+// through sequence_gemm (blas.h: the blocked AVX2 GEMM, or the BLAS).
 //
 // Buffers are the caller's (allocated once per call).
 //
