@@ -56,10 +56,10 @@ using PanelGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* pane
 // k: the result does not depend on how rows are split across threads.
 //
 // Against the BLAS: measured in one process against torch.mm (MKL 2024.2, 2 threads,
-// this project's AVX2 machine, AMD EPYC; two rounds of one run) at the backward shapes
-// of the M/L/XL grid (e.g. 3072x1024x6400 with A^T, 6400x1024x3072 with A): MKL 89-126
-// GF/s, this 94-128 GF/s, i.e. level with MKL to 1.2x faster (largest with N = 512 and
-// op(A) = A), within the machine's noise at some shapes. Below N = 256 MKL was as fast
+// this project's AVX2 machine, AMD EPYC; bench/gemm_cpu.py, two rounds of one run, with
+// the first block sizes 384 x 4080) at the backward shapes of the M/L/XL grid (e.g.
+// 3072x1024x6400 with A^T, 6400x1024x3072 with A): 0.86-1.16x MKL's speed, i.e. level
+// within the machine's noise. Below N = 256 MKL was as fast
 // or faster (sequence_gemm in blas.h keeps those). Kept because it is no slower and its
 // result does not depend on the thread count.
 //

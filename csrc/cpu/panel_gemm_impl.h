@@ -178,8 +178,8 @@ inline void tile_6x16(int64_t kc, const float* __restrict a, const float* __rest
   __m256 acc[kTileM][2];
 #pragma GCC unroll 6
   for (int r = 0; r < kTileM; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  // Unrolled by 4 with the A tile's line 16 k ahead requested (measured +0-10% on 2
-  // cores at the L/XL backward shapes, standalone, against neither).
+  // Unrolled by 4 with the A tile's line 16 k ahead requested (measured -1% to +10% on
+  // 1 and 2 cores at L/XL backward shapes, standalone, against neither).
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(a + (k + 16) * kTileM), _MM_HINT_T0);
