@@ -142,7 +142,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rnnfast", "rnnfast.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.13"],
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
