@@ -69,8 +69,13 @@ EOF
 step "emulated-CUDA tests in the CUDA build; GPU tests and GPU benchmark skip cleanly"
 "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/test_cuda_emulated.py" \
   "$ROOT/tests/test_cuda_device.py" "$ROOT/tests/test_simt_rules.py" -rs 2>&1 | tail -n 8
+# The bench package (python -m bench, pytest bench) runs from a temporary directory holding a
+# copy of bench/ only: from the source tree, its rnnfast/ would shadow the installed CUDA build.
+BENCH_RUN="$(mktemp -d)"
+(cd "$ROOT" && git ls-files -z bench | xargs -0 cp --parents -t "$BENCH_RUN")
+cd "$BENCH_RUN"
 RNNFAST_BENCH_DEVICE=cuda RNNFAST_BENCH_QUICK=1 "$VENV/bin/pytest" -q -p no:cacheprovider \
-  "$ROOT/bench" -rs 2>&1 | tail -n 4
-"$VENV/bin/python" -m rnnfast.bench --device cuda --quick
+  bench -rs 2>&1 | tail -n 4
+"$VENV/bin/python" -m bench --device cuda --quick
 
 step "done in $((SECONDS - t0))s"

@@ -1,4 +1,5 @@
-"""pytest configuration for the rnnfast benchmark suite (``bench/``).
+"""pytest configuration for the rnnfast benchmark suite (``bench/test_bench_rnn.py``, the
+pytest-benchmark front end of the ``bench`` package; ``python -m bench`` is the other).
 
 The suite runs only when asked for by path (``pytest bench``, ``pytest bench/test_bench_rnn.py``,
 ``python -m pytest bench``); a plain ``pytest`` from the repository root does not collect it, so

@@ -1,9 +1,10 @@
-"""The CPU training-step peak-memory measurement of ``python -m rnnfast.bench --memory``.
+"""The CPU training-step peak-memory measurement of ``python -m bench --memory`` (bench/memory.py).
 
 Cheap (three fresh child interpreters, run concurrently; one tiny LSTM shape): checks that the
 method reports a positive peak for both implementations and that it can *see* memory, i.e. an
 extra buffer allocated inside the step shows up in the measurement.
 """
+import pathlib
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,17 +12,23 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
 
-from rnnfast import bench  # noqa: E402
+# The bench package lives at the repository root, beside rnnfast/; appended (not prepended) so
+# that rnnfast itself is imported as it would be without it.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
 
-SHAPE = bench.Shape("T20B8H64", 20, 8, 64)  # gates buffers ~160 KiB: above the mmap threshold
+from bench import grid, memory, report  # noqa: E402
+
+SHAPE = grid.Shape("T20B8H64", 20, 8, 64)  # gates buffers ~160 KiB: above the mmap threshold
 EXTRA = 32 * 2**20
 
 
 def test_step_memory_positive_and_sees_an_extra_allocation():
-    spec = bench.get_layer("lstm")
+    spec = grid.get_layer("lstm")
     jobs = [("torch", 0), ("rnnfast", 0), ("rnnfast", EXTRA)]
     with ThreadPoolExecutor(len(jobs)) as ex:
-        futs = [ex.submit(bench.measure_step_memory, spec, impl, SHAPE, 0, 1, extra, 120.0)
+        futs = [ex.submit(memory.measure_step_memory, spec, impl, SHAPE, 0, 1, extra, 120.0)
                 for impl, extra in jobs]
         t, f, fx = [fu.result() for fu in futs]
     for r in (t, f, fx):
@@ -37,7 +44,7 @@ def test_step_memory_positive_and_sees_an_extra_allocation():
 
 
 def test_memory_table_formats():
-    r = bench.MemoryResult("LSTM", "S", 200, 16, 128, torch_cold_bytes=2**20, fast_cold_bytes=2**19,
-                           ratio=0.5, ok=True)
-    text = bench.format_memory_table([r])
+    r = memory.MemoryResult("LSTM", "S", 200, 16, 128, torch_cold_bytes=2**20, fast_cold_bytes=2**19,
+                            ratio=0.5, ok=True)
+    text = report.format_memory_table([r])
     assert "LSTM" in text and "0.50" in text and "yes" in text

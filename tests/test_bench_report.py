@@ -1,0 +1,129 @@
+"""The results files of ``python -m bench`` (bench/report.py, bench/cli.py): the header
+(commit, date, CPU, ISA, kernel set, command line) and tables written from fake cells, and
+where a run writes them (only a full-grid CPU run goes to docs/results)."""
+import pathlib
+import re
+import sys
+
+import pytest
+
+# The bench package lives at the repository root, beside rnnfast/; appended (not prepended) so
+# that rnnfast itself is imported as it would be without it.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from bench import cli, machine, report  # noqa: E402
+from bench.timing import CellResult  # noqa: E402
+
+
+def _cell(layer, mode, shape, speedup, target, status="ok"):
+    r = CellResult(layer=layer, mode=mode, shape=shape, T=100, B=64, H=256, dtype="float32", device="cpu",
+                   status=status, target=target)
+    if status == "ok":
+        r.torch_s, r.fast_s = 0.01 * speedup, 0.01
+        r.torch_min_s, r.fast_min_s, r.torch_median_s, r.fast_median_s = r.torch_s, r.fast_s, r.torch_s, r.fast_s
+        r.speedup = r.speedup_median = speedup
+        r.target_met = speedup >= target if target is not None else None
+    else:
+        r.message = "output: mismatch"
+    return r
+
+
+CELLS = [
+    _cell("LSTM", "infer", "S", 1.5, 1.2),
+    _cell("LSTM", "infer", "M", 0.9, 1.2),
+    _cell("LSTM", "train", "S", 1.4, 1.3),
+    _cell("GRU", "train", "B1", None, 2.0, status="FAILED"),
+]
+
+INFO = {
+    "device": "cpu", "cpu": "AMD EPYC 9R14", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0+cpu",
+    "python": "3.11.7", "platform": "Linux", "mkldnn": True, "git": "abc1234 + uncommitted changes",
+    "date_utc": "2026-12-02 06:00 UTC",
+    "isa": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False},
+    "rnnfast": "0.1.0", "rnnfast_build": {"cpu_kernels": "avx2"},
+    "command": "python -m bench", "run": "full PERF.md grid",
+}
+
+
+def test_results_markdown_header_and_tables():
+    text = report.format_results_markdown(CELLS, INFO, plot_name="cpu-avx2.png")
+    assert text.startswith("# rnnfast vs torch.nn: CPU, `avx2` kernels\n")
+    for line in ["- commit: `abc1234 + uncommitted changes`", "- date: 2026-12-02 06:00 UTC",
+                 "- CPU: AMD EPYC 9R14 (2 logical CPUs)",
+                 "- ISA: avx2 yes, avx512f no, avx512_bf16 no, amx_bf16 no",
+                 "- torch: 2.13.0+cpu (oneDNN on), threads: 2", "- command: `python -m bench`",
+                 "![speedup per shape](cpu-avx2.png)"]:
+        assert line in text, line
+    assert "CPU kernel set `avx2`" in text
+    # speedup grid: layer × mode rows, shape columns in grid order, met targets in bold
+    assert re.search(r"^\| layer +\| mode +\| +S \| +M \| +B1 \|$", text, re.M), text
+    assert re.search(r"^\| LSTM +\| infer +\| +\*\*1\.50x\*\* \| +0\.90x \| +\|$", text, re.M), text
+    assert re.search(r"^\| GRU +\| train +\| +\| +\| +FAILED \|$", text, re.M), text
+    # the failed cell with a target counts as not met
+    assert "**2 of 4 targets met.**" in text
+    # the full per-cell table follows
+    assert "## All cells" in text and "torch ms (min)" in text and "NOT met" in text
+    assert report.results_stem(INFO) == "cpu-avx2"
+    assert report.memory_stem(INFO) == "memory-cpu-avx2"
+
+
+def test_header_from_this_machine(tmp_path):
+    info = machine.machine_info("cpu")
+    info["command"] = "python -m bench --quick"
+    path = report.write_text(tmp_path / "r" / "cpu.md", report.format_results_markdown(CELLS, info))
+    text = path.read_text(encoding="utf-8")
+    assert re.search(r"^- commit: `([0-9a-f]{7,}( \+ uncommitted changes)?|unknown)`$", text, re.M), text
+    assert re.search(r"^- date: \d{4}-\d\d-\d\d \d\d:\d\d UTC$", text, re.M), text
+    assert f"- CPU: {machine.cpu_model()}" in text
+    assert re.search(r"^- ISA: avx2 (yes|no|\?), avx512f (yes|no|\?), avx512_bf16 (yes|no|\?), "
+                     r"amx_bf16 (yes|no|\?)$", text, re.M), text
+    import rnnfast
+
+    assert f"CPU kernel set `{rnnfast.build_info()['cpu_kernels']}`" in text
+
+
+def test_commit_unknown_outside_git(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "SOURCE_ROOT", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert machine.git_state() == "unknown"
+
+
+def _plan(*argv):
+    return cli.plan_run(cli.build_parser().parse_args(list(argv)))
+
+
+def test_only_a_full_grid_cpu_run_targets_docs(tmp_path):
+    docs = report.DOCS_RESULTS.resolve()
+    full = _plan()
+    assert full.full_grid and full.to_docs and full.out_dir.resolve() == docs
+    assert _plan("--layers", "lstm,gru,rnn", "--modes", "train,infer", "--shapes", "grid").to_docs
+    assert _plan("--memory").to_docs
+    for argv in (["--layers", "lstm"], ["--modes", "infer"], ["--shapes", "S,M,L"], ["--shapes", "all"],
+                 ["--quick"], ["--device", "cuda"], ["--dtypes", "float32,float64"], ["--no-docs"],
+                 ["--memory", "--quick"], ["--memory", "--layers", "rnn"], ["--memory", "--memory-repeat", "2"]):
+        plan = _plan(*argv)
+        assert not plan.to_docs, argv
+        assert plan.out_dir == report.SCRATCH_DIR, argv
+        assert docs not in plan.out_dir.resolve().parents and plan.out_dir.resolve() != docs, argv
+    assert _plan("--layers", "lstm", "--out", str(tmp_path)).out_dir == tmp_path
+
+
+def test_partial_run_writes_to_bench_results(tmp_path, monkeypatch):
+    """End to end, one tiny cell: the files land in ./bench_results, docs/results is untouched."""
+    pytest.importorskip("matplotlib")
+    docs = report.DOCS_RESULTS
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in docs.glob("*")) if docs.is_dir() else None
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["--quick", "--layers", "lstm", "--modes", "infer", "--shapes", "S", "--warmup", "0",
+                   "--repeats", "1", "--min-time", "0"])
+    assert rc == 0
+    stem = report.results_stem(machine.machine_info("cpu"))
+    md = tmp_path / "bench_results" / f"{stem}.md"
+    assert md.is_file() and (tmp_path / "bench_results" / f"{stem}.png").is_file()
+    text = md.read_text(encoding="utf-8")
+    assert "- command: `python -m bench --quick --layers lstm --modes infer --shapes S" in text
+    assert "| LSTM " in text and "qS" in text
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in docs.glob("*")) if docs.is_dir() else None
+    assert after == before
