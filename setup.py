@@ -13,6 +13,12 @@ Switches (environment variables):
 * ``TORCH_CUDA_ARCH_LIST`` CUDA architectures (default here: "8.0;9.0").
 * ``MAX_JOBS``            parallel compile jobs (ninja).
 * ``RNNFAST_DEBUG=1``     -O0 -g, for debugging the C++ core.
+* ``RNNFAST_NO_EMULATOR=1`` skip the test-only extension ``rnnfast._simt_emu`` (the CUDA
+                          kernels in the SIMT emulator, which the tests need).
+
+Two extensions: ``rnnfast._C`` (production: the CPU kernels, and the CUDA kernels in a
+CUDA build) and ``rnnfast._simt_emu`` (testing: the CUDA operators compiled for the SIMT
+emulator, registered as ``torch.ops.rnnfast_emu.*``).
 
 Nothing is downloaded at build time.
 """
@@ -90,15 +96,10 @@ def extensions():
     version = read_version()
     debug = env_flag("RNNFAST_DEBUG")
     with_cuda = want_cuda()
-    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
-                  + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
-                  + glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp")))
+    core = glob.glob(os.path.join(ROOT, "csrc", "core", "*.cpp"))
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + core
+                  + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
-    # The SIMT emulator (always built) takes __half/__nv_bfloat16 from CUDA's own
-    # headers when they are on this machine; without them it supports float32/64.
-    fp16_dir = cuda_fp16_include()
-    if fp16_dir:
-        include_dirs.append(fp16_dir)
     # C++20: torch >= 2.14's headers require it (and it builds against older torch too).
     cxx = ["-O0" if debug else "-O3", "-std=c++20", "-fopenmp", "-fno-math-errno",
            "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas",
@@ -120,10 +121,7 @@ def extensions():
         ext_cls = cpp_extension.CUDAExtension
         for d in torch_cuda_wheel_includes():
             nvcc += ["-isystem", d]
-    print(f"rnnfast {version}: building {'CPU+CUDA' if with_cuda else 'CPU-only'} "
-          f"against torch {torch.__version__}; SIMT emulator half types from "
-          f"{fp16_dir or 'nowhere (cuda_fp16.h not found: float32/64 only)'}")
-    return [ext_cls(
+    exts = [ext_cls(
         name="rnnfast._C",
         sources=sources,
         include_dirs=include_dirs,
@@ -131,6 +129,22 @@ def extensions():
         extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else {"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )]
+    # The test-only emulator extension takes __half/__nv_bfloat16 from CUDA's own headers
+    # when they are on this machine; without them it supports float32/64.
+    fp16_dir = cuda_fp16_include()
+    if not env_flag("RNNFAST_NO_EMULATOR"):
+        exts.append(cpp_extension.CppExtension(
+            name="rnnfast._simt_emu",
+            sources=rel(core + glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp"))),
+            include_dirs=include_dirs + ([fp16_dir] if fp16_dir else []),
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        ))
+    print(f"rnnfast {version}: building {'CPU+CUDA' if with_cuda else 'CPU-only'} "
+          f"against torch {torch.__version__}; test-only SIMT emulator: "
+          + ("not built (RNNFAST_NO_EMULATOR)" if env_flag("RNNFAST_NO_EMULATOR") else
+             f"half types from {fp16_dir or 'nowhere (cuda_fp16.h not found: float32/64 only)'}"))
+    return exts
 
 
 setup(

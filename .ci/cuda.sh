@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real CUDA build, on a machine without a GPU (DESIGN.md, "CUDA without a GPU"):
+# The real CUDA build, on a machine without a GPU (docs/design.md, "CUDA without a GPU"):
 #   1. a fresh venv with the CUDA 13.0 build of torch (torch==2.14.1, local wheel);
 #   2. rnnfast built from a copy of the tracked sources with FORCE_CUDA=1 for
 #      TORCH_CUDA_ARCH_LIST="8.0;9.0" with nvcc 13.0; ptxas -v output kept in

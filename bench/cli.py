@@ -9,8 +9,8 @@ not timed; the exit status is then 1. ``infer`` is a forward under ``torch.no_gr
 ``train`` is forward + ``out.sum().backward()`` with an input that requires grad; gradients
 are reset (set to ``None``) before every run, outside the timed region, identically for both.
 
-GF/s follows PERF.md: one layer's forward is ``2*T*B*G*H*(I+H)`` FLOPs (G = 4 LSTM, 3 GRU,
-1 RNN), forward + backward counts three times that. The table marks every cell of the PERF.md
+GF/s follows docs/performance.md: one layer's forward is ``2*T*B*G*H*(I+H)`` FLOPs (G = 4 LSTM, 3 GRU,
+1 RNN), forward + backward counts three times that. The table marks every cell of the docs/performance.md
 grid against its CPU speedup target.
 
 Progress goes to stderr, one line per cell; the report to stdout and into a results directory
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m bench`` argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark rnnfast's layers against torch.nn side by side (PERF.md method):\n"
+        description="Benchmark rnnfast's layers against torch.nn side by side (method: docs/performance.md):\n"
                     "correctness first, then interleaved timing, speedup = torch time / rnnfast time.\n"
                     "Progress goes to stderr (one line per cell), the report to stdout and to the\n"
                     "results files (see 'where results go' below).",
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + " (default: every layer rnnfast provides; the others are skipped with a message)")
     p.add_argument("--modes", type=_csv, default=list(MODES), help="comma list of infer,train (default: both)")
     p.add_argument("--shapes", type=_csv, default=None,
-                   help="comma list of S,M,L,XL,B1,B4 (PERF.md grid), 'grid', 'small-batch' "
+                   help="comma list of S,M,L,XL,B1,B4 (benchmark grid), 'grid', 'small-batch' "
                         "(batch 1-8 × H 64-1024), 'all', or T<t>B<b>H<h> (default: grid; on CUDA "
                         "grid,small-batch)")
     p.add_argument("--repeats", type=int, default=None,
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gemm-peak", dest="gemm_peak", action="store_true", default=None,
                    help="measure the GEMM peak and report rnnfast's efficiency (default on, off with --quick)")
     p.add_argument("--no-gemm-peak", dest="gemm_peak", action="store_false", help="do not measure the GEMM peak")
-    p.add_argument("--strict", action="store_true", help="exit 2 when a PERF.md target is not met")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a target is not met")
     p.add_argument("--memory", action="store_true",
                    help="instead of timing: CPU peak memory of one training step (forward + backward, "
                         "float32), torch.nn vs rnnfast, each in a fresh subprocess (see the method in "
@@ -204,7 +204,7 @@ def _show(path: Path) -> str:
 
 def _run_kind(plan: Plan, args: argparse.Namespace) -> str:
     if plan.full_grid:
-        return "full PERF.md grid"
+        return "full benchmark grid"
     if args.quick:
         return "quick (scaled-down shapes, fewer runs; no targets judged)"
     return (f"partial: layers {','.join(s.key for s in plan.specs)}; modes {','.join(plan.modes)}; "

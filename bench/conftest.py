@@ -63,7 +63,7 @@ def bench_record(request: pytest.FixtureRequest):
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Print torch.nn vs rnnfast side by side, with speedup and the PERF.md target."""
+    """Print torch.nn vs rnnfast side by side, with speedup and the target."""
     rows = config.stash.get(_RECORDS, [])
     if not rows:
         return

@@ -1,6 +1,6 @@
 """The backward pass's whole-sequence products on the CPU: rnnfast's blocked GEMM
 (csrc/cpu/panel_gemm.h, through the rnnfast._C._blocked_gemm test entry) against
-torch.mm (MKL) at the shapes the PERF.md grid gives them, interleaved in one process,
+torch.mm (MKL) at the shapes the benchmark grid (docs/performance.md) gives them, interleaved in one process,
 float32, 2 threads. Correctness is checked first (against a float64 product).
 
     python bench/gemm_cpu.py [--rounds 2]

@@ -1,6 +1,6 @@
 """What is benchmarked: layers, modes, shapes, CPU speedup targets and the FLOP formula.
 
-All of it is data, with PERF.md as the source. The layer list (:data:`LAYERS`) decides what
+All of it is data, with docs/performance.md as the source. The layer list (:data:`LAYERS`) decides what
 runs: a layer is benchmarked as soon as ``rnnfast`` exports a class of that name with
 ``torch.nn``'s interface; until then it is skipped with a message.
 """
@@ -56,7 +56,7 @@ MODES: Tuple[str, ...] = ("infer", "train")
 class Shape:
     """A problem size: T steps, B batch, H hidden (input size I == H), one layer, time-major.
 
-    ``grid`` is the PERF.md grid name this shape is (or was scaled down from); ``quick`` marks
+    ``grid`` is the benchmark grid (docs/performance.md) name this shape is (or was scaled down from); ``quick`` marks
     the scaled-down smoke-test variants, to which no speedup target applies.
     """
 
@@ -69,7 +69,7 @@ class Shape:
 
     @property
     def I(self) -> int:  # noqa: E743 - the paper's letter
-        """Input size; PERF.md fixes I == H."""
+        """Input size; docs/performance.md fixes I == H."""
         return self.H
 
     @property
@@ -84,7 +84,7 @@ def _shape_table(rows: Iterable[Tuple[str, int, int, int]], quick: bool = False)
     }
 
 
-#: The PERF.md grid.
+#: The benchmark grid.
 GRID_SHAPES: Dict[str, Shape] = _shape_table(
     [
         ("S", 200, 16, 128),
@@ -109,7 +109,7 @@ QUICK_SHAPES: Dict[str, Shape] = _shape_table(
     quick=True,
 )
 
-#: PERF.md's extra GPU grid: batch 1-8, H 64-1024 (T = 100). Named like ``T100B2H128``.
+#: docs/performance.md's extra GPU grid: batch 1-8, H 64-1024 (T = 100). Named like ``T100B2H128``.
 SMALL_BATCH_SHAPES: Dict[str, Shape] = {
     f"T100B{b}H{h}": Shape(f"T100B{b}H{h}", 100, b, h)
     for b in (1, 2, 4, 8)
@@ -119,7 +119,7 @@ SMALL_BATCH_SHAPES: Dict[str, Shape] = {
 #: The grid shapes in report order.
 GRID_ORDER: Tuple[str, ...] = ("S", "M", "L", "XL", "B1", "B4")
 
-#: PERF.md CPU speedup targets: (layer name, mode) -> {grid shape name: minimum speedup}.
+#: docs/performance.md CPU speedup targets: (layer name, mode) -> {grid shape name: minimum speedup}.
 TARGETS: Dict[Tuple[str, str], Dict[str, float]] = {
     (layer, mode): dict(zip(GRID_ORDER, values))
     for layer, mode, values in [
@@ -132,7 +132,7 @@ TARGETS: Dict[Tuple[str, str], Dict[str, float]] = {
     ]
 }
 
-#: PERF.md: at L and XL rnnfast should reach >= 70% of the measured float32 GEMM peak.
+#: docs/performance.md: at L and XL rnnfast should reach >= 70% of the measured float32 GEMM peak.
 EFFICIENCY_TARGET: Tuple[Tuple[str, ...], float] = (("L", "XL"), 0.70)
 
 #: dtypes by CLI name.
@@ -190,7 +190,7 @@ def resolve_shapes(names: Optional[Sequence[str]], quick: bool = False, device: 
     """Turn CLI shape names into shapes.
 
     Accepts grid names (``S,M,L,XL,B1,B4``; with ``quick`` they mean the scaled-down
-    variants), the aliases ``grid``, ``small-batch`` (PERF.md's GPU grid of batch 1-8 and
+    variants), the aliases ``grid``, ``small-batch`` (docs/performance.md's GPU grid of batch 1-8 and
     H 64-1024) and ``all``, and explicit sizes written ``T100B8H256``. The default is the grid,
     plus ``small-batch`` on CUDA (not in quick mode).
     """
@@ -229,13 +229,13 @@ def resolve_shapes(names: Optional[Sequence[str]], quick: bool = False, device: 
 
 
 def flops(spec: LayerSpec, shape: Shape, mode: str) -> float:
-    """PERF.md FLOP count of one call: ``2*T*B*G*H*(I+H)``, times 3 for ``train``."""
+    """docs/performance.md FLOP count of one call: ``2*T*B*G*H*(I+H)``, times 3 for ``train``."""
     fwd = 2.0 * shape.T * shape.B * spec.gates * shape.H * (shape.I + shape.H)
     return fwd * (3.0 if mode == "train" else 1.0)
 
 
 def target_for(spec: LayerSpec, mode: str, shape: Shape, device: str, dtype: torch.dtype) -> Optional[float]:
-    """The PERF.md speedup target for a cell, or None where none applies.
+    """The docs/performance.md speedup target for a cell, or None where none applies.
 
     Targets exist for the CPU, float32, and the full-size grid shapes only.
     """
@@ -246,7 +246,7 @@ def target_for(spec: LayerSpec, mode: str, shape: Shape, device: str, dtype: tor
 
 def is_full_grid(specs: Sequence[LayerSpec], modes: Sequence[str], shapes: Sequence[Shape],
                  dtypes: Sequence[torch.dtype], device: str = "cpu") -> bool:
-    """True for the whole PERF.md CPU grid: every layer of :data:`LAYERS`, both modes, the six
+    """True for the whole docs/performance.md CPU grid: every layer of :data:`LAYERS`, both modes, the six
     full-size grid shapes, float32 only, on the CPU (the runs whose results go to ``docs/``)."""
     return (device == "cpu"
             and {s.key for s in specs} == {s.key for s in LAYERS}

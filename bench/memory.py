@@ -286,7 +286,7 @@ def measure_memory(specs: Optional[Sequence[LayerSpec]] = None, shapes: Optional
                    ) -> List[MemoryResult]:
     """Peak extra memory of one training step, torch.nn vs rnnfast, per (layer, shape).
 
-    Defaults: every layer rnnfast provides, the full PERF.md grid. Each implementation runs in
+    Defaults: every layer rnnfast provides, the full benchmark grid. Each implementation runs in
     its own fresh subprocess (torch.nn first, then rnnfast). Returns one :class:`MemoryResult`
     per (layer, shape); failures are reported in ``status`` / ``message``, never raised.
     """

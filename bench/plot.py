@@ -70,7 +70,7 @@ def plot_results(results: Sequence[CellResult], path: str, title: str = "") -> b
                 tgt = next((c.target for c in cells if c.shape == sh and c.target is not None), None)
                 if tgt is not None:
                     ax.hlines(tgt, si - 0.45, si + 0.45, colors="red", linewidth=2,
-                              label="PERF.md target" if first_target else None)
+                              label="target" if first_target else None)
                     first_target = False
                     ymax = max(ymax, tgt * 1.15)
             ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)

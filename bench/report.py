@@ -63,7 +63,7 @@ def memory_stem(info: Dict[str, Any]) -> str:
 
 
 def format_table(results: Sequence[CellResult], peak_gflops: Optional[float] = None) -> str:
-    """Markdown table: one row per cell, with the PERF.md target and whether it was met."""
+    """Markdown table: one row per cell, with the target and whether it was met."""
     show_dtype = any(r.dtype != "float32" for r in results)
     show_mem = any(r.torch_peak_bytes is not None for r in results)
     stat = results[0].stat if results else "min"
@@ -267,7 +267,7 @@ def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
         "## Speedup",
         "",
         f"speedup = torch.nn time / rnnfast time ({stat} of the interleaved runs); **bold**: the "
-        "PERF.md target is met (targets in the table of all cells).",
+        "target is met (targets in the table of all cells).",
         "",
         table,
         "",

@@ -2,7 +2,7 @@
 
 Run explicitly (plain ``pytest`` from the repository root does not collect ``bench/``)::
 
-    pytest bench                                   # full PERF.md grid, CPU, float32
+    pytest bench                                   # full benchmark grid, CPU, float32
     RNNFAST_BENCH_QUICK=1 pytest bench -q          # scaled-down smoke run
     pytest bench -k "lstm and train and M"         # one slice
     pytest bench --benchmark-autosave              # save, then later: --benchmark-compare
@@ -151,7 +151,7 @@ def test_rnn(request: pytest.FixtureRequest, bench_record: Any, layer: grid.Laye
     seconds = stats.median if DEVICE == "cuda" else stats.min
     benchmark.extra_info["gflops_per_s"] = flop / seconds / 1e9
     if DEVICE == "cuda":
-        # PERF.md's GPU method: CUDA events, median, and peak memory of one call.
+        # docs/performance.md's GPU method: CUDA events, median, and peak memory of one call.
         ev = timing.time_interleaved([(prepare, run)], "cuda", warmup=0, repeats=max(5, min(rounds, 20)))[0]
         benchmark.extra_info["cuda_event_median_s"] = sorted(ev)[len(ev) // 2]
         benchmark.extra_info["peak_bytes"] = timing.measure_peak_memory(prepare, run, "cuda")

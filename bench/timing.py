@@ -148,7 +148,7 @@ def measure_peak_memory(prepare: Callable[[], None], run: Callable[[], None], de
     return int(torch.cuda.max_memory_allocated() - before)
 
 def gemm_peak_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GF/s of an ``n x n`` matmul: the efficiency denominator of PERF.md."""
+    """Best-of-``repeats`` GF/s of an ``n x n`` matmul: the efficiency denominator of docs/performance.md."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)

@@ -45,7 +45,7 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 // The six operator implementations, declared once and instantiated per backend
-// namespace (cpu here; simt_emu in simt/emulation.h; gpu in cuda/rnn_cuda.cu).
+// namespace (cpu here; simt_emu in simt/emulated_ops.cpp; gpu in cuda/rnn_cuda.cu).
 #define RNNFAST_DECLARE_OPERATORS() \
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward( \
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, \

@@ -3,8 +3,8 @@
 #include <torch/extension.h>
 
 #include "build_info.h"
+#include "core/cells.h"
 #include "cpu/blas.h"
-#include "simt/emulation.h"
 
 namespace {
 
@@ -15,7 +15,6 @@ pybind11::dict build_info() {
   info["cuda"] = rnnfast::built_with_cuda();
   info["openmp"] = info["openmp"].cast<std::string>() == "true";
   info["threads"] = std::stoi(info["threads"].cast<std::string>());
-  info["simt_half"] = rnnfast::simt_has_half();
   return info;
 }
 
@@ -59,6 +58,24 @@ void blocked_gemm(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool a
                                       out.data_ptr<float>(), out.stride(0));
 }
 
+// csrc/core/cells.h as {name: {...}} (RNN tanh and relu share one operator).
+pybind11::dict cell_specs() {
+  pybind11::dict out;
+  for (const auto& s : rnnfast::core::kCellSpecs) {
+    pybind11::dict d;
+    d["gates"] = s.gates;
+    d["has_cell_state"] = s.has_cell_state;
+    d["has_projection"] = s.has_projection;
+    pybind11::list saved;
+    for (int i = 0; i < s.num_saved; ++i)
+      saved.append(pybind11::make_tuple(s.saved[i].name, s.saved[i].h_cols));
+    d["saved"] = saved;
+    d["num_bias_grads"] = s.num_bias_grads;
+    out[s.name] = d;
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -66,11 +83,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info,
         "What this build of rnnfast contains: CUDA support and archs, the CPU kernel set "
         "chosen for this CPU, the GEMM backend, the torch version it was compiled against.");
-  m.def("_simt_emulation", &rnnfast::simt_emulation,
-        "Whether CPU tensors run through the CUDA kernels in the SIMT emulator (testing).");
-  m.def("_set_simt_emulation", &rnnfast::set_simt_emulation, pybind11::arg("on"),
-        "Route CPU tensors through the CUDA kernels in the SIMT emulator (testing only; "
-        "use rnnfast.testing.emulate_cuda()).");
+  m.def("cell_specs", &cell_specs,
+        "The cell-kind table of csrc/core/cells.h (gates, saved buffers, bias gradients), "
+        "from which the fake kernels take their output shapes.");
   m.def("_step_gemm", &step_gemm, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "

@@ -52,9 +52,19 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-# True while rnnfast.testing.emulate_cuda() routes CPU tensors through the CUDA
-# kernels in the SIMT emulator (a Python flag so that torch.compile can guard on it).
-_simt_emulation = False
+#: The cell-kind table of ``csrc/core/cells.h``: gates, the buffers forward saves
+#: (name, columns in units of H), bias gradients. The fake kernels take their shapes
+#: from it, so the C++ operators and the fakes cannot disagree.
+CELL_SPECS: dict = _C.cell_specs()
+
+# The operator namespace the layers call: "rnnfast" (production), or "rnnfast_emu"
+# while rnnfast.testing.emulate_cuda() runs the CUDA kernels in the SIMT emulator on
+# CPU tensors. A module-level Python value, so torch.compile guards on it.
+_namespace = "rnnfast"
+
+
+def _ops() -> Any:
+    return getattr(torch.ops, _namespace)
 
 
 def runs_kernels(input: Tensor) -> bool:
@@ -63,14 +73,14 @@ def runs_kernels(input: Tensor) -> bool:
     CUDA kernels: float32, float64, float16, bfloat16; CPU kernels: float32 and
     float64. Anything else falls back to torch's implementation.
     """
-    if input.device.type == "cuda" or (_simt_emulation and input.device.type == "cpu"):
+    if input.device.type == "cuda" or (_namespace != "rnnfast" and input.device.type == "cpu"):
         return input.dtype in _CUDA_DTYPES
     return input.dtype in _CPU_DTYPES
 
 
 def _acc_like(t: Tensor, shape) -> Tensor:
-    """Workspace of the CUDA kernels: float32 for half types (the cell state and
-    saved gates stay in float32), the input's dtype otherwise."""
+    """A saved buffer: float32 for half types (the cell state and saved gates stay
+    in float32), the input's dtype otherwise."""
     return t.new_empty(shape, dtype=torch.float32 if t.dtype in _HALF_DTYPES else t.dtype)
 
 
@@ -78,72 +88,163 @@ def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> Any:
     return input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
 
 
-@torch.library.register_fake("rnnfast::lstm_forward")
-def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                       need_workspace):
-    hidden = w_ih.shape[0] // 4
-    out_size = w_hr.shape[0] if w_hr is not None else hidden
-    output = input.new_empty((*input.shape[:-1], out_size))
-    hy = hx.new_empty(hx.shape)
-    cy = cx.new_empty(cx.shape)
-    if need_workspace:
-        n = _rows(input, batch_sizes)
-        gates = _acc_like(input, (n, 4 * hidden))
-        cells = _acc_like(input, (n, hidden))
-    else:
-        gates = _acc_like(input, (0,))
-        cells = _acc_like(input, (0,))
-    return output, hy, cy, gates, cells
-
-
-@torch.library.register_fake("rnnfast::lstm_backward")
-def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output,
-                        gates, cells, batch_sizes, reverse, has_bias, need_grad_input):
-    hidden = w_ih.shape[0] // 4
-    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-    grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
-    grad_w_hr = input.new_empty(w_hr.shape) if w_hr is not None else input.new_empty((0,))
-    return (grad_input, hx.new_empty(hx.shape), cx.new_empty(cx.shape),
-            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), grad_bias, grad_w_hr)
-
-
-def _lstm_setup_context(ctx, inputs, output) -> None:
-    # Outputs nobody differentiates (the saved workspace above all) get None, not a
-    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
-    # fill in every backward. The backward operators take absent gradients as zero.
-    ctx.set_materialize_grads(False)
-    (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace) = inputs
-    out, _hy, _cy, gates, cells = output
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes)
-    ctx.reverse = reverse
-    ctx.has_bias = b_ih is not None
-
-
-def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
-    input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes = ctx.saved_tensors
-    (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias,
-     grad_w_hr) = torch.ops.rnnfast.lstm_backward(
-        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
-        batch_sizes, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
-    need = ctx.needs_input_grad
-    return (grad_input if need[0] else None,
-            grad_hx if need[1] else None,
-            grad_cx if need[2] else None,
-            grad_w_ih if need[3] else None,
-            grad_w_hh if need[4] else None,
-            grad_bias if ctx.has_bias and need[5] else None,
-            grad_bias if ctx.has_bias and need[6] else None,
-            grad_w_hr if w_hr is not None and need[7] else None,
-            None, None, None)
-
-
-torch.library.register_autograd("rnnfast::lstm_forward", _lstm_backward,
-                                setup_context=_lstm_setup_context)
+def _saved_fakes(kind: str, input: Tensor, batch_sizes: Optional[Tensor], hidden,
+                 need_workspace: bool) -> list:
+    """Fakes of the buffers forward saves for backward (csrc/core/cells.h)."""
+    n = _rows(input, batch_sizes)
+    return [_acc_like(input, (n, cols * hidden) if need_workspace else (0,))
+            for _name, cols in CELL_SPECS[kind]["saved"]]
 
 
 def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
+
+def _register(ns: str) -> None:
+    """Fake kernels and autograd for the six operators of namespace ``ns``."""
+    lstm_g, gru_g = CELL_SPECS["lstm"]["gates"], CELL_SPECS["gru"]["gates"]
+    ops = getattr(torch.ops, ns)
+
+    # ------------------------------------------------------------------- LSTM
+    @torch.library.register_fake(f"{ns}::lstm_forward")
+    def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                           need_workspace):
+        hidden = w_ih.shape[0] // lstm_g
+        out_size = w_hr.shape[0] if w_hr is not None else hidden
+        output = input.new_empty((*input.shape[:-1], out_size))
+        gates, cells = _saved_fakes("lstm", input, batch_sizes, hidden, need_workspace)
+        return output, hx.new_empty(hx.shape), cx.new_empty(cx.shape), gates, cells
+
+    @torch.library.register_fake(f"{ns}::lstm_backward")
+    def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                            output, gates, cells, batch_sizes, reverse, has_bias,
+                            need_grad_input):
+        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+        grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
+        grad_w_hr = input.new_empty(w_hr.shape) if w_hr is not None else input.new_empty((0,))
+        return (grad_input, hx.new_empty(hx.shape), cx.new_empty(cx.shape),
+                w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), grad_bias, grad_w_hr)
+
+    def _lstm_setup_context(ctx, inputs, output) -> None:
+        # Outputs nobody differentiates (the saved workspace above all) get None, not a
+        # zero-filled gradient: materialising them cost a workspace-sized buffer and its
+        # fill in every backward. The backward operators take absent gradients as zero.
+        ctx.set_materialize_grads(False)
+        (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+         need_workspace) = inputs
+        out, _hy, _cy, gates, cells = output
+        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes)
+        ctx.reverse = reverse
+        ctx.has_bias = b_ih is not None
+
+    def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
+        input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes = ctx.saved_tensors
+        (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias,
+         grad_w_hr) = ops.lstm_backward(
+            grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
+            batch_sizes, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
+        need = ctx.needs_input_grad
+        return (grad_input if need[0] else None,
+                grad_hx if need[1] else None,
+                grad_cx if need[2] else None,
+                grad_w_ih if need[3] else None,
+                grad_w_hh if need[4] else None,
+                grad_bias if ctx.has_bias and need[5] else None,
+                grad_bias if ctx.has_bias and need[6] else None,
+                grad_w_hr if w_hr is not None and need[7] else None,
+                None, None, None)
+
+    torch.library.register_autograd(f"{ns}::lstm_forward", _lstm_backward,
+                                    setup_context=_lstm_setup_context)
+
+    # ------------------------------------------------------------------- GRU
+    @torch.library.register_fake(f"{ns}::gru_forward")
+    def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                          need_workspace):
+        hidden = w_ih.shape[0] // gru_g
+        output = input.new_empty((*input.shape[:-1], hidden))
+        (workspace,) = _saved_fakes("gru", input, batch_sizes, hidden, need_workspace)
+        return output, hx.new_empty(hx.shape), workspace
+
+    @torch.library.register_fake(f"{ns}::gru_backward")
+    def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
+                           batch_sizes, reverse, has_bias, need_grad_input):
+        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+        bias_shape = (w_ih.shape[0],) if has_bias else (0,)
+        return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+                w_hh.new_empty(w_hh.shape), input.new_empty(bias_shape),
+                input.new_empty(bias_shape))
+
+    def _gru_setup_context(ctx, inputs, output) -> None:
+        ctx.set_materialize_grads(False)  # as for the LSTM
+        input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace = inputs
+        out, _hy, workspace = output
+        ctx.save_for_backward(input, hx, w_ih, w_hh, out, workspace, batch_sizes)
+        ctx.reverse = reverse
+        ctx.has_bias = b_ih is not None
+
+    def _gru_backward(ctx, grad_output, grad_hy, _grad_workspace):
+        input, hx, w_ih, w_hh, out, workspace, batch_sizes = ctx.saved_tensors
+        grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = ops.gru_backward(
+            grad_output, grad_hy, input, hx, w_ih, w_hh, out, workspace, batch_sizes,
+            ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
+        need = ctx.needs_input_grad
+        return (grad_input if need[0] else None,
+                grad_hx if need[1] else None,
+                grad_w_ih if need[2] else None,
+                grad_w_hh if need[3] else None,
+                grad_b_ih if ctx.has_bias and need[4] else None,
+                grad_b_hh if ctx.has_bias and need[5] else None,
+                None, None, None)
+
+    torch.library.register_autograd(f"{ns}::gru_forward", _gru_backward,
+                                    setup_context=_gru_setup_context)
+
+    # ------------------------------------------------------------------- RNN
+    @torch.library.register_fake(f"{ns}::rnn_forward")
+    def _rnn_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu):
+        output = input.new_empty((*input.shape[:-1], w_ih.shape[0]))
+        return output, hx.new_empty(hx.shape)
+
+    @torch.library.register_fake(f"{ns}::rnn_backward")
+    def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes,
+                           reverse, relu, has_bias, need_grad_input):
+        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
+        grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
+        return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+                w_hh.new_empty(w_hh.shape), grad_bias)
+
+    def _rnn_setup_context(ctx, inputs, output) -> None:
+        ctx.set_materialize_grads(False)  # as for the LSTM
+        input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu = inputs
+        out, _hy = output
+        ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
+        ctx.reverse = reverse
+        ctx.relu = relu
+        ctx.has_bias = b_ih is not None
+
+    def _rnn_backward(ctx, grad_output, grad_hy):
+        input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
+        grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = ops.rnn_backward(
+            grad_output, grad_hy, input, hx, w_ih, w_hh, out, batch_sizes, ctx.reverse,
+            ctx.relu, ctx.has_bias, ctx.needs_input_grad[0])
+        need = ctx.needs_input_grad
+        return (grad_input if need[0] else None,
+                grad_hx if need[1] else None,
+                grad_w_ih if need[2] else None,
+                grad_w_hh if need[3] else None,
+                grad_bias if ctx.has_bias and need[4] else None,
+                grad_bias if ctx.has_bias and need[5] else None,
+                None, None, None)
+
+    torch.library.register_autograd(f"{ns}::rnn_forward", _rnn_backward,
+                                    setup_context=_rnn_setup_context)
+
+
+_register("rnnfast")
+
+
+# --------------------------------------------------------------------------- layers
 
 def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
@@ -166,65 +267,10 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
     need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
-    out, hy, cy, _gates, _cells = torch.ops.rnnfast.lstm_forward(
+    out, hy, cy, _gates, _cells = _ops().lstm_forward(
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
     return out, hy, cy
 
-
-# --------------------------------------------------------------------------- GRU
-
-@torch.library.register_fake("rnnfast::gru_forward")
-def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
-    hidden = w_ih.shape[0] // 3
-    output = input.new_empty((*input.shape[:-1], hidden))
-    hy = hx.new_empty(hx.shape)
-    if need_workspace:
-        workspace = _acc_like(input, (_rows(input, batch_sizes), 4 * hidden))
-    else:
-        workspace = _acc_like(input, (0,))
-    return output, hy, workspace
-
-
-@torch.library.register_fake("rnnfast::gru_backward")
-def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
-                       batch_sizes, reverse, has_bias, need_grad_input):
-    gates = w_ih.shape[0]
-    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-    grad_b = (lambda: input.new_empty((gates,))) if has_bias else (lambda: input.new_empty((0,)))
-    return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), grad_b(), grad_b())
-
-
-def _gru_setup_context(ctx, inputs, output) -> None:
-    # Outputs nobody differentiates (the saved workspace above all) get None, not a
-    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
-    # fill in every backward. The backward operators take absent gradients as zero.
-    ctx.set_materialize_grads(False)
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace = inputs
-    out, _hy, workspace = output
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, workspace, batch_sizes)
-    ctx.reverse = reverse
-    ctx.has_bias = b_ih is not None
-
-
-def _gru_backward(ctx, grad_output, grad_hy, _grad_workspace):
-    input, hx, w_ih, w_hh, out, workspace, batch_sizes = ctx.saved_tensors
-    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = (
-        torch.ops.rnnfast.gru_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, out, workspace,
-                                       batch_sizes, ctx.reverse, ctx.has_bias,
-                                       ctx.needs_input_grad[0]))
-    need = ctx.needs_input_grad
-    return (grad_input if need[0] else None,
-            grad_hx if need[1] else None,
-            grad_w_ih if need[2] else None,
-            grad_w_hh if need[3] else None,
-            grad_b_ih if ctx.has_bias and need[4] else None,
-            grad_b_hh if ctx.has_bias and need[5] else None,
-            None, None, None)
-
-
-torch.library.register_autograd("rnnfast::gru_forward", _gru_backward,
-                                setup_context=_gru_setup_context)
 
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -245,58 +291,10 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
     need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh))
-    out, hy, _workspace = torch.ops.rnnfast.gru_forward(
+    out, hy, _workspace = _ops().gru_forward(
         input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace)
     return out, hy
 
-
-# --------------------------------------------------------------------------- RNN
-
-@torch.library.register_fake("rnnfast::rnn_forward")
-def _rnn_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu):
-    output = input.new_empty((*input.shape[:-1], w_ih.shape[0]))
-    return output, hx.new_empty(hx.shape)
-
-
-@torch.library.register_fake("rnnfast::rnn_backward")
-def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse,
-                       relu, has_bias, need_grad_input):
-    grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-    grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
-    return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), grad_bias)
-
-
-def _rnn_setup_context(ctx, inputs, output) -> None:
-    # Outputs nobody differentiates (the saved workspace above all) get None, not a
-    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
-    # fill in every backward. The backward operators take absent gradients as zero.
-    ctx.set_materialize_grads(False)
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu = inputs
-    out, _hy = output
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
-    ctx.reverse = reverse
-    ctx.relu = relu
-    ctx.has_bias = b_ih is not None
-
-
-def _rnn_backward(ctx, grad_output, grad_hy):
-    input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
-    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = torch.ops.rnnfast.rnn_backward(
-        grad_output, grad_hy, input, hx, w_ih, w_hh, out, batch_sizes, ctx.reverse, ctx.relu,
-        ctx.has_bias, ctx.needs_input_grad[0])
-    need = ctx.needs_input_grad
-    return (grad_input if need[0] else None,
-            grad_hx if need[1] else None,
-            grad_w_ih if need[2] else None,
-            grad_w_hh if need[3] else None,
-            grad_bias if ctx.has_bias and need[4] else None,
-            grad_bias if ctx.has_bias and need[5] else None,
-            None, None, None)
-
-
-torch.library.register_autograd("rnnfast::rnn_forward", _rnn_backward,
-                                setup_context=_rnn_setup_context)
 
 
 def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -318,5 +316,5 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    return torch.ops.rnnfast.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
-                                         nonlinearity == "relu")
+    return _ops().rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                              nonlinearity == "relu")

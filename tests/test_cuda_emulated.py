@@ -280,8 +280,8 @@ def test_half_workspace_is_float32():
     x = torch.randn(2, 2, 3).half()
     h0, c0 = torch.zeros(2, 5).half(), torch.zeros(2, 5).half()
     with emulate_cuda():
-        out = torch.ops.rnnfast.lstm_forward(x, h0, c0, p["w_ih"], p["w_hh"], p["b_ih"],
-                                             p["b_hh"], None, None, False, True)
+        out = torch.ops.rnnfast_emu.lstm_forward(x, h0, c0, p["w_ih"], p["w_hh"], p["b_ih"],
+                                                 p["b_hh"], None, None, False, True)
     assert out[0].dtype == torch.float16 and out[2].dtype == torch.float16
     assert out[3].dtype == torch.float32 and out[4].dtype == torch.float32
 
@@ -290,9 +290,9 @@ def test_emulation_is_scoped():
     """Outside emulate_cuda() the CPU kernels run (float16 falls back to torch)."""
     with emulate_cuda():
         assert ops.runs_kernels(torch.zeros(1, dtype=torch.float16))
-        assert rnnfast._C._simt_emulation()
+        assert ops._ops() is torch.ops.rnnfast_emu
     assert not ops.runs_kernels(torch.zeros(1, dtype=torch.float16))
-    assert not rnnfast._C._simt_emulation()
+    assert ops._ops() is torch.ops.rnnfast
 
 
 def test_emulated_errors_match_cpu():
@@ -300,9 +300,125 @@ def test_emulated_errors_match_cpu():
     x = torch.randn(2, 3, 4)
     with emulate_cuda():
         with pytest.raises(RuntimeError, match="expected hx of shape"):
-            torch.ops.rnnfast.rnn_forward(x, torch.zeros(2, 5), torch.randn(5, 4),
-                                          torch.randn(5, 5), None, None, None, False, False)
+            torch.ops.rnnfast_emu.rnn_forward(x, torch.zeros(2, 5), torch.randn(5, 4),
+                                              torch.randn(5, 5), None, None, None, False, False)
         with pytest.raises(RuntimeError, match="support float32, float64, float16 and bfloat16"):
-            torch.ops.rnnfast.rnn_forward(x.int(), torch.zeros(3, 5).int(),
-                                          torch.randn(5, 4).int(), torch.randn(5, 5).int(), None,
-                                          None, None, False, False)
+            torch.ops.rnnfast_emu.rnn_forward(x.int(), torch.zeros(3, 5).int(),
+                                              torch.randn(5, 4).int(), torch.randn(5, 5).int(),
+                                              None, None, None, False, False)
+
+
+def test_production_extension_has_no_emulator():
+    """The fiber runtime and the emulated operators live only in the test-only extension:
+    the production rnnfast._C has no simt symbol and no rnnfast_emu operator."""
+    import shutil
+    import subprocess
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    def symbols(path: str) -> str:
+        return subprocess.run([nm, "-C", "-D", "--defined-only", path], check=True,
+                              capture_output=True, text=True).stdout + subprocess.run(
+            [nm, "-C", path], capture_output=True, text=True).stdout
+    prod = symbols(rnnfast._C.__file__)
+    assert "simt" not in prod and "rnnfast_emu" not in prod
+    emu = symbols(rnnfast.testing.emulator().__file__)
+    assert "simt::" in emu
+
+
+def test_emulated_operators_have_their_own_namespace():
+    emulate = rnnfast.testing.emulator()
+    assert emulate is not rnnfast._C
+    for op in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
+               "rnn_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rnnfast_emu::{op}", "CPU"), op
+        assert str(getattr(torch.ops.rnnfast_emu, op).default._schema).split("(", 1)[1] == \
+            str(getattr(torch.ops.rnnfast, op).default._schema).split("(", 1)[1], op
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn"))
+def test_emulated_opcheck(kind):
+    """The emulated operators satisfy torch.library's operator checks (schema, fake
+    kernel, autograd registration), like the production ones."""
+    rnnfast.testing.emulator()
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 4, 5
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    x = torch.randn(T, B, I, requires_grad=True)
+    hx = torch.randn(B, H, requires_grad=True)
+    w = [torch.randn(G * H, I, requires_grad=True), torch.randn(G * H, H, requires_grad=True),
+         torch.randn(G * H, requires_grad=True), torch.randn(G * H, requires_grad=True)]
+    if kind == "lstm":
+        cx = torch.randn(B, H, requires_grad=True)
+        args = (x, hx, cx, *w, None, None, False, True)
+    elif kind == "gru":
+        args = (x, hx, *w, None, False, True)
+    else:
+        args = (x, hx, *w, None, False, False)
+    torch.library.opcheck(getattr(torch.ops.rnnfast_emu, f"{kind}_forward").default, args)
+
+
+def _packed_case(T: int, B: int, I: int, dtype):
+    """Packed data of lengths T, T-1, 1 (shrinking batches) and its batch_sizes."""
+    lengths = [T, T - 1, 1][:B]
+    batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(T)])
+    return torch.randn(int(batch_sizes.sum()), I, dtype=dtype), batch_sizes
+
+
+@pytest.mark.parametrize("grad_form", ("expanded", "transposed"))
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_gradient_read_in_place(kind, packed, grad_form):
+    """The output gradient is read in place whatever its strides (all 0 when expanded
+    from out.sum(); a column stride of N when transposed): bit for bit the gradients of
+    its contiguous copy, in both directions, with all rows or shrinking batches."""
+    dtype = torch.float64
+    T, B, I, H = 4, 3, 5, 6
+    p, P = _layer_params(kind, I, H, dtype)
+    if packed:
+        x, batch_sizes = _packed_case(T, B, I, dtype)
+    else:
+        x, batch_sizes = torch.randn(T, B, I, dtype=dtype), None
+    h0 = torch.randn(B, P, dtype=dtype)
+    c0 = torch.randn(B, H, dtype=dtype) if kind.startswith("lstm") else None
+    out_shape = (*x.shape[:-1], P)
+    if grad_form == "expanded":
+        g = torch.ones((), dtype=dtype).expand(out_shape)
+    else:
+        g = torch.randn(P, *out_shape[:-1], dtype=dtype).movedim(0, -1)
+    assert not g.is_contiguous()
+    for reverse in (False, True):
+        grads = []
+        for upstream in (g, g.contiguous()):
+            leaves = [t.clone().requires_grad_(True) for t in (x, h0, p["w_ih"], p["w_hh"])]
+            params = dict(p, w_ih=leaves[2], w_hh=leaves[3])
+            with emulate_cuda():
+                out = _run_layer(kind, leaves[0], leaves[1], c0, params, batch_sizes, reverse,
+                                 "ops")[0]
+                grads.append(torch.autograd.grad(out, leaves, grad_outputs=upstream))
+        for name, a, b in zip(("x", "h0", "w_ih", "w_hh"), *grads):
+            assert torch.equal(a, b), f"{kind} reverse={reverse}: grad of {name} differs"
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_tanh"))
+def test_bias_sums_over_many_rows(kind):
+    """The bias gradients' cascade sums over more rows than one leaf (135 rows: five
+    leaves of at most 32, an odd count), against the float64 reference."""
+    dtype = torch.float32
+    T, B, I, H = 45, 3, 4, 5
+    p, P = _layer_params(kind, I, H, dtype)
+    x = torch.randn(T, B, I, dtype=torch.float64).to(dtype)
+    h0 = torch.randn(B, P, dtype=torch.float64).to(dtype)
+    c0 = torch.randn(B, H, dtype=torch.float64).to(dtype) if kind.startswith("lstm") else None
+    shapes = [(T, B, P), (B, P), (B, H)][:3 if kind.startswith("lstm") else 2]
+    upstream = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    up64 = {k: (v.double() if v is not None else None) for k, v in p.items()}
+    expected = _forward_backward(kind, x.double(), h0.double(),
+                                 None if c0 is None else c0.double(), up64, None, False,
+                                 "reference", upstream)
+    with emulate_cuda():
+        actual = _forward_backward(kind, x, h0, c0, p, None, False, "ops", upstream)
+    for name in ("grad_b_ih", "grad_b_hh"):
+        torch.testing.assert_close(actual[name].double(), expected[name], **TOL[dtype],
+                                   msg=lambda m, n=name: f"{kind} {n}: {m}")

@@ -37,10 +37,12 @@
 #include <cstdint>
 
 #include "pointwise.h"
-#include "sequence.h"
+#include "../core/sequence.h"
 
 namespace rnnfast {
 namespace cpu {
+
+using core::Sequence;
 
 template <typename T>
 struct LayerFwd {

@@ -4,10 +4,10 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
-#include "../checks.h"
+#include "../core/checks.h"
 #include "../ops.h"
 #include "layer.h"
-#include "sequence.h"
+#include "../core/sequence.h"
 
 namespace rnnfast {
 namespace cpu {
@@ -20,24 +20,6 @@ T* ptr(const Tensor& t) {
 template <typename T>
 const T* cptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.const_data_ptr<T>() : nullptr;
-}
-
-// grad_output as rows [N, P] with a row and a column stride, without a copy where its
-// strides allow (e.g. the expanded gradient of out.sum(), whose strides are all 0): a
-// 2-d [N, P] tensor, or a 3-d [T, B, P] whose time stride is B times its batch stride
-// (or with T or B of 1). Anything else is made contiguous.
-struct GradRows {
-  Tensor t;
-  int64_t ld, cs;
-};
-GradRows grad_rows(const OptTensor& g, int64_t P) {
-  if (!present(g)) return {Tensor(), 0, 0};
-  const Tensor& t = *g;
-  if (t.dim() == 2) return {t, t.stride(0), t.stride(1)};
-  if (t.dim() == 3 && t.size(1) == 1) return {t, t.stride(0), t.stride(2)};
-  if (t.dim() == 3 && (t.size(0) == 1 || t.stride(0) == t.size(1) * t.stride(1)))
-    return {t, t.stride(1), t.stride(2)};
-  return {t.contiguous(), P, 1};
 }
 
 }  // namespace
@@ -95,7 +77,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor whr = d.proj ? w_hr->contiguous() : Tensor();
   const Tensor y = output.contiguous(), g = gates.contiguous(), cl = cells.contiguous();
-  const GradRows dy = grad_rows(grad_output, P);
+  const core::GradRows dy = core::grad_rows(grad_output, P);
   Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
   Tensor dgates = at::empty({N, G}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, P}, opts);
@@ -167,7 +149,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor x = input.contiguous(), hx_c = hx.contiguous();
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const Tensor y = output.contiguous(), ws = workspace.contiguous();
-  const GradRows dy = grad_rows(grad_output, H);
+  const core::GradRows dy = core::grad_rows(grad_output, H);
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, H}, opts);  // dgh: n gate only
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);
@@ -229,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const auto opts = input.options();
   const Tensor x = input.contiguous(), hx_c = hx.contiguous();
   const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous(), y = output.contiguous();
-  const GradRows dy = grad_rows(grad_output, H);
+  const core::GradRows dy = core::grad_rows(grad_output, H);
   Tensor dh = state_grad(grad_hy, B, H, opts);
   Tensor dg = at::empty({N, H}, opts);
   Tensor hprev = d.seq.uniform() ? empty0(opts) : at::empty({N, H}, opts);

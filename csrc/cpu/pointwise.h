@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "../core/cells.h"
 #include "panel_gemm.h"
 
 namespace rnnfast {
@@ -54,8 +55,8 @@ struct BwdStep {
   int64_t k0, k1;  // the units to process
 };
 
-enum class CellKind { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
-constexpr int kNumCellKinds = 4;
+using core::CellKind;
+using core::kNumCellKinds;
 
 template <typename T>
 using FwdKernel = void (*)(const FwdStep<T>&, int64_t row_begin, int64_t row_end);

@@ -1,16 +1,16 @@
-// Host orchestration of the CUDA operators (the baseline algorithm of DESIGN.md):
+// Host orchestration of the CUDA operators (the baseline algorithm of docs/design.md):
 //   forward:  one whole-sequence GEMM for the input projection, then per step one
 //             recurrent GEMM and one fused pointwise kernel (rnn_device.cuh);
 //   backward: per step (in reverse processing order) one fused pointwise kernel
 //             and one GEMM for the recurrent gradient, then whole-sequence GEMMs
-//             for the input and weight gradients and a fixed-order column sum for
-//             the bias gradients (bitwise reproducible, no atomics).
+//             for the input and weight gradients and cascade column sums for the
+//             bias gradients (fixed order: bitwise reproducible, no atomics).
 // GEMMs go through ATen (cuBLAS on the current stream on the GPU).
 //
 // This file is compiled twice: by nvcc in csrc/cuda/rnn_cuda.cu (namespace
 // rnnfast::gpu, CUDA tensors) and by the host compiler in
-// csrc/simt/rnn_emulated.cpp (namespace rnnfast::simt_emu, CPU tensors, kernels run
-// in the SIMT emulator), so the emulator tests exercise this orchestration too:
+// csrc/simt/emulated_ops.cpp (namespace rnnfast::simt_emu, CPU tensors, kernels run
+// in the SIMT emulator, the test-only extension), so the emulator tests exercise this orchestration too:
 // time-step offsets, direction reversal and packed batch sizes.
 //
 // The including file defines, before including it:
@@ -22,8 +22,12 @@
 // State bookkeeping: one state buffer per quantity (h, c; dh, dc in backward),
 // updated in place. Step t uses its first bs[t] rows; rows that are not active
 // keep their value, which is exactly what packed sequences need in both directions
-// (see csrc/cpu/sequence.h). Backward materialises h_{t-1} (and c_{t-1}) for every
-// row at once with one gather (prev_index), which the weight gradient needs anyway.
+// (see csrc/core/sequence.h). Backward reads c_{t-1} (LSTM) and h_{t-1} (GRU) from the
+// previous step's saved rows, or the initial state for rows that step did not have;
+// dW_hh takes h_{t-1} as the output shifted by one step (all rows active), or from a
+// gather of per-step device-to-device copies (packed, shrinking batches): nothing is
+// copied from the host and nothing synchronises. grad_output is read in place with
+// its strides (core::grad_rows).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,7 +38,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../checks.h"
+#include "../core/checks.h"
 #include "../kernels/rnn_device.cuh"
 
 namespace rnnfast {
@@ -43,6 +47,10 @@ namespace RNNFAST_DEVICE_NS {
 using at::Tensor;
 
 // ------------------------------------------------------------------ helpers
+
+inline Tensor rows(const Tensor& t, int64_t first, int64_t count) {
+  return t.narrow(0, first, count);
+}
 
 // Tensor element type -> kernel element type.
 template <typename S>
@@ -94,48 +102,77 @@ inline simt::LaunchConfig pointwise_config(int64_t n, const char* name) {
   return cfg;
 }
 
-// out (cols,) = column sums of x (rows, cols), in a fixed order.
-template <typename T>
-void launch_column_sum(const Tensor& x, const Tensor& out) {
-  const int64_t rows = x.size(0), cols = x.size(1);
-  if (cols == 0) return;
-  simt::LaunchConfig cfg;
-  cfg.grid = simt::dim3_t(static_cast<unsigned>((cols + 31) / 32));
-  cfg.block = simt::dim3_t(32, 8);
-  cfg.smem = 8 * 32 * sizeof(Acc<T>);
-  cfg.stream = RNNFAST_STREAM();
-  cfg.name = "column_sum";
-  simt::launch(column_sum<T>, cfg, dptr<const T>(x), rows, cols, dptr<T>(out));
-  RNNFAST_LAUNCH_CHECK();
-}
-
+// out (cols,) = column sums of x (rows, cols, contiguous) by cascade summation
+// (rnn_device.cuh: leaves of kSumLeaf rows, then a pairwise tree), in a fixed order.
 inline Tensor column_sum_of(const Tensor& x) {
-  Tensor out = at::empty({x.size(1)}, x.options());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  Tensor out = at::empty({cols}, x.options());
+  if (cols == 0) return out;
+  if (rows == 0) return out.zero_();
+  const auto aopts = x.options().dtype(acc_dtype(x.scalar_type()));
   RNNFAST_DISPATCH(x.scalar_type(), "rnnfast column_sum", [&] {
-    launch_column_sum<typename DeviceType<scalar_t>::type>(x, out);
+    using T = typename DeviceType<scalar_t>::type;
+    using A = Acc<T>;
+    int64_t n = (rows + kSumLeaf - 1) / kSumLeaf;
+    Tensor cur = at::empty({n, cols}, aopts);
+    simt::launch(column_leaf_sum<T>, pointwise_config(n * cols, "column_leaf_sum"),
+                 dptr<const T>(x), rows, cols, dptr<A>(cur));
+    RNNFAST_LAUNCH_CHECK();
+    for (; n > 1; n = (n + 1) / 2) {
+      Tensor next = at::empty({(n + 1) / 2, cols}, aopts);
+      simt::launch(column_pair_sum<A, A>, pointwise_config((n + 1) / 2 * cols, "column_pair_sum"),
+                   dptr<const A>(cur), n, cols, dptr<A>(next));
+      RNNFAST_LAUNCH_CHECK();
+      cur = next;
+    }
+    simt::launch(column_pair_sum<A, T>, pointwise_config(cols, "column_pair_sum"),
+                 dptr<const A>(cur), int64_t{1}, cols, dptr<T>(out));
+    RNNFAST_LAUNCH_CHECK();
   });
   return out;
 }
 
-// For every row of the sequence, the row of cat([rows of all steps, initial state])
-// that holds its previous state: the same sequence's row in the step processed
-// before (that step has at least as many rows in this direction), or N + b for the
-// initial state of sequence b.
-inline Tensor prev_index(const cpu::Sequence& s, bool reverse, const at::Device& device) {
-  Tensor idx = at::empty({s.N}, at::TensorOptions().dtype(at::kLong));
-  int64_t* p = idx.data_ptr<int64_t>();
-  for (int64_t t = 0; t < s.T; ++t) {
-    const int64_t pt = s.prev_of(t, reverse);
-    for (int64_t b = 0; b < s.bs[t]; ++b) {
-      p[s.off[t] + b] = (pt >= 0 && b < s.bs[pt]) ? s.off[pt] + b : s.N + b;
-    }
-  }
-  return idx.to(device);
+// The step processed before t, and how many of t's rows it had (their previous state
+// is in its rows; the others start from the initial state).
+struct PrevStep {
+  int64_t t, rows;
+};
+inline PrevStep prev_step(const core::Sequence& s, int64_t t, bool reverse) {
+  const int64_t tp = s.prev_of(t, reverse);
+  return {tp, tp >= 0 ? std::min(s.bs[t], s.bs[tp]) : 0};
 }
 
-inline Tensor rows(const Tensor& t, int64_t first, int64_t count) {
-  return t.narrow(0, first, count);
+// sum over rows n of dg[n]^T h_{t-1}(n): dW_hh from the gradient rows dg [N, K] (any
+// row stride), the output y [N, P] (h_t of every row) and the initial state hx [B, P].
+inline Tensor prev_rows_product(const Tensor& dg, const Tensor& y, const Tensor& hx,
+                                const core::Sequence& s, bool reverse) {
+  const int64_t N = s.N, B = s.B;
+  if (s.uniform()) {
+    // All B rows in every step: h_{t-1} of every step after the first (in processing
+    // order) is the output one step over, a contiguous block of rows.
+    const int64_t shifted = N - B, first = reverse ? shifted : 0;
+    Tensor dw = at::mm(dg.narrow(0, first, B).t(), hx);
+    if (shifted > 0) {
+      dw.addmm_(dg.narrow(0, reverse ? 0 : B, shifted).t(), y.narrow(0, reverse ? B : 0, shifted));
+    }
+    return dw;
+  }
+  Tensor hprev = at::empty({N, y.size(1)}, y.options());
+  for (int64_t t = 0; t < s.T; ++t) {
+    const PrevStep p = prev_step(s, t, reverse);
+    if (p.rows > 0) rows(hprev, s.off[t], p.rows).copy_(rows(y, s.off[p.t], p.rows));
+    if (s.bs[t] > p.rows) {
+      rows(hprev, s.off[t] + p.rows, s.bs[t] - p.rows).copy_(rows(hx, p.rows, s.bs[t] - p.rows));
+    }
+  }
+  return at::mm(dg.t(), hprev);
 }
+
+// grad_output as [N, P] rows read in place (core::grad_rows), or undefined.
+inline Tensor grad_view(const core::GradRows& g, int64_t N, int64_t P) {
+  return g.t.defined() ? g.t.as_strided({N, P}, {g.ld, g.cs}, g.t.storage_offset()) : Tensor();
+}
+
 
 // out = a @ b, out = bias + a @ b, out = a + b, into views of existing buffers.
 inline void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
@@ -223,14 +260,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   check_grads(op, d, input, output, grad_output, grad_hy);
   if (present(grad_cy)) check_shape(op, "grad_cy", *grad_cy, {B, H});
   const Tensor x = input.reshape({N, d.I});
-  const Tensor y = output.reshape({N, P});
-  const Tensor dy = present(grad_output) ? grad_output->reshape({N, P}).contiguous() : Tensor();
+  const Tensor y = output.reshape({N, P}).contiguous();
+  const core::GradRows dy = core::grad_rows(grad_output, P);
+  const Tensor dyv = grad_view(dy, N, P);
   const Tensor g = gates.contiguous(), cl = cells.view({N, H}).contiguous();
   Tensor dh = state_grad(grad_hy, B, P, opts);
   Tensor dc = present(grad_cy) ? grad_cy->to(acc, false, true).contiguous() : at::zeros({B, H}, aopts);
-  const Tensor idx = prev_index(d.seq, reverse, input.device());
-  const Tensor hprev = at::cat({y, hx}).index_select(0, idx);
-  const Tensor cprev = at::cat({cl, cx.to(acc)}).index_select(0, idx).contiguous();
+  const Tensor cinit = cx.to(acc).contiguous();
   Tensor dgates = at::empty({N, 4 * H}, opts);
   Tensor dr = d.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor DR = d.proj ? at::empty({N, P}, opts) : Tensor();  // dL/d(projected output), all rows
@@ -245,8 +281,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       p.H = H;
       if (d.proj) {
         Tensor drt = rows(DR, o, R);
-        if (dy.defined()) {
-          add_into(drt, rows(dh, 0, R), rows(dy, o, R));
+        if (dyv.defined()) {
+          add_into(drt, rows(dh, 0, R), rows(dyv, o, R));
         } else {
           drt.copy_(rows(dh, 0, R));
         }
@@ -255,11 +291,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         p.r = dptr<T>(Rr) + o * H;
       } else {
         p.dr = dptr<const T>(dh);
-        p.dout = dy.defined() ? dptr<const T>(dy) + o * P : nullptr;
+        if (dy.t.defined()) {
+          p.dout = dptr<const T>(dy.t) + o * dy.ld;
+          p.dout_ld = dy.ld;
+          p.dout_cs = dy.cs;
+        }
       }
+      const PrevStep prev = prev_step(d.seq, t, reverse);
       p.gates = dptr<const Acc<T>>(g) + o * 4 * H;
       p.cells = dptr<const Acc<T>>(cl) + o * H;
-      p.cprev = dptr<const Acc<T>>(cprev) + o * H;
+      p.cprev = prev.rows > 0 ? dptr<const Acc<T>>(cl) + d.seq.off[prev.t] * H : nullptr;
+      p.cinit = dptr<const Acc<T>>(cinit);
+      p.n_prev = prev.rows;
       p.dc = dptr<Acc<T>>(dc);
       p.dgates = dptr<T>(dgates) + o * 4 * H;
       simt::launch(lstm_backward_step<T>, pointwise_config(R * H, "lstm_backward_step"), p);
@@ -268,7 +311,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     }
   });
   Tensor dx = need_grad_input ? at::mm(dgates, w_ih).view(input.sizes()) : empty0(opts);
-  Tensor dw_ih = at::mm(dgates.t(), x), dw_hh = at::mm(dgates.t(), hprev);
+  Tensor dw_ih = at::mm(dgates.t(), x);
+  Tensor dw_hh = prev_rows_product(dgates, y, hx, d.seq, reverse);
   Tensor db = has_bias ? column_sum_of(dgates) : empty0(opts);
   Tensor dw_hr = d.proj ? at::mm(DR.t(), Rr) : empty0(opts);
   return {dx, dh, dc.to(input.scalar_type()), dw_ih, dw_hh, db, dw_hr};
@@ -340,12 +384,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
               "); run gru_forward with need_workspace=True when a backward pass will follow");
   check_grads(op, d, input, output, grad_output, grad_hy);
   const Tensor x = input.reshape({N, d.I});
-  const Tensor y = output.reshape({N, H});
-  const Tensor dy = present(grad_output) ? grad_output->reshape({N, H}).contiguous() : Tensor();
-  const Tensor ws = workspace.contiguous();
+  const Tensor y = output.reshape({N, H}).contiguous();
+  const core::GradRows dy = core::grad_rows(grad_output, H);
+  const Tensor ws = workspace.contiguous(), hinit = hx.contiguous();
   Tensor dh = state_grad(grad_hy, B, H, opts);
-  const Tensor hprev = at::cat({y, hx}).index_select(0, prev_index(d.seq, reverse, input.device()));
-  Tensor dgx = at::empty({N, 3 * H}, opts), dgh = at::empty({N, 3 * H}, opts);
+  // dgh: the n gate's recurrent-side gradient only; its r and z parts equal dgx's.
+  Tensor dgx = at::empty({N, 3 * H}, opts), dgh = at::empty({N, H}, opts);
+  const Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
   RNNFAST_DISPATCH(input.scalar_type(), "rnnfast::gru_backward", [&] {
     using T = typename DeviceType<scalar_t>::type;
     for (int64_t step = d.seq.T - 1; step >= 0; --step) {
@@ -355,20 +400,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       p.R = R;
       p.H = H;
       p.ws = dptr<const Acc<T>>(ws) + o * 4 * H;
-      p.hprev = dptr<const T>(hprev) + o * H;
+      const PrevStep prev = prev_step(d.seq, t, reverse);
+      p.hprev = prev.rows > 0 ? dptr<const T>(y) + d.seq.off[prev.t] * H : nullptr;
+      p.hinit = dptr<const T>(hinit);
+      p.n_prev = prev.rows;
       p.dh = dptr<T>(dh);
-      p.dout = dy.defined() ? dptr<const T>(dy) + o * H : nullptr;
+      if (dy.t.defined()) {
+        p.dout = dptr<const T>(dy.t) + o * dy.ld;
+        p.dout_ld = dy.ld;
+        p.dout_cs = dy.cs;
+      }
       p.dgx = dptr<T>(dgx) + o * 3 * H;
-      p.dgh = dptr<T>(dgh) + o * 3 * H;
+      p.dgh = dptr<T>(dgh) + o * H;
       simt::launch(gru_backward_step<T>, pointwise_config(R * H, "gru_backward_step"), p);
       RNNFAST_LAUNCH_CHECK();
-      rows(dh, 0, R).addmm_(rows(dgh, o, R), w_hh);
+      // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dGh_t W_hh.
+      Tensor dht = rows(dh, 0, R);
+      dht.addmm_(rows(dgx, o, R).narrow(1, 0, 2 * H), w_rz);
+      dht.addmm_(rows(dgh, o, R), w_n);
     }
   });
   Tensor dx = need_grad_input ? at::mm(dgx, w_ih).view(input.sizes()) : empty0(opts);
-  Tensor dw_ih = at::mm(dgx.t(), x), dw_hh = at::mm(dgh.t(), hprev);
+  Tensor dw_ih = at::mm(dgx.t(), x);
+  Tensor dw_hh = at::cat({prev_rows_product(dgx.narrow(1, 0, 2 * H), y, hx, d.seq, reverse),
+                          prev_rows_product(dgh, y, hx, d.seq, reverse)});
   Tensor db_ih = has_bias ? column_sum_of(dgx) : empty0(opts);
-  Tensor db_hh = has_bias ? column_sum_of(dgh) : empty0(opts);
+  Tensor db_hh = has_bias ? at::cat({db_ih.narrow(0, 0, 2 * H), column_sum_of(dgh)})
+                          : empty0(opts);
   return {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
 }
 
@@ -430,9 +488,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const auto opts = input.options();
   const Tensor x = input.reshape({N, d.I});
   const Tensor y = output.reshape({N, H}).contiguous();
-  const Tensor dy = present(grad_output) ? grad_output->reshape({N, H}).contiguous() : Tensor();
+  const core::GradRows dy = core::grad_rows(grad_output, H);
   Tensor dh = state_grad(grad_hy, B, H, opts);
-  const Tensor hprev = at::cat({y, hx}).index_select(0, prev_index(d.seq, reverse, input.device()));
   Tensor dpre = at::empty({N, H}, opts);
   RNNFAST_DISPATCH(input.scalar_type(), "rnnfast::rnn_backward", [&] {
     using T = typename DeviceType<scalar_t>::type;
@@ -444,7 +501,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
       p.H = H;
       p.h = dptr<const T>(y) + o * H;
       p.dh = dptr<const T>(dh);
-      p.dout = dy.defined() ? dptr<const T>(dy) + o * H : nullptr;
+      if (dy.t.defined()) {
+        p.dout = dptr<const T>(dy.t) + o * dy.ld;
+        p.dout_ld = dy.ld;
+        p.dout_cs = dy.cs;
+      }
       p.dpre = dptr<T>(dpre) + o * H;
       const auto cfg = pointwise_config(R * H, "rnn_backward_step");
       if (relu) {
@@ -457,7 +518,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     }
   });
   Tensor dx = need_grad_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty0(opts);
-  Tensor dw_ih = at::mm(dpre.t(), x), dw_hh = at::mm(dpre.t(), hprev);
+  Tensor dw_ih = at::mm(dpre.t(), x);
+  Tensor dw_hh = prev_rows_product(dpre, y, hx, d.seq, reverse);
   Tensor db = has_bias ? column_sum_of(dpre) : empty0(opts);
   return {dx, dh, dw_ih, dw_hh, db};
 }

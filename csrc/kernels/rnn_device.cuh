@@ -1,6 +1,6 @@
 // Fused per-step CUDA kernels for the LSTM, GRU and Elman RNN, written against
 // csrc/simt/simt.h: nvcc compiles them for the GPU (csrc/cuda/rnn_cuda.cu) and a
-// host compiler compiles them for the SIMT emulator (csrc/simt/rnn_emulated.cpp).
+// host compiler compiles them for the SIMT emulator (csrc/simt/emulated_ops.cpp).
 // The per-unit maths are csrc/kernels/cell_math.h, shared with the CPU kernels.
 //
 // Legend: R rows active in this step (R <= B), H hidden size, G gates per unit
@@ -12,8 +12,14 @@
 // LSTM cell state, the saved gates and all pointwise arithmetic use A; tensors
 // that feed a GEMM (h, the gate gradients) are T.
 //
+// The output gradient `dout` is read in place with a row stride `dout_ld` and a
+// column stride `dout_cs` (either may be 0: an expanded gradient, as from out.sum()).
+// The previous state of row b (LSTM c_{t-1}, GRU h_{t-1}) is prev[b] for b < n_prev
+// (the rows the step processed before also had) and init[b], the initial state,
+// otherwise: packed sequences start from their initial state in either direction.
+//
 // Launch shape: one thread per (row, unit), grid-stride loop, 1-D blocks of
-// kPointwiseThreads; any grid size is correct. column_sum uses (32, 8) blocks.
+// kPointwiseThreads; any grid size is correct; likewise the column sums.
 #pragma once
 
 #include <cmath>
@@ -128,9 +134,12 @@ struct LstmBackwardStep {
   int64_t R = 0, H = 0;
   const Acc<T>* gates = nullptr;  // [R, 4H] activated gates saved by the forward pass
   const Acc<T>* cells = nullptr;  // [R, H] c_t
-  const Acc<T>* cprev = nullptr;  // [R, H] c_{t-1}
+  const Acc<T>* cprev = nullptr;  // [n_prev, H] c_{t-1} of the rows the previous step had
+  const Acc<T>* cinit = nullptr;  // [R, H] c_0 (rows n_prev and up start from it)
+  int64_t n_prev = 0;
   const T* dr = nullptr;          // [R, H] dL/dr from later steps (and h_n)
   const T* dout = nullptr;        // [R, H] dL/d output rows added to dr, or null
+  int64_t dout_ld = 0, dout_cs = 0;
   Acc<T>* dc = nullptr;           // [R, H] in dL/dc_t, out dL/dc_{t-1}
   T* dgates = nullptr;            // [R, 4H] out: gradients of the gate pre-activations
   T* r = nullptr;                 // [R, H] out: r recomputed (projection only), or null
@@ -144,10 +153,11 @@ __global__ void lstm_backward_step(LstmBackwardStep<T> p) {
     const int64_t b = e / p.H, j = e - b * p.H;
     const int64_t g0 = b * 4 * p.H + j;
     A dr = load<A>(p.dr + e);
-    if (p.dout != nullptr) dr += load<A>(p.dout + e);
+    if (p.dout != nullptr) dr += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
+    const A cprev = b < p.n_prev ? p.cprev[e] : p.cinit[e];
     A dc = p.dc[e], di, df, dg, do_, r;
     cell::lstm_backward_unit<A, DeviceAct>(p.gates[g0], p.gates[g0 + p.H], p.gates[g0 + 2 * p.H],
-                                           p.gates[g0 + 3 * p.H], p.cells[e], p.cprev[e], dr, dc,
+                                           p.gates[g0 + 3 * p.H], p.cells[e], cprev, dr, dc,
                                            di, df, dg, do_, r);
     p.dc[e] = dc;
     store(p.dgates + g0, di);
@@ -198,11 +208,15 @@ template <typename T>
 struct GruBackwardStep {
   int64_t R = 0, H = 0;
   const Acc<T>* ws = nullptr;  // [R, 4H] saved r, z, n, hn
-  const T* hprev = nullptr;    // [R, H] h_{t-1}
+  const T* hprev = nullptr;    // [n_prev, H] h_{t-1} of the rows the previous step had
+  const T* hinit = nullptr;    // [R, H] h_0 (rows n_prev and up start from it)
+  int64_t n_prev = 0;
   T* dh = nullptr;             // [R, H] in dL/dh_t from later steps, out z * dL/dh_t
   const T* dout = nullptr;     // [R, H] dL/d output rows, or null
+  int64_t dout_ld = 0, dout_cs = 0;
   T* dgx = nullptr;            // [R, 3H] out: gradients of the input-side pre-activations
-  T* dgh = nullptr;            // [R, 3H] out: gradients of the recurrent-side pre-activations
+  T* dgh = nullptr;            // [R, H] out: gradient of the n gate's recurrent-side
+                               //   pre-activation (the r and z parts equal dgx's)
 };
 
 template <typename T>
@@ -214,18 +228,16 @@ __global__ void gru_backward_step(GruBackwardStep<T> p) {
     const int64_t g0 = b * 3 * p.H + j;
     const Acc<T>* w = p.ws + b * 4 * p.H + j;
     A dh = load<A>(p.dh + e);
-    if (p.dout != nullptr) dh += load<A>(p.dout + e);
+    if (p.dout != nullptr) dh += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
+    const A hprev = load<A>(b < p.n_prev ? p.hprev + e : p.hinit + e);
     A dxr, dxz, dxn, dhr, dhz, dhn;
-    const A direct = cell::gru_backward_unit<A>(w[0], w[p.H], w[2 * p.H], w[3 * p.H],
-                                                load<A>(p.hprev + e), dh, dxr, dxz, dxn, dhr,
-                                                dhz, dhn);
+    const A direct = cell::gru_backward_unit<A>(w[0], w[p.H], w[2 * p.H], w[3 * p.H], hprev, dh,
+                                                dxr, dxz, dxn, dhr, dhz, dhn);
     store(p.dh + e, direct);
     store(p.dgx + g0, dxr);
     store(p.dgx + g0 + p.H, dxz);
     store(p.dgx + g0 + 2 * p.H, dxn);
-    store(p.dgh + g0, dhr);
-    store(p.dgh + g0 + p.H, dhz);
-    store(p.dgh + g0 + 2 * p.H, dhn);
+    store(p.dgh + e, dhn);
   }
 }
 
@@ -257,6 +269,7 @@ struct RnnBackwardStep {
   const T* h = nullptr;     // [R, H] h_t (the output rows)
   const T* dh = nullptr;    // [R, H] dL/dh_t from later steps
   const T* dout = nullptr;  // [R, H] dL/d output rows, or null
+  int64_t dout_ld = 0, dout_cs = 0;
   T* dpre = nullptr;        // [R, H] out: dL/d pre-activation
 };
 
@@ -265,33 +278,46 @@ __global__ void rnn_backward_step(RnnBackwardStep<T> p) {
   using A = Acc<T>;
   const int64_t n = p.R * p.H;
   for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / p.H, j = e - b * p.H;
     A dh = load<A>(p.dh + e);
-    if (p.dout != nullptr) dh += load<A>(p.dout + e);
+    if (p.dout != nullptr) dh += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
     store(p.dpre + e, cell::rnn_backward_unit<A, Relu>(load<A>(p.h + e), dh));
   }
 }
 
 // ------------------------------------------------------------------ reductions
 
-// out[c] = sum over r of x[r, c], accumulated in A in a fixed order (so the bias
-// gradients are bitwise reproducible; no atomics). Block (32, 8): threadIdx.x picks
-// the column within the block's 32, threadIdx.y strides over rows; the 8 partial
-// sums meet in shared memory (8 * 32 * sizeof(A) bytes).
+// Column sums by cascade summation, in a fixed order (bias gradients are bitwise
+// reproducible; no atomics), with the rounding error of the CPU's (error growth with
+// kSumLeaf + log2(rows / kSumLeaf), not with rows):
+//   column_leaf_sum: leaf[l, c] = sum of x[r, c] over the kSumLeaf rows of leaf l, in
+//     order, accumulated in A;
+//   column_pair_sum: out[i, c] = in[2i, c] + in[2i + 1, c] (in[2i, c] alone for the
+//     last of an odd count), launched until one row is left: a pairwise tree over the
+//     leaves; the last launch writes the T result.
+constexpr int64_t kSumLeaf = 32;
+
 template <typename T>
-__global__ void column_sum(const T* x, int64_t rows, int64_t cols, T* out) {
+__global__ void column_leaf_sum(const T* x, int64_t rows, int64_t cols, Acc<T>* leaf) {
   using A = Acc<T>;
-  A* partial = simt::dynamic_shared<A>();
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  A s = A(0);
-  if (c < cols) {
-    for (int64_t r = threadIdx.y; r < rows; r += blockDim.y) s += load<A>(x + r * cols + c);
+  const int64_t leaves = (rows + kSumLeaf - 1) / kSumLeaf, n = leaves * cols;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t l = e / cols, c = e - l * cols;
+    const int64_t r1 = l * kSumLeaf + kSumLeaf < rows ? l * kSumLeaf + kSumLeaf : rows;
+    A s = A(0);
+    for (int64_t r = l * kSumLeaf; r < r1; ++r) s += load<A>(x + r * cols + c);
+    leaf[e] = s;
   }
-  partial[threadIdx.y * 32 + threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    A total = A(0);
-    for (unsigned k = 0; k < blockDim.y; ++k) total += partial[k * 32 + threadIdx.x];
-    store(out + c, total);
+}
+
+template <typename A, typename Out>
+__global__ void column_pair_sum(const A* in, int64_t n, int64_t cols, Out* out) {
+  const int64_t half = (n + 1) / 2, total = half * cols;
+  for (int64_t e = global_thread(); e < total; e += grid_threads()) {
+    const int64_t i = e / cols, c = e - i * cols;
+    A s = in[2 * i * cols + c];
+    if (2 * i + 1 < n) s = s + in[(2 * i + 1) * cols + c];
+    store(out + e, s);
   }
 }
 

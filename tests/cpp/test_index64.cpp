@@ -1,4 +1,4 @@
-// 64-bit index arithmetic of the CPU layer bookkeeping (csrc/cpu/sequence.h): row offsets,
+// 64-bit index arithmetic of the CPU layer bookkeeping (csrc/core/sequence.h): row offsets,
 // row counts and step order for sequences whose total row count passes 2^31 and 2^32,
 // without allocating them (the inputs are zero-stride expanded views; make_sequence reads
 // only their sizes). Complements tests/test_long.py, which runs the forward kernel over an
@@ -19,12 +19,12 @@
 #include <vector>
 
 #include "cpu/layer.h"
-#include "cpu/sequence.h"
+#include "core/sequence.h"
 
 namespace {
 
-using rnnfast::cpu::make_sequence;
-using rnnfast::cpu::Sequence;
+using rnnfast::core::make_sequence;
+using rnnfast::core::Sequence;
 
 int g_failures = 0;
 

@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "build_info.h"
-#include "simt/emulation.h"
 
 namespace {
 
@@ -23,6 +22,9 @@ using FwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 int g_failures = 0;
+// The operator namespace under test: "rnnfast" (the CPU kernels), or "rnnfast_emu" (the
+// CUDA kernels in the SIMT emulator, from librnnfast_simt_emu).
+std::string g_ns = "rnnfast";
 
 void expect_close(const char* what, const Tensor& a, const Tensor& b, double atol, double rtol) {
   const bool ok = a.sizes() == b.sizes() && at::allclose(a, b, rtol, atol);
@@ -37,8 +39,8 @@ void expect_close(const char* what, const Tensor& a, const Tensor& b, double ato
 FwdOut lstm_forward(const Tensor& x, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
                     const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const OptT& w_hr,
                     const OptT& batch_sizes, bool reverse, bool need_workspace) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rnnfast::lstm_forward", "")
+  const auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow((g_ns + "::lstm_forward").c_str(), "")
                        .typed<FwdOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                      const Tensor&, const OptT&, const OptT&, const OptT&,
                                      const OptT&, bool, bool)>();
@@ -49,8 +51,8 @@ BwdOut lstm_backward(const OptT& dy, const OptT& dhy, const OptT& dcy, const Ten
                      const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                      const OptT& w_hr, const Tensor& y, const Tensor& gates, const Tensor& cells,
                      const OptT& batch_sizes, bool reverse, bool has_bias, bool need_dx) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rnnfast::lstm_backward", "")
+  const auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow((g_ns + "::lstm_backward").c_str(), "")
                        .typed<BwdOut(const OptT&, const OptT&, const OptT&, const Tensor&,
                                      const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                      const OptT&, const Tensor&, const Tensor&, const Tensor&,
@@ -221,13 +223,13 @@ void test_errors() {
 }
 
 // The same checks through the CUDA kernels and orchestration, run in the SIMT
-// emulator (the CPU registrations route there while emulation is on).
+// emulator (the rnnfast_emu operators).
 void test_emulated() {
-  rnnfast::set_simt_emulation(true);
+  g_ns = "rnnfast_emu";
   test_forward();
   test_backward();
   test_packed();
-  rnnfast::set_simt_emulation(false);
+  g_ns = "rnnfast";
 }
 
 }  // namespace

@@ -31,7 +31,7 @@ Dims check_layer(const char* op, Dtypes dtypes, int64_t G, const Tensor& input, 
   }
   Dims d;
   d.G = G;
-  d.seq = cpu::make_sequence(op, input, batch_sizes);
+  d.seq = make_sequence(op, input, batch_sizes);
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0, op, ": w_ih must be (", G,
               "*hidden_size, input_size), got ", w_ih.sizes());
   d.H = w_ih.size(0) / G;
@@ -80,5 +80,17 @@ void check_grads(const char* op, const Dims& d, const Tensor& input, const Tenso
 Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
   return present(g) ? g->clone(at::MemoryFormat::Contiguous) : at::zeros({rows, cols}, opts);
 }
+
+namespace core {
+GradRows grad_rows(const OptTensor& g, int64_t P) {
+  if (!present(g)) return {Tensor(), 0, 0};
+  const Tensor& t = *g;
+  if (t.dim() == 2) return {t, t.stride(0), t.stride(1)};
+  if (t.dim() == 3 && t.size(1) == 1) return {t, t.stride(0), t.stride(2)};
+  if (t.dim() == 3 && (t.size(0) == 1 || t.stride(0) == t.size(1) * t.stride(1)))
+    return {t, t.stride(1), t.stride(2)};
+  return {t.contiguous(), P, 1};
+}
+}  // namespace core
 
 }  // namespace rnnfast

@@ -1,4 +1,4 @@
-// Shape bookkeeping shared by the CPU layer kernels.
+// Padded and packed sequence bookkeeping, shared by every backend.
 //
 // A layer runs over T time steps. Step t has bs[t] active rows (the first bs[t]
 // sequences of the batch) stored contiguously at rows [off[t], off[t] + bs[t]) of
@@ -16,7 +16,7 @@
 #include <vector>
 
 namespace rnnfast {
-namespace cpu {
+namespace core {
 
 struct Sequence {
   int64_t T = 0;  // time steps
@@ -45,5 +45,5 @@ struct Sequence {
 Sequence make_sequence(const char* op, const at::Tensor& input,
                        const std::optional<at::Tensor>& batch_sizes);
 
-}  // namespace cpu
+}  // namespace core
 }  // namespace rnnfast

@@ -7,9 +7,12 @@
 #include <optional>
 #include <vector>
 
-#include "cpu/sequence.h"
+#include "sequence.h"
 
 namespace rnnfast {
+
+using core::Sequence;
+using core::make_sequence;
 
 using OptTensor = std::optional<at::Tensor>;
 
@@ -19,7 +22,7 @@ constexpr Dtypes kCpuDtypes = Dtypes::kFloat32And64;
 constexpr Dtypes kCudaDtypes = Dtypes::kWithHalf;
 
 struct Dims {
-  cpu::Sequence seq;
+  Sequence seq;
   int64_t I = 0, H = 0, P = 0, G = 0;
   bool proj = false;
   bool bias = false;
@@ -50,5 +53,18 @@ at::Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols,
 
 // The (0,) tensor that stands for "absent" in the operators' outputs.
 inline at::Tensor empty0(const at::TensorOptions& opts) { return at::empty({0}, opts); }
+
+namespace core {
+// grad_output as rows [N, P] with a row stride ld and a column stride cs, read in place
+// where its strides allow (e.g. the expanded gradient of out.sum(), whose strides are
+// all 0): a 2-d [N, P] tensor, or a 3-d [T, B, P] whose time stride is B times its
+// batch stride (or with T or B of 1). Anything else is made contiguous (ld P, cs 1).
+// Undefined t when there is no gradient.
+struct GradRows {
+  at::Tensor t;
+  int64_t ld = 0, cs = 0;
+};
+GradRows grad_rows(const OptTensor& g, int64_t P);
+}  // namespace core
 
 }  // namespace rnnfast

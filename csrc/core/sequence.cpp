@@ -3,7 +3,7 @@
 #include <c10/util/Exception.h>
 
 namespace rnnfast {
-namespace cpu {
+namespace core {
 
 Sequence make_sequence(const char* op, const at::Tensor& input,
                        const std::optional<at::Tensor>& batch_sizes) {
@@ -45,5 +45,5 @@ Sequence make_sequence(const char* op, const at::Tensor& input,
   return s;
 }
 
-}  // namespace cpu
+}  // namespace core
 }  // namespace rnnfast

@@ -1,0 +1,40 @@
+// The CUDA operators compiled by the host compiler against the SIMT emulator:
+// csrc/cuda/rnn_host.h (orchestration) and csrc/kernels/rnn_device.cuh (kernels),
+// the very sources nvcc compiles in csrc/cuda/rnn_cuda.cu, run on CPU tensors.
+//
+// Test-only: this file, the fiber runtime (simt_runtime.cpp) and module.cpp form
+// the extension rnnfast._simt_emu, never the production rnnfast._C. It registers
+// the operators under their own namespace, torch.ops.rnnfast_emu.*, with the same
+// schemas as torch.ops.rnnfast.* (csrc/core/schemas.h); rnnfast.testing.emulate_cuda()
+// makes the layers call them. C++ users link librnnfast_simt_emu (CMakeLists.txt).
+#include <ATen/ATen.h>  // before simt.h, whose builtins are macros
+#include <torch/library.h>
+
+#include "../core/schemas.h"
+#include "../ops.h"
+
+namespace rnnfast {
+namespace simt_emu {
+RNNFAST_DECLARE_OPERATORS()  // rnn_host.h defines them; the compiler checks they match
+}  // namespace simt_emu
+}  // namespace rnnfast
+
+#define RNNFAST_DEVICE_NS simt_emu
+#define RNNFAST_LAUNCH_CHECK() ((void)0)
+#define RNNFAST_DEVICE_GUARD(t) ((void)0)
+#define RNNFAST_STREAM() (::simt::stream_t{nullptr})
+#include "../cuda/rnn_host.h"
+
+TORCH_LIBRARY(rnnfast_emu, m) {
+  for (const char* schema : rnnfast::core::kOperatorSchemas) m.def(schema);
+}
+
+TORCH_LIBRARY_IMPL(rnnfast_emu, CPU, m) {
+  using namespace rnnfast;
+  m.impl("lstm_forward", &simt_emu::lstm_forward);
+  m.impl("lstm_backward", &simt_emu::lstm_backward);
+  m.impl("gru_forward", &simt_emu::gru_forward);
+  m.impl("gru_backward", &simt_emu::gru_backward);
+  m.impl("rnn_forward", &simt_emu::rnn_forward);
+  m.impl("rnn_backward", &simt_emu::rnn_backward);
+}
