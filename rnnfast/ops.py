@@ -100,6 +100,38 @@ def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _input_grads(ctx: Any, *grads: Optional[Tensor]) -> tuple:
+    """What an autograd formula returns: one entry per forward input, ``grads[i]`` for
+    input ``i`` where autograd needs it, None elsewhere (inputs past ``grads``, the
+    non-tensor arguments, get None)."""
+    need = ctx.needs_input_grad
+    return tuple(grads[i] if i < len(grads) and need[i] else None for i in range(len(need)))
+
+
+def _save(ctx: Any, tensors: tuple, reverse: bool, b_ih: Optional[Tensor]) -> None:
+    """The context every autograd formula keeps: the tensors backward reads, the
+    direction, whether there is a bias."""
+    # Outputs nobody differentiates (the saved workspace above all) get None, not a
+    # zero-filled gradient: materialising them cost a workspace-sized buffer and its
+    # fill in every backward. The backward operators take absent gradients as zero.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*tensors)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+
+
+def _grad_fakes(kind: str, input: Tensor, states: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
+                has_bias: bool, need_grad_input: bool) -> tuple:
+    """Fakes of what the backward operators return first: the gradients of ``input``
+    (empty (0,) unless ``need_grad_input``), of each state, of ``w_ih`` and ``w_hh``, and
+    the bias gradients of the cell-kind table (empty (0,) without bias)."""
+    bias_shape = (w_ih.shape[0],) if has_bias else (0,)
+    return (input.new_empty(input.shape if need_grad_input else (0,)),
+            *(s.new_empty(s.shape) for s in states), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape),
+            *(input.new_empty(bias_shape) for _ in range(CELL_SPECS[kind]["num_bias_grads"])))
+
+
 def _register(ns: str) -> None:
     """Fake kernels and autograd for the six operators of namespace ``ns``."""
     lstm_g, gru_g = CELL_SPECS["lstm"]["gates"], CELL_SPECS["gru"]["gates"]
@@ -119,23 +151,16 @@ def _register(ns: str) -> None:
     def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
                             output, gates, cells, batch_sizes, reverse, has_bias,
                             need_grad_input):
-        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-        grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
         grad_w_hr = input.new_empty(w_hr.shape) if w_hr is not None else input.new_empty((0,))
-        return (grad_input, hx.new_empty(hx.shape), cx.new_empty(cx.shape),
-                w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), grad_bias, grad_w_hr)
+        return (*_grad_fakes("lstm", input, (hx, cx), w_ih, w_hh, has_bias, need_grad_input),
+                grad_w_hr)
 
     def _lstm_setup_context(ctx, inputs, output) -> None:
-        # Outputs nobody differentiates (the saved workspace above all) get None, not a
-        # zero-filled gradient: materialising them cost a workspace-sized buffer and its
-        # fill in every backward. The backward operators take absent gradients as zero.
-        ctx.set_materialize_grads(False)
         (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
          need_workspace) = inputs
         out, _hy, _cy, gates, cells = output
-        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes)
-        ctx.reverse = reverse
-        ctx.has_bias = b_ih is not None
+        _save(ctx, (input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes), reverse,
+              b_ih)
 
     def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
         input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, batch_sizes = ctx.saved_tensors
@@ -143,16 +168,9 @@ def _register(ns: str) -> None:
          grad_w_hr) = ops.lstm_backward(
             grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells,
             batch_sizes, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
-        need = ctx.needs_input_grad
-        return (grad_input if need[0] else None,
-                grad_hx if need[1] else None,
-                grad_cx if need[2] else None,
-                grad_w_ih if need[3] else None,
-                grad_w_hh if need[4] else None,
-                grad_bias if ctx.has_bias and need[5] else None,
-                grad_bias if ctx.has_bias and need[6] else None,
-                grad_w_hr if w_hr is not None and need[7] else None,
-                None, None, None)
+        grad_bias = grad_bias if ctx.has_bias else None
+        return _input_grads(ctx, grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias,
+                            grad_bias, grad_w_hr if w_hr is not None else None)
 
     torch.library.register_autograd(f"{ns}::lstm_forward", _lstm_backward,
                                     setup_context=_lstm_setup_context)
@@ -169,33 +187,21 @@ def _register(ns: str) -> None:
     @torch.library.register_fake(f"{ns}::gru_backward")
     def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
                            batch_sizes, reverse, has_bias, need_grad_input):
-        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-        bias_shape = (w_ih.shape[0],) if has_bias else (0,)
-        return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
-                w_hh.new_empty(w_hh.shape), input.new_empty(bias_shape),
-                input.new_empty(bias_shape))
+        return _grad_fakes("gru", input, (hx,), w_ih, w_hh, has_bias, need_grad_input)
 
     def _gru_setup_context(ctx, inputs, output) -> None:
-        ctx.set_materialize_grads(False)  # as for the LSTM
         input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace = inputs
         out, _hy, workspace = output
-        ctx.save_for_backward(input, hx, w_ih, w_hh, out, workspace, batch_sizes)
-        ctx.reverse = reverse
-        ctx.has_bias = b_ih is not None
+        _save(ctx, (input, hx, w_ih, w_hh, out, workspace, batch_sizes), reverse, b_ih)
 
     def _gru_backward(ctx, grad_output, grad_hy, _grad_workspace):
         input, hx, w_ih, w_hh, out, workspace, batch_sizes = ctx.saved_tensors
         grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = ops.gru_backward(
             grad_output, grad_hy, input, hx, w_ih, w_hh, out, workspace, batch_sizes,
             ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
-        need = ctx.needs_input_grad
-        return (grad_input if need[0] else None,
-                grad_hx if need[1] else None,
-                grad_w_ih if need[2] else None,
-                grad_w_hh if need[3] else None,
-                grad_b_ih if ctx.has_bias and need[4] else None,
-                grad_b_hh if ctx.has_bias and need[5] else None,
-                None, None, None)
+        if not ctx.has_bias:
+            grad_b_ih = grad_b_hh = None
+        return _input_grads(ctx, grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
 
     torch.library.register_autograd(f"{ns}::gru_forward", _gru_backward,
                                     setup_context=_gru_setup_context)
@@ -209,33 +215,21 @@ def _register(ns: str) -> None:
     @torch.library.register_fake(f"{ns}::rnn_backward")
     def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes,
                            reverse, relu, has_bias, need_grad_input):
-        grad_input = input.new_empty(input.shape) if need_grad_input else input.new_empty((0,))
-        grad_bias = input.new_empty((w_ih.shape[0],)) if has_bias else input.new_empty((0,))
-        return (grad_input, hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
-                w_hh.new_empty(w_hh.shape), grad_bias)
+        return _grad_fakes("rnn", input, (hx,), w_ih, w_hh, has_bias, need_grad_input)
 
     def _rnn_setup_context(ctx, inputs, output) -> None:
-        ctx.set_materialize_grads(False)  # as for the LSTM
         input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu = inputs
         out, _hy = output
-        ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
-        ctx.reverse = reverse
+        _save(ctx, (input, hx, w_ih, w_hh, out, batch_sizes), reverse, b_ih)
         ctx.relu = relu
-        ctx.has_bias = b_ih is not None
 
     def _rnn_backward(ctx, grad_output, grad_hy):
         input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
         grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = ops.rnn_backward(
             grad_output, grad_hy, input, hx, w_ih, w_hh, out, batch_sizes, ctx.reverse,
             ctx.relu, ctx.has_bias, ctx.needs_input_grad[0])
-        need = ctx.needs_input_grad
-        return (grad_input if need[0] else None,
-                grad_hx if need[1] else None,
-                grad_w_ih if need[2] else None,
-                grad_w_hh if need[3] else None,
-                grad_bias if ctx.has_bias and need[4] else None,
-                grad_bias if ctx.has_bias and need[5] else None,
-                None, None, None)
+        grad_bias = grad_bias if ctx.has_bias else None
+        return _input_grads(ctx, grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, grad_bias)
 
     torch.library.register_autograd(f"{ns}::rnn_forward", _rnn_backward,
                                     setup_context=_rnn_setup_context)
