@@ -6,13 +6,13 @@ modules in :mod:`rnnfast.modules` are thin wrappers around them.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+# The loop over layers and directions is the reference's (plain torch, one definition).
+from .reference import _layers
 
 __all__ = ["lstm", "gru", "rnn"]
 
@@ -20,33 +20,6 @@ __all__ = ["lstm", "gru", "rnn"]
 # absent; GRU and RNN have no w_hr).
 LayerParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 GateParams = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
-
-# layer_fn(input, states of this layer/direction, params, batch_sizes, reverse)
-#   -> (output, new states)
-LayerFn = Callable[[Tensor, tuple[Tensor, ...], tuple, Optional[Tensor], bool],
-                   tuple[Tensor, tuple[Tensor, ...]]]
-
-
-def _stack(layer_fn: LayerFn, input: Tensor, states: tuple[Tensor, ...], params: Sequence[tuple],
-           num_layers: int, bidirectional: bool, dropout: float, training: bool,
-           batch_sizes: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The loop over layers and directions shared by every recurrent layer."""
-    num_directions = 2 if bidirectional else 1
-    layer_input = input
-    finals: list[list[Tensor]] = [[] for _ in states]
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            idx = layer * num_directions + direction
-            out, new_states = layer_fn(layer_input, tuple(s[idx] for s in states), params[idx],
-                                       batch_sizes, direction == 1)
-            outputs.append(out)
-            for acc, s in zip(finals, new_states):
-                acc.append(s)
-        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
-        if dropout > 0.0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, params: Sequence[LayerParams], num_layers: int,
@@ -74,8 +47,8 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, params: Sequence[LayerParams], n
         out, h, c = ops.lstm_layer(x, state[0], state[1], *p, batch_sizes=bs, reverse=reverse)
         return out, (h, c)
 
-    output, (h_n, c_n) = _stack(layer_fn, input, (hx, cx), params, num_layers, bidirectional,
-                                dropout, training, batch_sizes)
+    output, (h_n, c_n) = _layers(layer_fn, input, (hx, cx), params, num_layers, bidirectional,
+                                 dropout, training, batch_sizes)
     return output, h_n, c_n
 
 
@@ -98,8 +71,8 @@ def gru(input: Tensor, hx: Tensor, params: Sequence[GateParams], num_layers: int
         out, h = ops.gru_layer(x, state[0], *p, batch_sizes=bs, reverse=reverse)
         return out, (h,)
 
-    output, (h_n,) = _stack(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
-                            training, batch_sizes)
+    output, (h_n,) = _layers(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
+                             training, batch_sizes)
     return output, h_n
 
 
@@ -115,6 +88,6 @@ def rnn(input: Tensor, hx: Tensor, params: Sequence[GateParams], num_layers: int
                                nonlinearity=nonlinearity)
         return out, (h,)
 
-    output, (h_n,) = _stack(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
-                            training, batch_sizes)
+    output, (h_n,) = _layers(layer_fn, input, (hx,), params, num_layers, bidirectional, dropout,
+                             training, batch_sizes)
     return output, h_n

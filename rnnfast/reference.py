@@ -233,6 +233,19 @@ def _scan(
     return y, states
 
 
+def _scan_h(
+    cell: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    h0: Tensor,
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`_scan` for a recurrence whose only state is ``h``: ``cell(x_t, h) -> h'``.
+    Returns ``(y, h_n)``."""
+    y, (h,) = _scan(lambda x_t, state: (cell(x_t, state[0]),), x, (h0,), batch_sizes, reverse)
+    return y, h
+
+
 def lstm_layer(
     x: Tensor,
     h0: Tensor,
@@ -292,11 +305,8 @@ def gru_layer(
     Returns:
         ``(y, h_n)``: ``y`` ``(T, B, H)`` or ``(N, H)``, ``h_n`` ``(B, H)``.
     """
-    def step(x_t: Tensor, state: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        return (gru_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh),)
-
-    y, (h,) = _scan(step, x, (h0,), batch_sizes, reverse)
-    return y, h
+    return _scan_h(lambda x_t, h: gru_cell(x_t, h, w_ih, w_hh, b_ih, b_hh), x, h0, batch_sizes,
+                   reverse)
 
 
 def rnn_layer(
@@ -321,11 +331,8 @@ def rnn_layer(
     Returns:
         ``(y, h_n)``: ``y`` ``(T, B, H)`` or ``(N, H)``, ``h_n`` ``(B, H)``.
     """
-    def step(x_t: Tensor, state: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        return (rnn_cell(x_t, state[0], w_ih, w_hh, b_ih, b_hh, nonlinearity),)
-
-    y, (h,) = _scan(step, x, (h0,), batch_sizes, reverse)
-    return y, h
+    return _scan_h(lambda x_t, h: rnn_cell(x_t, h, w_ih, w_hh, b_ih, b_hh, nonlinearity), x, h0,
+                   batch_sizes, reverse)
 
 
 # ------------------------------------------------------------------------ full stacks
@@ -336,6 +343,45 @@ LayerFn = Callable[
     [Tensor, Tuple[Tensor, ...], LayerParams, Optional[Tensor], bool],
     Tuple[Tensor, Tuple[Tensor, ...]],
 ]
+
+
+def _layers(
+    layer_fn: Callable[[Tensor, Tuple[Tensor, ...], tuple, Optional[Tensor], bool],
+                       Tuple[Tensor, Tuple[Tensor, ...]]],
+    input: Tensor,
+    states: Tuple[Tensor, ...],
+    params: Sequence[tuple],
+    num_layers: int,
+    bidirectional: bool,
+    dropout: float,
+    training: bool,
+    batch_sizes: Optional[Tensor],
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """The loop over layers and directions: layer ``l``, direction ``d`` runs
+    ``layer_fn`` on the previous layer's output (dropout between layers when training)
+    with ``s[l*D + d]`` of each of ``states`` and ``params[l*D + d]``; a layer's output
+    is its directions' outputs concatenated along features.
+
+    ``input`` is time-major ``(T, B, I)`` or packed ``(N, I)``, each state ``(L*D, B, .)``.
+    Returns ``(output, final_states)``, each final state ``(L*D, B, .)``. Plain torch;
+    :mod:`rnnfast.functional` runs its stacks with it too.
+    """
+    num_directions = 2 if bidirectional else 1
+    finals: List[List[Tensor]] = [[] for _ in states]
+    layer_input = input
+    for layer in range(num_layers):
+        if layer > 0 and dropout > 0.0 and training:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+        outputs = []
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            y, new_states = layer_fn(layer_input, tuple(s[k] for s in states), params[k],
+                                     batch_sizes, direction == 1)
+            outputs.append(y)
+            for acc, s in zip(finals, new_states):
+                acc.append(s)
+        layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
+    return layer_input, tuple(torch.stack(acc, dim=0) for acc in finals)
 
 
 def _stack(
@@ -391,23 +437,8 @@ def _stack(
             for size in state_sizes
         )
 
-    finals: List[List[Tensor]] = [[] for _ in hx]
-    layer_input = input
-    for layer in range(num_layers):
-        if layer > 0 and dropout > 0.0 and training:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-        outputs = []
-        for direction in range(num_directions):
-            k = layer * num_directions + direction
-            y, states = layer_fn(layer_input, tuple(s[k] for s in hx), params[k],
-                                 batch_sizes, direction == 1)
-            outputs.append(y)
-            for acc, s in zip(finals, states):
-                acc.append(s)
-        layer_input = torch.cat(outputs, dim=-1)
-
-    output = layer_input
-    stacked = tuple(torch.stack(acc, dim=0) for acc in finals)
+    output, stacked = _layers(layer_fn, input, hx, params, num_layers, bidirectional, dropout,
+                              training, batch_sizes)
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     if unbatched:
@@ -465,6 +496,20 @@ def lstm(
     return output, (h_n, c_n)
 
 
+def _h_only(layer: Callable[..., Tuple[Tensor, Tensor]], name: str, **layer_kwargs) -> LayerFn:
+    """The :data:`LayerFn` of ``layer`` (:func:`gru_layer` or :func:`rnn_layer`, called
+    with ``layer_kwargs``): a recurrence whose only state is ``h``, without projection
+    (``name`` says whose, in the assertion)."""
+    def layer_fn(x, states, p, sizes, reverse):
+        w_ih, w_hh, b_ih, b_hh, w_hr = p
+        assert w_hr is None, f"{name} has no projection"
+        y, h = layer(x, states[0], w_ih, w_hh, b_ih, b_hh, batch_sizes=sizes, reverse=reverse,
+                     **layer_kwargs)
+        return y, (h,)
+
+    return layer_fn
+
+
 def gru(
     input: Tensor,
     hx: Optional[Tensor],
@@ -490,17 +535,10 @@ def gru(
         ``(output, h_n)``: output ``(T, B, D*H)`` (layout as ``input``, or ``(N, D*H)``
         packed), ``h_n`` ``(L*D, B, H)``.
     """
-    def layer_fn(x, states, p, sizes, reverse):
-        w_ih, w_hh, b_ih, b_hh, w_hr = p
-        assert w_hr is None, "GRU has no projection"
-        y, h = gru_layer(x, states[0], w_ih, w_hh, b_ih, b_hh,
-                         batch_sizes=sizes, reverse=reverse)
-        return y, (h,)
-
     hidden_size = params[0][1].shape[1]  # w_hh is (3H, H)
     output, (h_n,) = _stack(
-        layer_fn, input, None if hx is None else (hx,), (hidden_size,), params, num_layers,
-        bidirectional, batch_first, dropout, training, batch_sizes,
+        _h_only(gru_layer, "GRU"), input, None if hx is None else (hx,), (hidden_size,), params,
+        num_layers, bidirectional, batch_first, dropout, training, batch_sizes,
     )
     return output, h_n
 
@@ -535,17 +573,11 @@ def rnn(
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
-    def layer_fn(x, states, p, sizes, reverse):
-        w_ih, w_hh, b_ih, b_hh, w_hr = p
-        assert w_hr is None, "RNN has no projection"
-        y, h = rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh,
-                         batch_sizes=sizes, reverse=reverse, nonlinearity=nonlinearity)
-        return y, (h,)
-
     hidden_size = params[0][1].shape[1]  # w_hh is (H, H)
     output, (h_n,) = _stack(
-        layer_fn, input, None if hx is None else (hx,), (hidden_size,), params, num_layers,
-        bidirectional, batch_first, dropout, training, batch_sizes,
+        _h_only(rnn_layer, "RNN", nonlinearity=nonlinearity), input,
+        None if hx is None else (hx,), (hidden_size,), params, num_layers, bidirectional,
+        batch_first, dropout, training, batch_sizes,
     )
     return output, h_n
 
