@@ -57,7 +57,9 @@ class _RecurrentLayer(nn.RNNBase):
     """The forward logic shared by rnnfast.LSTM, GRU and RNN.
 
     Subclasses define the state structure (``_num_states``, ``_state_sizes``), the
-    rank-mismatch messages, and ``_run`` (the fused kernels) / ``_torch_fallback``.
+    rank-mismatch messages, their function in rnnfast.functional (``_functional``, which
+    ``_run`` calls with the fused kernels) and torch's implementation (``_torch_fn``, the
+    fallback).
     """
 
     _num_states = 1
@@ -115,13 +117,34 @@ class _RecurrentLayer(nn.RNNBase):
             torch._check(t.size(1) == mini_batch, lambda: "Expected the batch size of hidden "
                          "states to equal the PackedSequence's batch size (batch_sizes[0])")
 
+    def _functional_options(self) -> dict:
+        """Keyword arguments of the layer's function in rnnfast.functional beyond those
+        every layer passes."""
+        return {}
+
     def _run(self, input: Tensor, states: tuple[Tensor, ...], batch_sizes: Optional[Tensor]
              ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The fused kernels, through rnnfast.functional (time-major or packed input)."""
+        output, *finals = self._functional(
+            input, *states, self._layer_params(), self.num_layers,
+            bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
+            batch_sizes=batch_sizes, **self._functional_options())
+        return output, tuple(finals)
+
+    def _torch_fn(self):
+        """torch's own implementation of the whole layer (a torch._VF function)."""
         raise NotImplementedError
 
     def _torch_fallback(self, input: Tensor, states: tuple[Tensor, ...],
                         batch_sizes: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        raise NotImplementedError
+        fn, hx = self._torch_fn(), self._as_hx(states)
+        if batch_sizes is None:
+            result = fn(input, hx, self._flat(), self.bias, self.num_layers, self.dropout,
+                        self.training, self.bidirectional, self.batch_first)
+        else:
+            result = fn(input, batch_sizes, hx, self._flat(), self.bias, self.num_layers,
+                        self.dropout, self.training, self.bidirectional)
+        return result[0], tuple(result[1:])
 
     def _flat(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
@@ -224,6 +247,7 @@ class LSTM(_RecurrentLayer):
     """
 
     _num_states = 2
+    _functional = staticmethod(functional.lstm)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -274,22 +298,8 @@ class LSTM(_RecurrentLayer):
         """Run the LSTM; same inputs, outputs and errors as :meth:`torch.nn.LSTM.forward`."""
         return super().forward(input, hx)
 
-    def _run(self, input, states, batch_sizes):
-        output, h_n, c_n = functional.lstm(input, states[0], states[1], self._layer_params(),
-                                           self.num_layers, self.bidirectional, self.dropout,
-                                           self.training, batch_sizes)
-        return output, (h_n, c_n)
-
-    def _torch_fallback(self, input, states, batch_sizes):
-        if batch_sizes is None:
-            result = torch._VF.lstm(input, states, self._flat(), self.bias, self.num_layers,
-                                    self.dropout, self.training, self.bidirectional,
-                                    self.batch_first)
-        else:
-            result = torch._VF.lstm(input, batch_sizes, states, self._flat(), self.bias,
-                                    self.num_layers, self.dropout, self.training,
-                                    self.bidirectional)
-        return result[0], (result[1], result[2])
+    def _torch_fn(self):
+        return torch._VF.lstm
 
 
 class GRU(_RecurrentLayer):
@@ -307,6 +317,8 @@ class GRU(_RecurrentLayer):
     float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
     """
 
+    _functional = staticmethod(functional.gru)
+
     def __init__(self, *args, **kwargs) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -323,21 +335,8 @@ class GRU(_RecurrentLayer):
         """Run the GRU; same inputs, outputs and errors as :meth:`torch.nn.GRU.forward`."""
         return super().forward(input, hx)
 
-    def _run(self, input, states, batch_sizes):
-        output, h_n = functional.gru(input, states[0], self._layer_params(), self.num_layers,
-                                     self.bidirectional, self.dropout, self.training, batch_sizes)
-        return output, (h_n,)
-
-    def _torch_fallback(self, input, states, batch_sizes):
-        if batch_sizes is None:
-            result = torch._VF.gru(input, states[0], self._flat(), self.bias, self.num_layers,
-                                   self.dropout, self.training, self.bidirectional,
-                                   self.batch_first)
-        else:
-            result = torch._VF.gru(input, batch_sizes, states[0], self._flat(), self.bias,
-                                   self.num_layers, self.dropout, self.training,
-                                   self.bidirectional)
-        return result[0], (result[1],)
+    def _torch_fn(self):
+        return torch._VF.gru
 
 
 class RNN(_RecurrentLayer):
@@ -354,6 +353,8 @@ class RNN(_RecurrentLayer):
     Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.RNN.
     float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
     """
+
+    _functional = staticmethod(functional.rnn)
 
     def __init__(self, *args, **kwargs) -> None:
         if "proj_size" in kwargs:
@@ -386,21 +387,11 @@ class RNN(_RecurrentLayer):
         """Run the RNN; same inputs, outputs and errors as :meth:`torch.nn.RNN.forward`."""
         return super().forward(input, hx)
 
-    def _run(self, input, states, batch_sizes):
-        output, h_n = functional.rnn(input, states[0], self._layer_params(), self.num_layers,
-                                     self.nonlinearity, self.bidirectional, self.dropout,
-                                     self.training, batch_sizes)
-        return output, (h_n,)
+    def _functional_options(self) -> dict:
+        return {"nonlinearity": self.nonlinearity}
 
-    def _torch_fallback(self, input, states, batch_sizes):
-        fn = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
-        if batch_sizes is None:
-            result = fn(input, states[0], self._flat(), self.bias, self.num_layers, self.dropout,
-                        self.training, self.bidirectional, self.batch_first)
-        else:
-            result = fn(input, batch_sizes, states[0], self._flat(), self.bias, self.num_layers,
-                        self.dropout, self.training, self.bidirectional)
-        return result[0], (result[1],)
+    def _torch_fn(self):
+        return torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
 
 
 # ----------------------------------------------------------------------------- cells
