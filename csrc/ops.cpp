@@ -3,24 +3,20 @@
 //
 // The schemas (csrc/core/schemas.h) are the contract between Python (rnnfast/ops.py
 // registers the fake kernels and autograd for them) and the backends (csrc/cpu,
-// csrc/cuda). See ops.h for the shapes of every argument.
+// csrc/cuda), whose operators are written once (csrc/core/operators.h). See ops.h for
+// the shapes of every argument.
 #include <torch/library.h>
 
+#include "core/operators.h"
 #include "core/schemas.h"
-#include "ops.h"
+#include "cpu/backend.h"
 
 TORCH_LIBRARY(rnnfast, m) {
   for (const char* schema : rnnfast::core::kOperatorSchemas) m.def(schema);
 }
 
 TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
-  using namespace rnnfast;
-  m.impl("lstm_forward", &cpu::lstm_forward);
-  m.impl("lstm_backward", &cpu::lstm_backward);
-  m.impl("gru_forward", &cpu::gru_forward);
-  m.impl("gru_backward", &cpu::gru_backward);
-  m.impl("rnn_forward", &cpu::rnn_forward);
-  m.impl("rnn_backward", &cpu::rnn_backward);
+  rnnfast::core::register_operators<rnnfast::cpu::Backend>(m);
 }
 
 #ifndef RNNFAST_WITH_CUDA

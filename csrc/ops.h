@@ -1,4 +1,4 @@
-// Declarations of the rnnfast operators' backend implementations.
+// The rnnfast operators: what each takes and returns.
 //
 // One call runs one layer in one direction over the whole sequence (the cells are
 // the same operators with T = 1). Schemas are registered in ops.cpp:
@@ -34,54 +34,6 @@
 //   empty (0,). LSTM/RNN: grad_bias is the gradient of b_ih and of b_hh (equal).
 #pragma once
 
-#include <ATen/ATen.h>
-
-#include <optional>
-#include <tuple>
-
-namespace rnnfast {
-
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-// The six operator implementations, declared once and instantiated per backend
-// namespace (cpu here; simt_emu in simt/emulated_ops.cpp; gpu in cuda/rnn_cuda.cu).
-#define RNNFAST_DECLARE_OPERATORS() \
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward( \
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, \
-    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, \
-    const OptTensor& batch_sizes, bool reverse, bool need_workspace); \
- \
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward( \
-    const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy, \
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, \
-    const Tensor& w_hh, const OptTensor& w_hr, const Tensor& output, const Tensor& gates, \
-    const Tensor& cells, const OptTensor& batch_sizes, bool reverse, bool has_bias, \
-    bool need_grad_input); \
- \
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& input, const Tensor& hx, \
-                                               const Tensor& w_ih, const Tensor& w_hh, \
-                                               const OptTensor& b_ih, const OptTensor& b_hh, \
-                                               const OptTensor& batch_sizes, bool reverse, \
-                                               bool need_workspace); \
- \
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward( \
-    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input, \
-    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, \
-    const Tensor& workspace, const OptTensor& batch_sizes, bool reverse, bool has_bias, \
-    bool need_grad_input); \
- \
-std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, \
-                                       const Tensor& w_hh, const OptTensor& b_ih, \
-                                       const OptTensor& b_hh, const OptTensor& batch_sizes, \
-                                       bool reverse, bool relu); \
- \
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward( \
-    const OptTensor& grad_output, const OptTensor& grad_hy, const Tensor& input, \
-    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, \
-    const OptTensor& batch_sizes, bool reverse, bool relu, bool has_bias, bool need_grad_input);
-
-namespace cpu {
-RNNFAST_DECLARE_OPERATORS()
-}  // namespace cpu
-}  // namespace rnnfast
+// The operators are implemented once for every backend in csrc/core/operators.h
+// (core::Operators<Backend>) and registered per device: CPU in ops.cpp, CUDA in
+// cuda/rnn_cuda.cu, the test-only SIMT emulator in simt/emulated_ops.cpp.

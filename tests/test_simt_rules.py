@@ -1,4 +1,4 @@
-"""The rules that let every CUDA kernel also run in the SIMT emulator (DESIGN.md,
+"""The rules that let every CUDA kernel also run in the SIMT emulator (docs/design.md,
 "CUDA without a GPU"), checked on the sources: outside csrc/simt/ no ``<<<...>>>``
 launch, no raw ``__shared__``, no CUB, no inline PTX; and every kernel source is
 compiled for the emulator too."""
@@ -39,15 +39,15 @@ def test_no_raw_launch_or_shared_outside_simt():
 
 
 def test_every_kernel_source_is_emulated():
-    """Everything nvcc compiles for the operators is also compiled by rnn_emulated.cpp."""
-    emulated = _code(CSRC / "simt" / "rnn_emulated.cpp")
-    assert '#include "../cuda/rnn_host.h"' in (CSRC / "simt" / "rnn_emulated.cpp").read_text()
+    """Everything nvcc compiles for the operators is also compiled by emulated_ops.cpp."""
+    emulated = _code(CSRC / "simt" / "emulated_ops.cpp")
+    assert '#include "../cuda/rnn_host.h"' in (CSRC / "simt" / "emulated_ops.cpp").read_text()
     host = (CSRC / "cuda" / "rnn_host.h").read_text()
     assert '#include "../kernels/rnn_device.cuh"' in host
     for cu in (CSRC / "cuda").glob("*.cu"):
         includes = re.findall(r'#include "([^"]+)"', cu.read_text())
         local = [i for i in includes if not i.startswith(("ATen", "c10", "torch"))]
-        assert "rnn_host.h" in local and set(local) <= {"rnn_host.h", "../ops.h"}, \
+        assert "rnn_host.h" in local and set(local) <= {"rnn_host.h", "../core/operators.h"}, \
             f"{cu.name} includes {local}: emulate them too"
     assert "simt_emu" in emulated
 

@@ -1,4 +1,4 @@
-// The shared layer orchestration (see layer.h).
+// The CPU executor of one layer in one direction (see layer.h).
 #include "layer.h"
 
 #include <ATen/Parallel.h>
@@ -88,8 +88,7 @@ Range split(int64_t n, int nt, int tid, int64_t align = 16) {
 
 // Below this many flops per time step, one thread does the whole step loop: the
 // barrier and the split GEMMs would cost more than they save (and spinning at a
-// barrier on a busy machine is the worst case). Measured: a step of B=16, H=128
-// LSTM is ~1 MFLOP.
+// barrier on a busy machine is the worst case).
 constexpr int64_t kMinParallelStepFlops = 64 * 1024;
 
 // Runs fn(tid, nt) on every thread of one parallel region (torch's intra-op thread
@@ -122,16 +121,22 @@ inline void barrier() {
 }  // namespace
 
 template <typename T>
-void layer_forward(const LayerFwd<T>& a) {
+void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
   const Sequence& s = *a.seq;
-  const int64_t H = a.H, P = a.P, ld = a.ld, B = s.B, I = a.I;
+  const int64_t H = a.H, P = a.P, B = s.B, I = a.I;
+  const int64_t G = core::cell_spec(a.kind).gates, ld = core::saved_row_cols(a.kind, H);
+  // The RNN saves nothing but its output: its pointwise pass writes h_t as the saved row.
+  const bool rnn = core::cell_spec(a.kind).num_saved == 0;
+  T* const gbuf = rnn ? a.y : a.saved[0];
+  T* const y = rnn ? nullptr : a.y;
+  T* const cells = a.kind == CellKind::kLstm ? a.saved[1] : nullptr;
   const bool proj = a.w_hr != nullptr;
-  const int64_t Tc = std::max<int64_t>(1, a.chunk_steps);
-  copy_rows(a.hbuf, P, a.h, P, B, P);
-  copy_rows(a.hbuf + B * P, P, a.h, P, B, P);
+  const int64_t Tc = std::max<int64_t>(1, w.chunk_steps);
+  copy_rows(w.hbuf, P, a.h, P, B, P);
+  copy_rows(w.hbuf + B * P, P, a.h, P, B, P);
 
   const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
-  parallel_region(2 * B * a.G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
+  parallel_region(2 * B * G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
     // This thread's gate rows of W_hh and W_ih, one PackedWeight per gate on the rows
@@ -139,11 +144,11 @@ void layer_forward(const LayerFwd<T>& a) {
     // core's cache), its recurrent-product scratch [B, G * |u|] and its
     // input-projection scratch [Tc * B, G * |u|]: gate g of unit k in column
     // g * |u| + k - u.begin of both.
-    const int64_t GHs = a.G * u.size();
-    T* rec = a.rec + B * a.G * u.begin;
-    T* xp = a.xbuf + Tc * B * a.G * u.begin;
+    const int64_t GHs = G * u.size();
+    T* rec = w.rec + B * G * u.begin;
+    T* xp = w.xbuf + Tc * B * G * u.begin;
     std::optional<PackedWeight<T>> packed[4], packed_ih[4];
-    for (int64_t gate = 0; gate < a.G; ++gate) {
+    for (int64_t gate = 0; gate < G; ++gate) {
       packed[gate].emplace(true, u.size(), P, B, a.w_hh + (gate * H + u.begin) * P, P);
       packed_ih[gate].emplace(true, u.size(), I, Tc * B, a.w_ih + (gate * H + u.begin) * I, I);
     }
@@ -158,37 +163,37 @@ void layer_forward(const LayerFwd<T>& a) {
         const int64_t t_lo = std::min(t_a, t_b), t_hi = std::max(t_a, t_b);
         chunk_lo = s.off[t_lo];
         const int64_t rows = s.off[t_hi] + s.bs[t_hi] - chunk_lo;
-        if (a.bias_x != nullptr) {
+        if (w.bias_x != nullptr) {
           for (int64_t r = 0; r < rows; ++r)
-            for (int64_t gate = 0; gate < a.G; ++gate)
-              std::memcpy(xp + r * GHs + gate * u.size(), a.bias_x + gate * H + u.begin,
+            for (int64_t gate = 0; gate < G; ++gate)
+              std::memcpy(xp + r * GHs + gate * u.size(), w.bias_x + gate * H + u.begin,
                           sizeof(T) * u.size());
         }
-        const T beta = a.bias_x != nullptr ? T(1) : T(0);
-        for (int64_t gate = 0; gate < a.G; ++gate)
+        const T beta = w.bias_x != nullptr ? T(1) : T(0);
+        for (int64_t gate = 0; gate < G; ++gate)
           packed_ih[gate]->gemm(rows, a.x + chunk_lo * I, I, beta, xp + gate * u.size(), GHs);
       }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
       if (b == 0) continue;
       const int64_t row = s.off[t];
-      const T* hin = a.hbuf + cur * B * P;
-      T* hout = a.hbuf + (1 - cur) * B * P;
+      const T* hin = w.hbuf + cur * B * P;
+      T* hout = w.hbuf + (1 - cur) * B * P;
       // Recurrent product for this thread's units: one GEMM per gate against its rows
       // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
-      for (int64_t gate = 0; gate < a.G; ++gate)
+      for (int64_t gate = 0; gate < G; ++gate)
         packed[gate]->gemm(b, hin, P, T(0), rec + gate * u.size(), GHs);
       const FwdStep<T> st{xp + (row - chunk_lo) * GHs,
                           GHs,
                           rec,
                           GHs,
-                          a.bias_h,
-                          a.gbuf != nullptr ? a.gbuf + row * ld : nullptr,
+                          w.bias_h,
+                          gbuf != nullptr ? gbuf + row * ld : nullptr,
                           hin,
-                          proj ? a.scratch_r : hout,
+                          proj ? w.r : hout,
                           a.c,
-                          (proj || a.y == nullptr) ? nullptr : a.y + row * H,
-                          a.saved != nullptr ? a.saved + row * H : nullptr,
+                          (proj || y == nullptr) ? nullptr : y + row * H,
+                          cells != nullptr ? cells + row * H : nullptr,
                           H,
                           ld,
                           u.begin,
@@ -196,7 +201,7 @@ void layer_forward(const LayerFwd<T>& a) {
       kernel(st, 0, b);
       if (proj) {
         barrier();  // every unit of r_t is written
-        gemm<T>(false, true, b, p.size(), H, T(1), a.scratch_r, H, a.w_hr + p.begin * H, H, T(0),
+        gemm<T>(false, true, b, p.size(), H, T(1), w.r, H, a.w_hr + p.begin * H, H, T(0),
                 hout + p.begin, P);
         copy_rows(a.y + row * P + p.begin, P, hout + p.begin, P, b, p.size());
       }
@@ -213,15 +218,19 @@ void layer_forward(const LayerFwd<T>& a) {
 }
 
 template <typename T>
-void layer_backward(const LayerBwd<T>& a) {
+void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w) {
   const Sequence& s = *a.seq;
-  const int64_t H = a.H, P = a.P, GH = a.G * a.H, ld = a.ld;
+  const int64_t H = a.H, P = a.P, GH = core::cell_spec(a.kind).gates * a.H;
+  const int64_t ld = core::saved_row_cols(a.kind, H);
+  // What forward saved per row (the RNN's is h_t, its output) and the LSTM's c_t.
+  const T* const ws = core::cell_spec(a.kind).num_saved == 0 ? a.y : a.saved[0];
+  const T* const cells = a.kind == CellKind::kLstm ? a.saved[1] : nullptr;
   const bool gru = a.kind == CellKind::kGru;
   const bool lstm = a.kind == CellKind::kLstm;
   const bool proj = a.w_hr != nullptr;
   // GRU: the recurrent side's gradient differs from the input side's only in the n
   // gate (dGh_n = dGx_n * r; the r and z columns are equal), so only that part is kept,
-  // [N, H] in a.dgh; the r and z columns are read from dgx.
+  // [N, H] in w.dgh; the r and z columns are read from dgx.
   const int64_t H_rz = gru ? 2 * H : 0;  // leading columns of dGh that are dgx's
 
   const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
@@ -251,32 +260,32 @@ void layer_backward(const LayerBwd<T>& a) {
         }
       }
       if (proj) {
-        copy_rows(a.DH + row * P + p.begin, P, a.dh + p.begin, P, b, p.size());
+        copy_rows(w.DH + row * P + p.begin, P, a.dh + p.begin, P, b, p.size());
         barrier();  // all of dh_t is in place
         gemm<T>(false, false, b, u.size(), P, T(1), a.dh, P, a.w_hr + u.begin, H, T(0),
-                a.dr + u.begin, H);
+                w.dr + u.begin, H);
       }
       const int64_t tp = s.prev_of(t, a.reverse);
       const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
       const T* prev = nullptr;
       const T* init = nullptr;
       if (lstm) {
-        prev = tp >= 0 ? a.saved + s.off[tp] * H : a.cx;
+        prev = tp >= 0 ? cells + s.off[tp] * H : a.cx;
         init = a.cx;
       } else if (gru) {
         prev = tp >= 0 ? a.y + s.off[tp] * H : a.hx;
         init = a.hx;
       }
-      const BwdStep<T> st{a.ws + row * ld,
-                          lstm ? a.saved + row * H : nullptr,
+      const BwdStep<T> st{ws + row * ld,
+                          lstm ? cells + row * H : nullptr,
                           prev,
                           init,
                           n_prev,
-                          proj ? a.dr : a.dh,
+                          proj ? w.dr : a.dh,
                           a.dc,
-                          a.dgx + row * GH,
-                          gru ? a.dgh + row * H : nullptr,
-                          proj ? a.R + row * H : nullptr,
+                          w.dgx + row * GH,
+                          gru ? w.dgh + row * H : nullptr,
+                          proj ? w.R + row * H : nullptr,
                           H,
                           ld,
                           u.begin,
@@ -285,8 +294,8 @@ void layer_backward(const LayerBwd<T>& a) {
       barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
-      packed.gemm(b, a.dgx + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
-      if (gru) packed_n->gemm(b, a.dgh + row * H, H, T(1), a.dh + p.begin, P);
+      packed.gemm(b, w.dgx + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
+      if (gru) packed_n->gemm(b, w.dgh + row * H, H, T(1), a.dh + p.begin, P);
     }
   });
 
@@ -306,7 +315,7 @@ void layer_backward(const LayerBwd<T>& a) {
         sequence_gemm<T>(true, rows, P, shifted, dg_rows, ldg, h_rows, P, T(1), dw, P);
       }
     } else {
-      sequence_gemm<T>(true, rows, P, s.N, dg, ldg, a.hprev, P, T(0), dw, P);
+      sequence_gemm<T>(true, rows, P, s.N, dg, ldg, w.hprev, P, T(0), dw, P);
     }
   };
   if (!s.uniform()) {
@@ -315,35 +324,38 @@ void layer_backward(const LayerBwd<T>& a) {
       const int64_t b = s.bs[t];
       const int64_t tp = s.prev_of(t, a.reverse);
       const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
-      if (n_prev > 0) copy_rows(a.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
-      copy_rows(a.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+      if (n_prev > 0) copy_rows(w.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
+      copy_rows(w.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
     }
   }
   if (gru) {
-    dw_hh_rows(a.dgx, GH, H_rz, a.dw_hh);
-    dw_hh_rows(a.dgh, H, H, a.dw_hh + H_rz * P);
+    dw_hh_rows(w.dgx, GH, H_rz, a.dw_hh);
+    dw_hh_rows(w.dgh, H, H, a.dw_hh + H_rz * P);
   } else {
-    dw_hh_rows(a.dgx, GH, GH, a.dw_hh);
+    dw_hh_rows(w.dgx, GH, GH, a.dw_hh);
   }
-  sequence_gemm<T>(true, GH, a.I, s.N, a.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
+  sequence_gemm<T>(true, GH, a.I, s.N, w.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
   if (a.dx != nullptr)
-    sequence_gemm<T>(false, s.N, a.I, GH, a.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
-  if (proj) sequence_gemm<T>(true, P, H, s.N, a.DH, P, a.R, H, T(0), a.dw_hr, H);
-  if (a.db_ih != nullptr) column_sums(a.db_ih, a.dgx, s.N, GH, GH);
+    sequence_gemm<T>(false, s.N, a.I, GH, w.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
+  if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
+  if (a.db_ih != nullptr) column_sums(a.db_ih, w.dgx, s.N, GH, GH);
   if (a.db_hh != nullptr) {
     if (gru) {
       std::memcpy(a.db_hh, a.db_ih, sizeof(T) * H_rz);
-      column_sums(a.db_hh + H_rz, a.dgh, s.N, H, H);
+      column_sums(a.db_hh + H_rz, w.dgh, s.N, H, H);
     } else {
       std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
     }
   }
 }
 
-template void layer_forward<float>(const LayerFwd<float>&);
-template void layer_forward<double>(const LayerFwd<double>&);
-template void layer_backward<float>(const LayerBwd<float>&);
-template void layer_backward<double>(const LayerBwd<double>&);
+template void layer_forward<float>(const core::LayerForward<float>&, const ForwardScratch<float>&);
+template void layer_forward<double>(const core::LayerForward<double>&,
+                                    const ForwardScratch<double>&);
+template void layer_backward<float>(const core::LayerBackward<float>&,
+                                    const BackwardScratch<float>&);
+template void layer_backward<double>(const core::LayerBackward<double>&,
+                                     const BackwardScratch<double>&);
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -1,5 +1,5 @@
-// One recurrent layer in one direction over a whole sequence, on the CPU: the
-// orchestration shared by LSTM, GRU and RNN (the cell maths is the only part that
+// The CPU executor of one recurrent layer in one direction over a whole sequence:
+// the orchestration shared by LSTM, GRU and RNN (the cell maths is the only part that
 // differs, and lives in the pointwise kernels).
 //
 // Forward:
@@ -28,91 +28,59 @@
 // another still reads it. The whole-sequence GEMMs outside the loop use all threads
 // through sequence_gemm (blas.h: the blocked AVX2 GEMM, or the BLAS).
 //
-// Buffers are the caller's (allocated once per call).
+// The layer's buffers come from the operators (core::LayerForward/LayerBackward,
+// csrc/core/layer.h), the executor's scratch from the CPU backend (ops_cpu.cpp), both
+// allocated once per call.
 //
 // Legend: N rows (sum of batch sizes), B batch, I input, H hidden, P output size
-// (proj_size or H), G gates (4, 3, 1), ld row stride of gbuf (see pointwise.h).
+// (proj_size or H), G gates (4, 3, 1), ld row stride of the saved rows (see pointwise.h).
 #pragma once
 
 #include <cstdint>
 
 #include "pointwise.h"
-#include "../core/sequence.h"
+#include "../core/layer.h"
 
 namespace rnnfast {
 namespace cpu {
 
 using core::Sequence;
 
-template <typename T>
-struct LayerFwd {
-  CellKind kind;
-  const Sequence* seq;
-  bool reverse;
-  int64_t I, H, P, G, ld;
-  const T* x;       // [N, I]
-  const T* w_ih;    // [G*H, I]
-  const T* w_hh;    // [G*H, P]
-  const T* w_hr;    // [P, H] or nullptr
-  const T* bias_x;  // [G*H] folded into the input projection (LSTM/RNN: b_ih + b_hh;
-                    //       GRU: b_ih), or nullptr
-  const T* bias_h;  // [3H] GRU: b_hh, or nullptr
-  T* gbuf;          // [N, ld] what backward needs (RNN: == y, the output), or nullptr
-                    //         (LSTM/GRU inference)
-  T* y;             // [N, P] layer output (RNN: nullptr, gbuf is the output)
-  T* h;             // [B, P] in: h_0; out: h_n
-  T* hbuf;          // [2, B, P] scratch: the double-buffered running h
-  T* c;             // [B, H] LSTM: in c_0, out c_n
-  T* saved;         // [N, H] LSTM: c_t for backward, or nullptr
-  T* scratch_r;     // [B, H] LSTM with projection
-  T* rec;           // [B, G*H] scratch: each thread's recurrent product
-  T* xbuf;          // [chunk_steps*B, G*H] scratch: each thread's input projection of a
-                    //         chunk of steps
-  int64_t chunk_steps;
-};
-
 // Steps per input-projection chunk (about 128 rows, at least one step).
 inline int64_t input_chunk_steps(int64_t B) { return B >= 128 ? 1 : 128 / (B > 0 ? B : 1); }
 
+// The CPU executor's own buffers, beside the layer's (core::LayerForward): allocated
+// once per call by the CPU backend (ops_cpu.cpp).
 template <typename T>
-struct LayerBwd {
-  CellKind kind;
-  const Sequence* seq;
-  bool reverse;
-  int64_t I, H, P, G, ld;
-  const T* dy;      // [N, P] or nullptr: element (n, k) at dy[n * dy_ld + k * dy_cs]
-  int64_t dy_ld, dy_cs;  //    (any strides, 0 included: an expanded gradient)
-  const T* x;       // [N, I]
-  const T* hx;      // [B, P]
-  const T* cx;      // [B, H] LSTM
-  const T* w_ih;    // [G*H, I]
-  const T* w_hh;    // [G*H, P]
-  const T* w_hr;    // [P, H] or nullptr
-  const T* y;       // [N, P] the forward output
-  const T* ws;      // [N, ld] gbuf saved by the forward pass
-  const T* saved;   // [N, H] LSTM cells
-  T* dh;            // [B, P] in: dL/dh_n; out: dL/dh_0
-  T* dc;            // [B, H] LSTM: in dL/dc_n; out dL/dc_0
-  T* dgx;           // [N, G*H] scratch
-  T* dgh;           // [N, H] GRU scratch: the n gate's recurrent-side gradient (its r
-                    //         and z parts equal dgx's), else nullptr
-  T* hprev;         // [N, P] scratch (packed input with shrinking batches only)
-  T* dr;            // [B, H] LSTM projection scratch
-  T* R;             // [N, H] LSTM projection scratch
-  T* DH;            // [N, P] LSTM projection scratch
-  T* dx;            // [N, I] or nullptr (not needed)
-  T* dw_ih;         // [G*H, I]
-  T* dw_hh;         // [G*H, P]
-  T* db_ih;         // [G*H] or nullptr (no bias)
-  T* db_hh;         // [G*H] or nullptr (no bias; LSTM/RNN: equal to db_ih)
-  T* dw_hr;         // [P, H] or nullptr
+struct ForwardScratch {
+  const T* bias_x = nullptr;  // [G*H] folded into the input projection (LSTM/RNN: b_ih +
+                              //   b_hh; GRU: b_ih), or nullptr (no bias)
+  const T* bias_h = nullptr;  // [3H] GRU: b_hh (zeros without bias), else nullptr
+  T* hbuf = nullptr;          // [2, B, P] the double-buffered running h
+  T* rec = nullptr;           // [B, G*H] each thread's recurrent product
+  T* xbuf = nullptr;          // [chunk_steps * B, G*H] each thread's input projection of a
+                              //   chunk of steps
+  int64_t chunk_steps = 1;
+  T* r = nullptr;             // [B, H] LSTM with projection: o * tanh(c_t), else nullptr
 };
 
 template <typename T>
-void layer_forward(const LayerFwd<T>& a);
+struct BackwardScratch {
+  T* dgx = nullptr;    // [N, G*H] the gate gradients (input side)
+  T* dgh = nullptr;    // [N, H] GRU: the n gate's recurrent-side gradient (its r and z parts
+                       //   equal dgx's), else nullptr
+  T* hprev = nullptr;  // [N, P] h_{t-1} of every row (packed input with shrinking batches
+                       //   only), else nullptr
+  T* dr = nullptr;     // [B, H] LSTM with projection: dL/d(o tanh c_t) of a step
+  T* R = nullptr;      // [N, H] LSTM with projection: o tanh c_t of every row
+  T* DH = nullptr;     // [N, P] LSTM with projection: dL/dh_t of every row
+};
 
 template <typename T>
-void layer_backward(const LayerBwd<T>& a);
+void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w);
+
+template <typename T>
+void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w);
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -93,6 +93,17 @@ SIMT_DEVICE int64_t global_thread() {
 }
 SIMT_DEVICE int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
+// f(e, b, j) for every element e = b * H + j of an [R, H] step (row b, unit j), one
+// thread an element, grid-stride.
+template <typename F>
+SIMT_DEVICE void for_each_unit(int64_t R, int64_t H, const F& f) {
+  const int64_t n = R * H;
+  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+    const int64_t b = e / H;
+    f(e, b, e - b * H);
+  }
+}
+
 // ------------------------------------------------------------------ LSTM
 
 template <typename T>
@@ -110,9 +121,7 @@ struct LstmForwardStep {
 template <typename T>
 __global__ void lstm_forward_step(LstmForwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
-    const int64_t b = e / p.H, j = e - b * p.H;
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t b, int64_t j) {
     const int64_t g0 = b * 4 * p.H + j;
     A gate[4];
     for (int k = 0; k < 4; ++k)
@@ -126,7 +135,7 @@ __global__ void lstm_forward_step(LstmForwardStep<T> p) {
       for (int k = 0; k < 4; ++k) p.gates[g0 + k * p.H] = gate[k];
       p.cells[e] = c;
     }
-  }
+  });
 }
 
 template <typename T>
@@ -148,9 +157,7 @@ struct LstmBackwardStep {
 template <typename T>
 __global__ void lstm_backward_step(LstmBackwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
-    const int64_t b = e / p.H, j = e - b * p.H;
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t b, int64_t j) {
     const int64_t g0 = b * 4 * p.H + j;
     A dr = load<A>(p.dr + e);
     if (p.dout != nullptr) dr += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
@@ -165,7 +172,7 @@ __global__ void lstm_backward_step(LstmBackwardStep<T> p) {
     store(p.dgates + g0 + 2 * p.H, dg);
     store(p.dgates + g0 + 3 * p.H, do_);
     if (p.r != nullptr) store(p.r + e, r);
-  }
+  });
 }
 
 // ------------------------------------------------------------------ GRU
@@ -183,9 +190,7 @@ struct GruForwardStep {
 template <typename T>
 __global__ void gru_forward_step(GruForwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
-    const int64_t b = e / p.H, j = e - b * p.H;
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t b, int64_t j) {
     const int64_t g0 = b * 3 * p.H + j;
     A xr = load<A>(p.gx + g0), xz = load<A>(p.gx + g0 + p.H), xn = load<A>(p.gx + g0 + 2 * p.H);
     const A hn = load<A>(p.gh + g0 + 2 * p.H);
@@ -201,7 +206,7 @@ __global__ void gru_forward_step(GruForwardStep<T> p) {
       w[2 * p.H] = xn;
       w[3 * p.H] = hn;
     }
-  }
+  });
 }
 
 template <typename T>
@@ -222,9 +227,7 @@ struct GruBackwardStep {
 template <typename T>
 __global__ void gru_backward_step(GruBackwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
-    const int64_t b = e / p.H, j = e - b * p.H;
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t b, int64_t j) {
     const int64_t g0 = b * 3 * p.H + j;
     const Acc<T>* w = p.ws + b * 4 * p.H + j;
     A dh = load<A>(p.dh + e);
@@ -238,7 +241,7 @@ __global__ void gru_backward_step(GruBackwardStep<T> p) {
     store(p.dgx + g0 + p.H, dxz);
     store(p.dgx + g0 + 2 * p.H, dxn);
     store(p.dgh + e, dhn);
-  }
+  });
 }
 
 // ------------------------------------------------------------------ Elman RNN
@@ -255,12 +258,11 @@ struct RnnForwardStep {
 template <typename T, bool Relu>
 __global__ void rnn_forward_step(RnnForwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t, int64_t) {
     const A h = cell::rnn_forward_unit<A, DeviceAct, Relu>(load<A>(p.gx + e) + load<A>(p.gh + e));
     store(p.h + e, h);
     store(p.out + e, h);
-  }
+  });
 }
 
 template <typename T>
@@ -276,13 +278,11 @@ struct RnnBackwardStep {
 template <typename T, bool Relu>
 __global__ void rnn_backward_step(RnnBackwardStep<T> p) {
   using A = Acc<T>;
-  const int64_t n = p.R * p.H;
-  for (int64_t e = global_thread(); e < n; e += grid_threads()) {
-    const int64_t b = e / p.H, j = e - b * p.H;
+  for_each_unit(p.R, p.H, [&](int64_t e, int64_t b, int64_t j) {
     A dh = load<A>(p.dh + e);
     if (p.dout != nullptr) dh += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
     store(p.dpre + e, cell::rnn_backward_unit<A, Relu>(load<A>(p.h + e), dh));
-  }
+  });
 }
 
 // ------------------------------------------------------------------ reductions

@@ -10,18 +10,12 @@
 #include <ATen/ATen.h>  // before simt.h, whose builtins are macros
 #include <torch/library.h>
 
+#include "../core/operators.h"
 #include "../core/schemas.h"
-#include "../ops.h"
-
-namespace rnnfast {
-namespace simt_emu {
-RNNFAST_DECLARE_OPERATORS()  // rnn_host.h defines them; the compiler checks they match
-}  // namespace simt_emu
-}  // namespace rnnfast
 
 #define RNNFAST_DEVICE_NS simt_emu
 #define RNNFAST_LAUNCH_CHECK() ((void)0)
-#define RNNFAST_DEVICE_GUARD(t) ((void)0)
+#define RNNFAST_DEVICE_GUARD_TYPE ::rnnfast::core::NoDeviceGuard
 #define RNNFAST_STREAM() (::simt::stream_t{nullptr})
 #include "../cuda/rnn_host.h"
 
@@ -30,11 +24,5 @@ TORCH_LIBRARY(rnnfast_emu, m) {
 }
 
 TORCH_LIBRARY_IMPL(rnnfast_emu, CPU, m) {
-  using namespace rnnfast;
-  m.impl("lstm_forward", &simt_emu::lstm_forward);
-  m.impl("lstm_backward", &simt_emu::lstm_backward);
-  m.impl("gru_forward", &simt_emu::gru_forward);
-  m.impl("gru_backward", &simt_emu::gru_backward);
-  m.impl("rnn_forward", &simt_emu::rnn_forward);
-  m.impl("rnn_backward", &simt_emu::rnn_backward);
+  rnnfast::core::register_operators<rnnfast::simt_emu::Backend>(m);
 }
