@@ -236,18 +236,16 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
       mm_into(ght, rows(h, 0, R), whh_t);
     }
     if (lstm) {
-      LstmForwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      p.gx = dptr<const T>(gx) + o * GH;
-      p.gh = dptr<const T>(gh);
-      p.c = a.c;
-      p.r = proj ? dptr<T>(r) : a.h;
-      p.out = proj ? nullptr : a.y + o * P;
-      if (a.saved[0] != nullptr) {
-        p.gates = a.saved[0] + o * GH;
-        p.cells = a.saved[1] + o * H;
-      }
+      const bool train = a.saved[0] != nullptr;
+      const LstmForwardStep<T> p{.R = R,
+                                 .H = H,
+                                 .gx = dptr<const T>(gx) + o * GH,
+                                 .gh = dptr<const T>(gh),
+                                 .c = a.c,
+                                 .r = proj ? dptr<T>(r) : a.h,
+                                 .out = proj ? nullptr : a.y + o * P,
+                                 .gates = train ? a.saved[0] + o * GH : nullptr,
+                                 .cells = train ? a.saved[1] + o * H : nullptr};
       simt::launch(lstm_forward_step<T>, pointwise_config(R * H, "lstm_forward_step"), p);
       RNNFAST_LAUNCH_CHECK();
       if (proj) {
@@ -256,24 +254,24 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
         rows(h, 0, R).copy_(yt);
       }
     } else if (gru) {
-      GruForwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      p.gx = dptr<const T>(gx) + o * GH;
-      p.gh = dptr<const T>(gh);
-      p.h = a.h;
-      p.out = a.y + o * H;
-      p.ws = a.saved[0] != nullptr ? a.saved[0] + o * 4 * H : nullptr;
+      const GruForwardStep<T> p{
+          .R = R,
+          .H = H,
+          .gx = dptr<const T>(gx) + o * GH,
+          .gh = dptr<const T>(gh),
+          .h = a.h,
+          .out = a.y + o * H,
+          .ws = a.saved[0] != nullptr ? a.saved[0] + o * 4 * H : nullptr};
       simt::launch(gru_forward_step<T>, pointwise_config(R * H, "gru_forward_step"), p);
       RNNFAST_LAUNCH_CHECK();
     } else {
-      RnnForwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      p.gx = dptr<const T>(gx) + o * H;
-      p.gh = dptr<const T>(gh);
-      p.h = a.h;
-      p.out = a.y + o * H;
+      const RnnForwardStep<T> p{
+          .R = R,
+          .H = H,
+          .gx = dptr<const T>(gx) + o * H,
+          .gh = dptr<const T>(gh),
+          .h = a.h,
+          .out = a.y + o * H};
       const auto cfg = pointwise_config(R * H, "rnn_forward_step");
       if (a.kind == core::CellKind::kRnnRelu) {
         simt::launch(rnn_forward_step<T, true>, cfg, p);
@@ -310,12 +308,8 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   Tensor Rr = proj ? at::empty({N, H}, opts) : Tensor();  // r = o * tanh(c), all rows
   const Tensor w_rz = gru ? w_hh.narrow(0, 0, 2 * H) : Tensor();
   const Tensor w_n = gru ? w_hh.narrow(0, 2 * H, H) : Tensor();
-  const auto set_dout = [&](auto& p, int64_t o) {
-    if (a.dy == nullptr) return;
-    p.dout = a.dy + o * a.dy_ld;
-    p.dout_ld = a.dy_ld;
-    p.dout_cs = a.dy_cs;
-  };
+  // The output gradient's rows of a step, read in place with its strides, or nullptr.
+  const auto dout = [&](int64_t o) { return a.dy != nullptr ? a.dy + o * a.dy_ld : nullptr; };
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.time_at(step, a.reverse), R = s.bs[t], o = s.off[t];
     if (R == 0) continue;
@@ -336,7 +330,9 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
         p.r = dptr<T>(Rr) + o * H;
       } else {
         p.dr = a.dh;
-        set_dout(p, o);
+        p.dout = dout(o);
+        p.dout_ld = a.dy_ld;
+        p.dout_cs = a.dy_cs;
       }
       p.gates = a.saved[0] + o * GH;
       p.cells = a.saved[1] + o * H;
@@ -349,17 +345,19 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
       RNNFAST_LAUNCH_CHECK();
       mm_into(rows(dh, 0, R), rows(dg, o, R), w_hh);
     } else if (gru) {
-      GruBackwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      p.ws = a.saved[0] + o * 4 * H;
-      p.hprev = prev.rows > 0 ? a.y + s.off[prev.t] * H : nullptr;
-      p.hinit = a.hx;
-      p.n_prev = prev.rows;
-      p.dh = a.dh;
-      set_dout(p, o);
-      p.dgx = dptr<T>(dg) + o * GH;
-      p.dgh = dptr<T>(dgh) + o * H;
+      const GruBackwardStep<T> p{
+          .R = R,
+          .H = H,
+          .ws = a.saved[0] + o * 4 * H,
+          .hprev = prev.rows > 0 ? a.y + s.off[prev.t] * H : nullptr,
+          .hinit = a.hx,
+          .n_prev = prev.rows,
+          .dh = a.dh,
+          .dout = dout(o),
+          .dout_ld = a.dy_ld,
+          .dout_cs = a.dy_cs,
+          .dgx = dptr<T>(dg) + o * GH,
+          .dgh = dptr<T>(dgh) + o * H};
       simt::launch(gru_backward_step<T>, pointwise_config(R * H, "gru_backward_step"), p);
       RNNFAST_LAUNCH_CHECK();
       // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dGh_t W_hh.
@@ -367,13 +365,15 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
       dht.addmm_(rows(dg, o, R).narrow(1, 0, 2 * H), w_rz);
       dht.addmm_(rows(dgh, o, R), w_n);
     } else {
-      RnnBackwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      p.h = a.y + o * H;
-      p.dh = a.dh;
-      set_dout(p, o);
-      p.dpre = dptr<T>(dg) + o * H;
+      const RnnBackwardStep<T> p{
+          .R = R,
+          .H = H,
+          .h = a.y + o * H,
+          .dh = a.dh,
+          .dout = dout(o),
+          .dout_ld = a.dy_ld,
+          .dout_cs = a.dy_cs,
+          .dpre = dptr<T>(dg) + o * H};
       const auto cfg = pointwise_config(R * H, "rnn_backward_step");
       if (a.kind == core::CellKind::kRnnRelu) {
         simt::launch(rnn_backward_step<T, true>, cfg, p);
