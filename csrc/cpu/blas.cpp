@@ -39,26 +39,15 @@ namespace rnnfast {
 namespace cpu {
 namespace {
 
+// The Fortran GEMM for T (sgemm_ or dgemm_); nullptr where libtorch exports none.
 template <typename T>
-struct Blas;
-template <>
-struct Blas<float> {
-  static bool available() { return &sgemm_ != nullptr; }
-  static void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                   const float* alpha, const float* a, const int* lda, const float* b,
-                   const int* ldb, const float* beta, float* c, const int* ldc) {
-    sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+auto* blas_gemm() {
+  if constexpr (std::is_same_v<T, float>) {
+    return &sgemm_;
+  } else {
+    return &dgemm_;
   }
-};
-template <>
-struct Blas<double> {
-  static bool available() { return &dgemm_ != nullptr; }
-  static void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                   const double* alpha, const double* a, const int* lda, const double* b,
-                   const int* ldb, const double* beta, double* c, const int* ldc) {
-    dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-};
+}
 
 bool fits_int(int64_t v) { return v <= std::numeric_limits<int>::max(); }
 
@@ -91,7 +80,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  if (Blas<T>::available() && fits_int(M) && fits_int(N) && fits_int(K) && fits_int(lda) &&
+  if (blas_gemm<T>() != nullptr && fits_int(M) && fits_int(N) && fits_int(K) && fits_int(lda) &&
       fits_int(ldb) && fits_int(ldc)) {
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
     const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
@@ -100,7 +89,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const int ld_c = static_cast<int>(std::max<int64_t>(ldc, 1));
     const char tb = trans_b ? 'T' : 'N';
     const char ta = trans_a ? 'T' : 'N';
-    Blas<T>::call(&tb, &ta, &m, &n, &k, &alpha, B, &ld_b, A, &ld_a, &beta, C, &ld_c);
+    blas_gemm<T>()(&tb, &ta, &m, &n, &k, &alpha, B, &ld_b, A, &ld_a, &beta, C, &ld_c);
     return;
   }
   gemm_aten<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -286,8 +275,9 @@ SequentialBlasScope::~SequentialBlasScope() {
 }
 
 const char* gemm_backend() {
-  return Blas<float>::available() && Blas<double>::available() ? "blas (sgemm_/dgemm_ from libtorch)"
-                                                               : "aten";
+  return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr
+             ? "blas (sgemm_/dgemm_ from libtorch)"
+             : "aten";
 }
 
 const char* sequence_gemm_backend() {

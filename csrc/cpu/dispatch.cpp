@@ -48,22 +48,37 @@ const CpuKernels& cpu_kernels() {
   return *chosen;
 }
 
+namespace {
+
+// Where the kernel tables for T are in CpuKernels.
+template <typename T>
+struct Tables;
 template <>
-FwdKernel<float> fwd_kernel<float>(CellKind kind) {
-  return cpu_kernels().fwd_f32[static_cast<int>(kind)];
-}
+struct Tables<float> {
+  static constexpr auto fwd = &CpuKernels::fwd_f32;
+  static constexpr auto bwd = &CpuKernels::bwd_f32;
+};
 template <>
-FwdKernel<double> fwd_kernel<double>(CellKind kind) {
-  return cpu_kernels().fwd_f64[static_cast<int>(kind)];
+struct Tables<double> {
+  static constexpr auto fwd = &CpuKernels::fwd_f64;
+  static constexpr auto bwd = &CpuKernels::bwd_f64;
+};
+
+}  // namespace
+
+template <typename T>
+FwdKernel<T> fwd_kernel(CellKind kind) {
+  return (cpu_kernels().*Tables<T>::fwd)[static_cast<int>(kind)];
 }
-template <>
-BwdKernel<float> bwd_kernel<float>(CellKind kind) {
-  return cpu_kernels().bwd_f32[static_cast<int>(kind)];
+template <typename T>
+BwdKernel<T> bwd_kernel(CellKind kind) {
+  return (cpu_kernels().*Tables<T>::bwd)[static_cast<int>(kind)];
 }
-template <>
-BwdKernel<double> bwd_kernel<double>(CellKind kind) {
-  return cpu_kernels().bwd_f64[static_cast<int>(kind)];
-}
+
+template FwdKernel<float> fwd_kernel<float>(CellKind);
+template FwdKernel<double> fwd_kernel<double>(CellKind);
+template BwdKernel<float> bwd_kernel<float>(CellKind);
+template BwdKernel<double> bwd_kernel<double>(CellKind);
 
 }  // namespace cpu
 }  // namespace rnnfast

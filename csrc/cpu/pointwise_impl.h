@@ -17,6 +17,30 @@ inline void copy_units(T* __restrict dst, const T* __restrict src, int64_t k0, i
   for (int64_t k = k0; k < k1; ++k) dst[k] = src[k];
 }
 
+// Row j of the state before this step: the previous step's (rows [0, n_prev)), else
+// the initial state.
+template <typename T>
+inline const T* prev_state_row(const BwdStep<T>& s, int64_t j) {
+  return (j < s.n_prev ? s.prev : s.init) + j * s.H;
+}
+
+// A compile-time flag passed as an argument (see with_flag).
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+
+// f(Flag<true>{}) or f(Flag<false>{}) as `flag` is set: the test is made once per call,
+// and each case gets its own copy of the loops in f (`if constexpr` on the flag inside).
+template <typename F>
+inline void with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(Flag<true>{});
+  } else {
+    f(Flag<false>{});
+  }
+}
+
 // ----------------------------------------------------------------- LSTM
 template <typename T>
 void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
@@ -52,54 +76,49 @@ void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 template <typename T>
 void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
-  for (int64_t j = row_begin; j < row_end; ++j) {
-    const T* __restrict gi = s.ws + j * s.ld;
-    const T* __restrict gf = gi + H;
-    const T* __restrict gg = gi + 2 * H;
-    const T* __restrict go = gi + 3 * H;
-    const T* __restrict c = s.saved + j * H;
-    const T* __restrict cp = (j < s.n_prev ? s.prev : s.init) + j * H;
-    const T* __restrict dr = s.dh + j * H;
-    T* __restrict dc = s.dc + j * H;
-    T* __restrict di = s.dgx + j * 4 * H;
-    T* __restrict df = di + H;
-    T* __restrict dg = di + 2 * H;
-    T* __restrict dout = di + 3 * H;
-    if (s.r != nullptr) {
-      T* __restrict r = s.r + j * H;
+  with_flag(s.r != nullptr, [&](auto proj) {
+    constexpr bool kProj = decltype(proj)::value;  // also write r = o * tanh(c_t)
+    for (int64_t j = row_begin; j < row_end; ++j) {
+      const T* __restrict gi = s.ws + j * s.ld;
+      const T* __restrict gf = gi + H;
+      const T* __restrict gg = gi + 2 * H;
+      const T* __restrict go = gi + 3 * H;
+      const T* __restrict c = s.saved + j * H;
+      const T* __restrict cp = prev_state_row(s, j);
+      const T* __restrict dr = s.dh + j * H;
+      T* __restrict dc = s.dc + j * H;
+      T* __restrict di = s.dgx + j * 4 * H;
+      T* __restrict df = di + H;
+      T* __restrict dg = di + 2 * H;
+      T* __restrict dout = di + 3 * H;
+      T* __restrict r = kProj ? s.r + j * H : nullptr;
 #pragma GCC ivdep
       for (int64_t k = k0; k < k1; ++k) {
         T dck = dc[k];
+        T rk;
         cell::lstm_backward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cp[k], dr[k],
-                                              dck, di[k], df[k], dg[k], dout[k], r[k]);
+                                              dck, di[k], df[k], dg[k], dout[k], rk);
         dc[k] = dck;
-      }
-    } else {
-#pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
-        T dck = dc[k];
-        T unused;
-        cell::lstm_backward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cp[k], dr[k],
-                                              dck, di[k], df[k], dg[k], dout[k], unused);
-        dc[k] = dck;
+        if constexpr (kProj) r[k] = rk;
       }
     }
-  }
+  });
 }
 
 // ----------------------------------------------------------------- GRU
 template <typename T>
 void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
-  for (int64_t j = row_begin; j < row_end; ++j) {
-    T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
-    const T* __restrict ri = s.rec + j * s.rec_ld;
-    const T* __restrict hp = s.h_prev + j * H;
-    T* __restrict h = s.h + j * H;
-    const T* __restrict bh = s.bias_h + k0;  // b_hh (zeros without bias): unit k, gate g at
-                                              // bh[k - k0 + g * H]
-    if (s.gx != nullptr) {
-      T* __restrict og = s.gx + j * s.ld + k0;
+  with_flag(s.gx != nullptr, [&](auto save) {
+    constexpr bool kSave = decltype(save)::value;  // also write r, z, n, hn to s.gx
+    for (int64_t j = row_begin; j < row_end; ++j) {
+      T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
+      const T* __restrict ri = s.rec + j * s.rec_ld;
+      const T* __restrict hp = s.h_prev + j * H;
+      T* __restrict h = s.h + j * H;
+      const T* __restrict bh = s.bias_h + k0;  // b_hh (zeros without bias): unit k, gate g at
+                                                // bh[k - k0 + g * H]
+      T* __restrict og = kSave ? s.gx + j * s.ld + k0 : nullptr;
 #pragma GCC ivdep
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t m = k - k0;
@@ -107,23 +126,16 @@ void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
         const T hn = ri[m + 2 * n] + bh[m + 2 * H];
         h[k] = cell::gru_forward_unit<T, FastAct>(r, z, nn, ri[m] + bh[m],
                                                    ri[m + n] + bh[m + H], hn, hp[k]);
-        og[m] = r;
-        og[m + H] = z;
-        og[m + 2 * H] = nn;
-        og[m + 3 * H] = hn;
+        if constexpr (kSave) {
+          og[m] = r;
+          og[m + H] = z;
+          og[m + 2 * H] = nn;
+          og[m + 3 * H] = hn;
+        }
       }
-    } else {
-#pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t m = k - k0;
-        T r = xi[m], z = xi[m + n], nn = xi[m + 2 * n];
-        const T hn = ri[m + 2 * n] + bh[m + 2 * H];
-        h[k] = cell::gru_forward_unit<T, FastAct>(r, z, nn, ri[m] + bh[m],
-                                                   ri[m + n] + bh[m + H], hn, hp[k]);
-      }
+      if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
     }
-    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
-  }
+  });
 }
 
 template <typename T>
@@ -134,7 +146,7 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
     const T* __restrict z = r + H;
     const T* __restrict n = r + 2 * H;
     const T* __restrict hn = r + 3 * H;
-    const T* __restrict hp = (j < s.n_prev ? s.prev : s.init) + j * H;
+    const T* __restrict hp = prev_state_row(s, j);
     T* __restrict dh = s.dh + j * H;
     T* __restrict dxr = s.dgx + j * 3 * H;
     T* __restrict dxz = dxr + H;

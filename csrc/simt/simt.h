@@ -38,6 +38,27 @@
 #include <type_traits>
 #include <utility>
 
+namespace simt {
+
+// Launch shape and name (the name is for the emulator's messages), over each
+// backend's dim3 and stream types: simt::LaunchConfig.
+template <typename Dim3, typename Stream>
+struct BasicLaunchConfig {
+  Dim3 grid;
+  Dim3 block;
+  size_t smem = 0;
+  Stream stream = nullptr;
+  const char* name = "kernel";
+};
+
+// Thrown when a launch is rejected (bad shape, too much shared memory, a
+// cooperative grid that could not be co-resident).
+struct LaunchError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace simt
+
 #if defined(__CUDACC__)
 // ============================================================================ GPU
 
@@ -56,21 +77,7 @@ inline namespace gpu {
 
 using stream_t = cudaStream_t;
 using dim3_t = ::dim3;
-
-// Launch shape and name (the name is for the emulator's messages).
-struct LaunchConfig {
-  dim3_t grid;
-  dim3_t block;
-  size_t smem = 0;
-  stream_t stream = nullptr;
-  const char* name = "kernel";
-};
-
-// Thrown when a launch is rejected (bad shape, too much shared memory, a
-// cooperative grid that could not be co-resident).
-struct LaunchError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using LaunchConfig = BasicLaunchConfig<dim3_t, stream_t>;
 
 // Dynamic shared memory of the current block, as T[]. Size set at launch.
 template <typename T>
@@ -163,18 +170,7 @@ struct dim3_t {
 };
 
 using stream_t = void*;
-
-struct LaunchConfig {
-  dim3_t grid;
-  dim3_t block;
-  size_t smem = 0;
-  stream_t stream = nullptr;
-  const char* name = "kernel";
-};
-
-struct LaunchError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using LaunchConfig = BasicLaunchConfig<dim3_t, stream_t>;
 
 // The emulated device: launch limits follow an NVIDIA A100 (sm_80), the smallest
 // of the architectures the extension is built for, so a launch that could not run
@@ -230,6 +226,13 @@ T from_bits(uint64_t b) {
   T v;
   std::memcpy(&v, &b, sizeof(T));
   return v;
+}
+
+// A warp shuffle (kShfl, kUp, kDown, kXor) of `var`; arg is the source lane, delta or
+// lane mask.
+template <typename T>
+T shuffle(WarpOp op, unsigned mask, T var, int arg, int width, const char* file, int line) {
+  return from_bits<T>(warp_collective(op, mask, to_bits(var), arg, width, file, line));
 }
 
 }  // namespace detail
@@ -296,28 +299,25 @@ template <typename T>
 inline T __shfl_sync(unsigned mask, T var, int src, int width = warpSize,
                      const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using namespace ::simt::detail;
-  return from_bits<T>(warp_collective(WarpOp::kShfl, mask, to_bits(var), src, width, file, line));
+  return shuffle(WarpOp::kShfl, mask, var, src, width, file, line);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
                         const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using namespace ::simt::detail;
-  return from_bits<T>(warp_collective(WarpOp::kUp, mask, to_bits(var), static_cast<int>(delta),
-                                      width, file, line));
+  return shuffle(WarpOp::kUp, mask, var, static_cast<int>(delta), width, file, line);
 }
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
                           const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using namespace ::simt::detail;
-  return from_bits<T>(warp_collective(WarpOp::kDown, mask, to_bits(var), static_cast<int>(delta),
-                                      width, file, line));
+  return shuffle(WarpOp::kDown, mask, var, static_cast<int>(delta), width, file, line);
 }
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,
                          const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   using namespace ::simt::detail;
-  return from_bits<T>(
-      warp_collective(WarpOp::kXor, mask, to_bits(var), lane_mask, width, file, line));
+  return shuffle(WarpOp::kXor, mask, var, lane_mask, width, file, line);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
                               int line = __builtin_LINE()) {
