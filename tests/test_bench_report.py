@@ -43,7 +43,7 @@ INFO = {
     "date_utc": "2026-12-02 06:00 UTC",
     "isa": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False},
     "rnnfast": "0.1.0", "rnnfast_build": {"cpu_kernels": "avx2"},
-    "command": "python -m bench", "run": "full PERF.md grid",
+    "command": "python -m bench", "run": "full benchmark grid",
 }
 
 
