@@ -49,11 +49,14 @@ class Kind:
     op: str
     #: Gate blocks in w_ih / w_hh (4 LSTM, 3 GRU, 1 RNN).
     gates: int
-    #: torch.nn.RNN's nonlinearity, None for LSTM/GRU.
-    nonlinearity: Optional[str] = None
 
     def __str__(self) -> str:  # pytest ids
         return self.name
+
+    @property
+    def nonlinearity(self) -> Optional[str]:
+        """torch.nn.RNN's nonlinearity ('tanh' or 'relu'), None for LSTM/GRU."""
+        return self.kwargs.get("nonlinearity")
 
     # ------------------------------------------------------------------ layers
 
@@ -152,9 +155,9 @@ KINDS: Dict[str, Kind] = {
         Kind("lstm_proj", nn.LSTM, rnnfast.LSTM, None, None, {"proj_size": 3}, "lstm", 4),
         Kind("gru", nn.GRU, rnnfast.GRU, nn.GRUCell, rnnfast.GRUCell, {}, "gru", 3),
         Kind("rnn_tanh", nn.RNN, rnnfast.RNN, nn.RNNCell, rnnfast.RNNCell,
-             {"nonlinearity": "tanh"}, "rnn", 1, "tanh"),
+             {"nonlinearity": "tanh"}, "rnn", 1),
         Kind("rnn_relu", nn.RNN, rnnfast.RNN, nn.RNNCell, rnnfast.RNNCell,
-             {"nonlinearity": "relu"}, "rnn", 1, "relu"),
+             {"nonlinearity": "relu"}, "rnn", 1),
     ]
 }
 
@@ -266,13 +269,13 @@ def _draw_tensors(kind: Kind, bias: bool, packed: bool, dtype, device):
     def rnd(*shape):
         return torch.randn(*shape, dtype=dtype) * 0.5
 
-    names = ["x", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
-    values = [x, rnd(B, state), rnd(B, H), rnd(g * H, I), rnd(g * H, state),
-              rnd(g * H) if bias else None, rnd(g * H) if bias else None,
-              rnd(state, H) if kind.proj_size else None]
-    tensors = dict(zip(names, values))
-    if kind.op != "lstm":
-        del tensors["cx"], tensors["w_hr"]
+    tensors = {"x": x, "hx": rnd(B, state)}
+    if kind.has_cell_state:
+        tensors["cx"] = rnd(B, H)
+    tensors.update(w_ih=rnd(g * H, I), w_hh=rnd(g * H, state),
+                   b_ih=rnd(g * H) if bias else None, b_hh=rnd(g * H) if bias else None)
+    if kind.has_cell_state:
+        tensors["w_hr"] = rnd(state, H) if kind.proj_size else None
     return {n: None if t is None else t.to(device) for n, t in tensors.items()}
 
 

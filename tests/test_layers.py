@@ -66,6 +66,21 @@ def test_exports(kind):
     assert getattr(rnnfast, kind.fast_layer.__name__) is kind.fast_layer
 
 
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_kind_table_matches_the_modules(kind):
+    """The entry in tests/kinds.py describes the modules it names: operator family and
+    nonlinearity from torch.nn's mode, gate count from the weight shapes, state width."""
+    ref, fast = kind.layer_modules(5, 7)
+    assert ref.mode == fast.mode == {"lstm": "LSTM", "gru": "GRU"}.get(
+        kind.op, f"RNN_{str(kind.nonlinearity).upper()}")
+    assert ref.weight_ih_l0.shape == (kind.gates * 7, 5)
+    assert ref.proj_size == fast.proj_size == kind.proj_size
+    with torch_native_cpu_rnn():
+        _, final = ref(torch.randn(3, 2, 5))
+    assert [s.shape[-1] for s in _states(final)] == \
+        [kind.state_size(7), 7][:len(kind.state_names)]
+
+
 # --------------------------------------------------------------------------- parity grid
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
