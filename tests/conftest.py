@@ -1,6 +1,9 @@
 """Shared helpers for the rnnfast tests: seeding, tolerances, input builders, and a
 forward+backward harness that runs any torch.nn.LSTM/GRU/RNN-compatible module and
-collects every output and gradient so that two modules can be compared entry by entry."""
+collects every output and gradient so that two modules can be compared entry by entry.
+
+The table of cell kinds the parity tests are parametrised over is in tests/kinds.py (not
+here: it imports rnnfast, which tests/test_reference.py must run without)."""
 
 from __future__ import annotations
 
@@ -199,10 +202,6 @@ def run_rnn(
     for name, p in m.named_parameters():
         results["grad." + name] = p.grad
     return results, grads
-
-
-#: The LSTM tests' name for :func:`run_rnn`.
-run_lstm = run_rnn
 
 
 def assert_results_close(got: Dict[str, object], ref: Dict[str, object], dtype: torch.dtype) -> None:

@@ -1,4 +1,4 @@
-"""Bad input never crashes, hangs or corrupts state (issue 6, item 2).
+"""Bad input never crashes, hangs or corrupts state.
 
 Every case in the tables below is run against a torch.nn module and the rnnfast module with
 identical weights. Expectations:
@@ -40,21 +40,15 @@ from conftest import (
     run_rnn,
     torch_native_cpu_rnn,
 )
+from kinds import CELL_KINDS, KINDS
 
 I, H, L = 5, 7, 2  # input_size, hidden_size, num_layers of the modules under test
 
-LAYERS = {
-    "lstm": (nn.LSTM, rnnfast.LSTM, {}),
-    "gru": (nn.GRU, rnnfast.GRU, {}),
-    "rnn_tanh": (nn.RNN, rnnfast.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNN, rnnfast.RNN, {"nonlinearity": "relu"}),
-}
-CELLS = {
-    "lstm": (nn.LSTMCell, rnnfast.LSTMCell, {}),
-    "gru": (nn.GRUCell, rnnfast.GRUCell, {}),
-    "rnn_tanh": (nn.RNNCell, rnnfast.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNNCell, rnnfast.RNNCell, {"nonlinearity": "relu"}),
-}
+#: kind -> (torch.nn class, rnnfast class, extra kwargs), from tests/kinds.py (the
+#: projected LSTM aside: these modules have no projection).
+LAYERS = {n: (k.torch_layer, k.fast_layer, k.kwargs) for n, k in KINDS.items()
+          if not k.proj_size}
+CELLS = {n: (k.torch_cell, k.fast_cell, k.cell_kwargs) for n, k in CELL_KINDS.items()}
 
 
 @pytest.fixture(autouse=True)

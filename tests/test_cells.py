@@ -1,6 +1,7 @@
 """Parity of rnnfast.LSTMCell, rnnfast.GRUCell and rnnfast.RNNCell (tanh and relu) with
-torch.nn's cells: batched (B, I) and unbatched (I,) input, state given or None, bias on or
-off, float32/float64; outputs and every gradient; state_dict, repr, errors, torch.compile.
+torch.nn's cells, for every kind in tests/kinds.py that has a cell: batched (B, I) and
+unbatched (I,) input, state given or None, bias on or off, float32/float64; outputs and
+every gradient; state_dict, repr, errors, torch.compile.
 
 The extension is required: these tests fail (not skip) when rnnfast cannot be imported.
 """
@@ -13,50 +14,18 @@ from torch import nn
 
 import rnnfast
 from conftest import assert_results_close, assert_same_error, capture_error
+from kinds import CELL_KINDS, kind_params
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
-
-#: kind -> (torch.nn class, rnnfast class (looked up lazily), extra kwargs, has cell state)
-KINDS = {
-    "lstm": (nn.LSTMCell, lambda: rnnfast.LSTMCell, {}, True),
-    "gru": (nn.GRUCell, lambda: rnnfast.GRUCell, {}, False),
-    "rnn_tanh": (nn.RNNCell, lambda: rnnfast.RNNCell, {"nonlinearity": "tanh"}, False),
-    "rnn_relu": (nn.RNNCell, lambda: rnnfast.RNNCell, {"nonlinearity": "relu"}, False),
-}
-KIND_IDS = list(KINDS)
-
-
-def classes(kind):
-    torch_cls, fast_cls, kind_kwargs, _ = KINDS[kind]
-    return torch_cls, fast_cls(), kind_kwargs
-
-
-def is_lstm(kind) -> bool:
-    return KINDS[kind][3]
-
-
-def make_module(kind, *args, **kwargs):
-    """(torch.nn cell, rnnfast cell) built with the same arguments (weights differ)."""
-    torch_cls, fast_cls, kind_kwargs = classes(kind)
-    kwargs = {**kind_kwargs, **kwargs}
-    return torch_cls(*args, **kwargs), fast_cls(*args, **kwargs)
-
-
-def make_pair(kind, input_size, hidden_size, dtype=torch.float32, **kwargs):
-    """A torch.nn cell and its rnnfast counterpart with identical weights."""
-    ref, fast = make_module(kind, input_size, hidden_size, dtype=dtype, **kwargs)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+KIND_PARAMS = kind_params(CELL_KINDS)
 
 
 def make_state(kind, batch: Optional[int], hidden_size: int, dtype):
     """Random state: ``h`` (or ``(h, c)`` for the LSTM), ``(B, H)``, or ``(H,)`` if
     ``batch`` is None (unbatched)."""
     shape = (hidden_size,) if batch is None else (batch, hidden_size)
-    if is_lstm(kind):
-        return (torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype))
-    return torch.randn(*shape, dtype=dtype)
+    return kind.cell_state(*shape, dtype=dtype)
 
 
 def run_cell(m, x, hx, grads=None, backward=True) -> Tuple[Dict[str, object], tuple]:
@@ -88,11 +57,12 @@ def run_cell(m, x, hx, grads=None, backward=True) -> Tuple[Dict[str, object], tu
     return results, grads
 
 
-def compare(ref, fast, batched=True, batch=4, with_hx=True, backward=True):
+def compare(ref, fast, kind, batched=True, batch=4, with_hx=True, backward=True):
+    """Run both cells on the same random input (and state) and compare everything."""
     dtype = ref.weight_ih.dtype
     x_shape = (batch, ref.input_size) if batched else (ref.input_size,)
     x = torch.randn(*x_shape, dtype=dtype)
-    hx = make_state(kind_of(ref), batch if batched else None, ref.hidden_size, dtype) \
+    hx = make_state(kind, batch if batched else None, ref.hidden_size, dtype) \
         if with_hx else None
     expected, grads = run_cell(ref, x, hx, backward=backward)
     got, _ = run_cell(fast, x, hx, grads, backward=backward)
@@ -100,18 +70,11 @@ def compare(ref, fast, batched=True, batch=4, with_hx=True, backward=True):
     return got, expected
 
 
-def kind_of(torch_cell) -> str:
-    if isinstance(torch_cell, nn.LSTMCell):
-        return "lstm"
-    if isinstance(torch_cell, nn.GRUCell):
-        return "gru"
-    return "rnn_" + torch_cell.nonlinearity
-
-
-def test_exports():
-    for name in ("LSTMCell", "GRUCell", "RNNCell"):
-        assert issubclass(getattr(rnnfast, name), nn.Module)
-        assert name in rnnfast.__all__
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_exports(kind):
+    assert issubclass(kind.fast_cell, nn.Module)
+    assert kind.fast_cell.__name__ in rnnfast.__all__
+    assert getattr(rnnfast, kind.fast_cell.__name__) is kind.fast_cell
 
 
 # --------------------------------------------------------------------------- parity grid
@@ -120,35 +83,35 @@ def test_exports():
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_parity(kind, batched, with_hx, bias, dtype):
-    ref, fast = make_pair(kind, 5, 7, dtype, bias=bias)
-    got, _ = compare(ref, fast, batched=batched, with_hx=with_hx)
+    ref, fast = kind.cell_pair(5, 7, dtype, bias=bias)
+    got, _ = compare(ref, fast, kind, batched=batched, with_hx=with_hx)
     assert got["h"].shape == ((4, 7) if batched else (7,))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("input_size,hidden_size,batch", [(1, 1, 1), (5, 33, 3), (33, 2, 9)])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_odd_sizes(kind, input_size, hidden_size, batch, dtype):
-    ref, fast = make_pair(kind, input_size, hidden_size, dtype)
-    compare(ref, fast, batch=batch)
+    ref, fast = kind.cell_pair(input_size, hidden_size, dtype)
+    compare(ref, fast, kind, batch=batch)
 
 
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_empty_batch(kind, with_hx):
     """B=0: torch's cells return (0, H) outputs."""
-    ref, fast = make_pair(kind, 5, 7, torch.float64)
-    got, _ = compare(ref, fast, batch=0, with_hx=with_hx)
+    ref, fast = kind.cell_pair(5, 7, torch.float64)
+    got, _ = compare(ref, fast, kind, batch=0, with_hx=with_hx)
     assert got["h"].shape == (0, 7)
 
 
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_unrolled_loop_over_time(kind):
     """The usual way of using a cell: a Python loop over time steps, the state carried,
     backward through all of them."""
-    ref, fast = make_pair(kind, 4, 6, torch.float64)
+    ref, fast = kind.cell_pair(4, 6, torch.float64)
     xs = torch.randn(5, 3, 4, dtype=torch.float64)
     h0 = make_state(kind, 3, 6, torch.float64)
     w = torch.randn(5, 3, 6, dtype=torch.float64)
@@ -156,13 +119,13 @@ def test_unrolled_loop_over_time(kind):
     for m in (ref, fast):
         m.zero_grad(set_to_none=True)
         x = xs.clone().requires_grad_(True)
-        state = tuple(s.clone().requires_grad_(True) for s in h0) if is_lstm(kind) \
+        state = tuple(s.clone().requires_grad_(True) for s in h0) if kind.has_cell_state \
             else h0.clone().requires_grad_(True)
-        leaves = state if is_lstm(kind) else (state,)
+        leaves = state if kind.has_cell_state else (state,)
         loss = 0
         for t in range(5):
             state = m(x[t], state)
-            h = state[0] if is_lstm(kind) else state
+            h = state[0] if kind.has_cell_state else state
             loss = loss + (h * w[t]).sum()
         loss.backward()
         res = {"h": h.detach(), "x": x.grad}
@@ -173,9 +136,9 @@ def test_unrolled_loop_over_time(kind):
 
 
 @pytest.mark.parametrize("what", ["input_only", "params_only", "hx_only"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_partial_requires_grad(kind, what):
-    ref, fast = make_pair(kind, 4, 6, torch.float64)
+    ref, fast = kind.cell_pair(4, 6, torch.float64)
     x = torch.randn(3, 4, dtype=torch.float64)
     hx = make_state(kind, 3, 6, torch.float64)
     grads_out = None
@@ -199,9 +162,9 @@ def test_partial_requires_grad(kind, what):
     assert_results_close(results[1], results[0], torch.float64)
 
 
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_non_contiguous_input_and_state(kind):
-    ref, fast = make_pair(kind, 4, 6, torch.float64)
+    ref, fast = kind.cell_pair(4, 6, torch.float64)
     x = torch.randn(4, 3, dtype=torch.float64).T
     hx = make_state(kind, 6, 3, torch.float64)
     hx = tuple(s.T for s in hx) if isinstance(hx, tuple) else hx.T
@@ -213,12 +176,12 @@ def test_non_contiguous_input_and_state(kind):
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_without_autograd(kind, mode):
-    ref, fast = make_pair(kind, 5, 7, torch.float64)
+    ref, fast = kind.cell_pair(5, 7, torch.float64)
     ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
     with ctx():
-        got, _ = compare(ref, fast, backward=False)
+        got, _ = compare(ref, fast, kind, backward=False)
     assert not got["h"].requires_grad
 
 
@@ -228,46 +191,46 @@ CONFIGS = [dict(), dict(bias=False)]
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=["bias", "nobias"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_parameters_and_state_dict(kind, kwargs):
-    ref, fast = make_module(kind, 5, 7, **kwargs)
+    ref, fast = kind.cell_modules(5, 7, **kwargs)
     assert [(n, p.shape, p.dtype) for n, p in fast.named_parameters()] == \
         [(n, p.shape, p.dtype) for n, p in ref.named_parameters()]
     assert [(k, v.shape) for k, v in fast.state_dict().items()] == \
         [(k, v.shape) for k, v in ref.state_dict().items()]
     for attr in ("input_size", "hidden_size", "bias"):
         assert getattr(fast, attr) == getattr(ref, attr), attr
-    if kind.startswith("rnn"):
-        assert fast.nonlinearity == ref.nonlinearity
+    if kind.nonlinearity:
+        assert fast.nonlinearity == ref.nonlinearity == kind.nonlinearity
     if not ref.bias:
         assert fast.bias_ih is None and fast.bias_hh is None
     # torch -> rnnfast
     fast.load_state_dict(ref.state_dict())
     for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), n
-    compare(ref, fast)
+    compare(ref, fast, kind)
     # rnnfast -> torch
-    ref2, fast2 = make_module(kind, 5, 7, **kwargs)
+    ref2, fast2 = kind.cell_modules(5, 7, **kwargs)
     ref2.load_state_dict(fast2.state_dict())
-    compare(ref2, fast2, batched=False)
+    compare(ref2, fast2, kind, batched=False)
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=["bias", "nobias"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_same_initialisation_under_same_seed(kind, kwargs):
-    torch_cls, fast_cls, kind_kwargs = classes(kind)
+    kwargs = {**kind.cell_kwargs, **kwargs}
     torch.manual_seed(7)
-    ref = torch_cls(5, 7, **kind_kwargs, **kwargs)
+    ref = kind.torch_cell(5, 7, **kwargs)
     torch.manual_seed(7)
-    fast = fast_cls(5, 7, **kind_kwargs, **kwargs)
+    fast = kind.fast_cell(5, 7, **kwargs)
     for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), n
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=["bias", "nobias"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_repr(kind, kwargs):
-    ref, fast = make_module(kind, 5, 7, **kwargs)
+    ref, fast = kind.cell_modules(5, 7, **kwargs)
     expected = type(fast).__name__ + repr(ref)[len(type(ref).__name__):]
     assert repr(fast) == expected
 
@@ -278,26 +241,20 @@ def test_rnn_cell_positional_arguments():
     fast = rnnfast.RNNCell(5, 7, False, "relu")
     assert (fast.bias, fast.nonlinearity) == (ref.bias, ref.nonlinearity) == (False, "relu")
     fast.load_state_dict(ref.state_dict())
-    compare(ref, fast)
+    compare(ref, fast, CELL_KINDS["rnn_relu"])
 
 
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_to_float64_and_factory_kwargs(kind):
-    ref, fast = make_pair(kind, 5, 7)
+    ref, fast = kind.cell_pair(5, 7)
     ref, fast = ref.double(), fast.double()
     assert all(p.dtype == torch.float64 for p in fast.parameters())
-    compare(ref, fast)
-    ref, fast = make_module(kind, 5, 7, device="cpu", dtype=torch.float64)
+    compare(ref, fast, kind)
+    ref, fast = kind.cell_modules(5, 7, device="cpu", dtype=torch.float64)
     assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in fast.parameters())
 
 
 # ------------------------------------------------------------------------------ errors
-
-def _state(kind, *shape, dtype=torch.float32):
-    if is_lstm(kind):
-        return (torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype))
-    return torch.randn(*shape, dtype=dtype)
-
 
 # Cell under test: input_size 5, hidden_size 7.
 BAD_CALLS = {
@@ -305,28 +262,29 @@ BAD_CALLS = {
     "input_size_unbatched": lambda m, k: m(torch.randn(6)),
     "input_3d": lambda m, k: m(torch.randn(2, 3, 5)),
     "input_0d": lambda m, k: m(torch.tensor(1.0)),
-    "hx_hidden": lambda m, k: m(torch.randn(3, 5), _state(k, 3, 8)),
-    "hx_batch": lambda m, k: m(torch.randn(3, 5), _state(k, 2, 7)),
-    "hx_3d": lambda m, k: m(torch.randn(3, 5), _state(k, 1, 3, 7)),
-    "batched_input_1d_hx": lambda m, k: m(torch.randn(3, 5), _state(k, 7)),
-    "unbatched_input_batched_hx": lambda m, k: m(torch.randn(5), _state(k, 3, 7)),
-    "unbatched_input_batch1_hx": lambda m, k: m(torch.randn(5), _state(k, 1, 7)),
-    "unbatched_hx_hidden": lambda m, k: m(torch.randn(5), _state(k, 6)),
+    "hx_hidden": lambda m, k: m(torch.randn(3, 5), k.cell_state(3, 8)),
+    "hx_batch": lambda m, k: m(torch.randn(3, 5), k.cell_state(2, 7)),
+    "hx_3d": lambda m, k: m(torch.randn(3, 5), k.cell_state(1, 3, 7)),
+    "batched_input_1d_hx": lambda m, k: m(torch.randn(3, 5), k.cell_state(7)),
+    "unbatched_input_batched_hx": lambda m, k: m(torch.randn(5), k.cell_state(3, 7)),
+    "unbatched_input_batch1_hx": lambda m, k: m(torch.randn(5), k.cell_state(1, 7)),
+    "unbatched_hx_hidden": lambda m, k: m(torch.randn(5), k.cell_state(6)),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_CALLS))
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_forward_errors_match_torch(kind, case):
-    ref, fast = make_pair(kind, 5, 7)
+    ref, fast = kind.cell_pair(5, 7)
     assert_same_error(lambda: BAD_CALLS[case](ref, kind), lambda: BAD_CALLS[case](fast, kind))
-    compare(ref, fast)  # still usable afterwards
+    compare(ref, fast, kind)  # still usable afterwards
 
 
-@pytest.mark.parametrize("kind", ["lstm"])
+@pytest.mark.parametrize(
+    "kind", kind_params({n: k for n, k in CELL_KINDS.items() if k.has_cell_state}))
 def test_lstm_cell_state_pair_errors(kind):
     """LSTMCell checks h and c separately (the c error names hidden1)."""
-    ref, fast = make_pair(kind, 5, 7)
+    ref, fast = kind.cell_pair(5, 7)
     for hx in [(torch.randn(3, 7), torch.randn(3, 8)),
                (torch.randn(3, 7), torch.randn(2, 7)),
                (torch.randn(3, 7), torch.randn(1, 3, 7))]:
@@ -334,14 +292,14 @@ def test_lstm_cell_state_pair_errors(kind):
 
 
 @pytest.mark.parametrize("what", ["input", "state"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_dtype_mismatch_error_type(kind, what):
     """torch's messages here come from inside its matmul ('mat1 and mat2 must have the same
     dtype...'), so only the exception type is required to match."""
-    ref, fast = make_pair(kind, 5, 7)
+    ref, fast = kind.cell_pair(5, 7)
     x_dtype = torch.float64 if what == "input" else torch.float32
     s_dtype = torch.float64 if what == "state" else torch.float32
-    args = (torch.randn(3, 5, dtype=x_dtype), _state(kind, 3, 7, dtype=s_dtype))
+    args = (torch.randn(3, 5, dtype=x_dtype), kind.cell_state(3, 7, dtype=s_dtype))
     expected = capture_error(lambda: ref(*args))
     got = capture_error(lambda: fast(*args))
     assert type(got) is type(expected), (type(got), got, type(expected), expected)
@@ -358,12 +316,11 @@ def test_rnn_cell_unknown_nonlinearity():
 
 @pytest.mark.parametrize("kwargs", [dict(hidden_size=-1), dict(input_size=-2)],
                          ids=["hidden_negative", "input_negative"])
-@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_constructor_errors_match_torch(kind, kwargs):
-    torch_cls, fast_cls, kind_kwargs = classes(kind)
-    full = dict(input_size=5, hidden_size=7, **kind_kwargs)
+    full = dict(input_size=5, hidden_size=7, **kind.cell_kwargs)
     full.update(kwargs)
-    assert_same_error(lambda: torch_cls(**full), lambda: fast_cls(**full))
+    assert_same_error(lambda: kind.torch_cell(**full), lambda: kind.fast_cell(**full))
 
 
 # ------------------------------------------------------------------------ torch.compile
@@ -376,12 +333,15 @@ def fresh_dynamo():
 
 
 @pytest.mark.parametrize("kind,batched,with_hx", [
-    ("lstm", True, True), ("gru", False, True), ("rnn_tanh", True, False),
-    ("rnn_relu", True, True),
+    pytest.param(CELL_KINDS[name], batched, with_hx, id=f"{name}-{batched}-{with_hx}")
+    for name, batched, with_hx in [("lstm", True, True), ("gru", False, True),
+                                   ("rnn_tanh", True, False), ("rnn_relu", True, True)]
 ])
 def test_torch_compile_fullgraph(kind, batched, with_hx, fresh_dynamo):
-    """aot_eager traces forward and backward; compare with the eager module."""
-    _, fast = make_module(kind, 5, 7, dtype=torch.float64)
+    """aot_eager traces forward and backward; compare with the eager module. One input
+    form per kind (each call compiles anew): together they cover batched and unbatched
+    input, with and without a state."""
+    _, fast = kind.cell_modules(5, 7, dtype=torch.float64)
     compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
     x = torch.randn(*((3, 5) if batched else (5,)), dtype=torch.float64)
     hx = make_state(kind, 3 if batched else None, 7, torch.float64) if with_hx else None

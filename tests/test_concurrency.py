@@ -1,4 +1,4 @@
-"""Concurrency (issue 6, item 3).
+"""Concurrency.
 
 * Forward and backward from 8 Python threads at once on one shared module give bit-for-bit
   the results of the same calls made one after another (same intra-op thread count: every

@@ -1,4 +1,4 @@
-"""rnnfast layers inside DistributedDataParallel (issue 6, item 8).
+"""rnnfast layers inside DistributedDataParallel.
 
 A model of torch.nn recurrent layers converted with rnnfast.convert (LSTM: 2 layers,
 bidirectional, proj_size, PackedSequence input with unsorted lengths; GRU: batch_first;

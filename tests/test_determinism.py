@@ -1,4 +1,4 @@
-"""Determinism (issue 6, item 6): forward and backward are bitwise identical from run to
+"""Determinism: forward and backward are bitwise identical from run to
 run on the same machine with the same thread count -- LSTM (with projection), GRU, RNN
 tanh/relu, bidirectional and multi-layer, padded and packed, at sizes that run the step
 loop on one thread and at sizes that split it over threads -- both within a process and

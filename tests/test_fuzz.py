@@ -1,4 +1,4 @@
-"""Differential fuzzing of rnnfast against torch.nn with hypothesis (issue 6, item 1).
+"""Differential fuzzing of rnnfast against torch.nn with hypothesis.
 
 Every constructor option and input form is drawn: input/hidden sizes from a set with 1 and
 primes, 1-3 layers, bidirectional, batch_first, bias, proj_size (LSTM), unbatched input,
@@ -32,9 +32,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
-import rnnfast
 from conftest import (
     FORMS,
     assert_results_close,
@@ -44,6 +42,7 @@ from conftest import (
     run_rnn,
     torch_native_cpu_rnn,
 )
+from kinds import CELL_KINDS, KINDS
 
 #: input/hidden sizes: 1, small primes, a power of two
 SIZES = [1, 2, 3, 5, 7, 8, 11, 13]
@@ -59,12 +58,10 @@ def fuzz_settings(default_examples: int) -> settings:
                     print_blob=True)
 
 
-LAYERS = {
-    "lstm": (nn.LSTM, rnnfast.LSTM, {}),
-    "gru": (nn.GRU, rnnfast.GRU, {}),
-    "rnn_tanh": (nn.RNN, rnnfast.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNN, rnnfast.RNN, {"nonlinearity": "relu"}),
-}
+#: kind -> (torch.nn class, rnnfast class, extra kwargs), from tests/kinds.py (the
+#: projected LSTM aside: layer_cases draws proj_size itself).
+LAYERS = {n: (k.torch_layer, k.fast_layer, k.kwargs) for n, k in KINDS.items()
+          if not k.proj_size}
 
 
 @st.composite
@@ -174,12 +171,7 @@ test_fuzz_rnn_relu = _layer_test("rnn_relu", 50)
 
 # ------------------------------------------------------------------------------ cells
 
-CELLS = {
-    "lstm": (nn.LSTMCell, rnnfast.LSTMCell, {}),
-    "gru": (nn.GRUCell, rnnfast.GRUCell, {}),
-    "rnn_tanh": (nn.RNNCell, rnnfast.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNNCell, rnnfast.RNNCell, {"nonlinearity": "relu"}),
-}
+CELLS = {n: (k.torch_cell, k.fast_cell, k.cell_kwargs) for n, k in CELL_KINDS.items()}
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""No leaks (issue 6, item 4).
+"""No leaks.
 
 * Thousands of forward+backward calls (every layer kind, padded and packed input, cells,
   inference under no_grad) leave resident memory flat after a warm-up, and the bytes in

@@ -18,7 +18,6 @@ from conftest import (
     make_h0,
     make_hx,
     make_input,
-    run_lstm,
     run_rnn,
 )
 
@@ -65,8 +64,8 @@ def _compare(num_layers, bidirectional, proj_size, bias, batch_first, form, with
     if with_hx:
         d = 2 if bidirectional else 1
         hx = make_hx(form, num_layers * d, batch, proj_size or hidden_size, hidden_size, dtype)
-    expected, grads = run_lstm(torch_lstm, x, hx, form, batch_first, lengths)
-    got, _ = run_lstm(ref_lstm, x, hx, form, batch_first, lengths, grads)
+    expected, grads = run_rnn(torch_lstm, x, hx, form, batch_first, lengths)
+    got, _ = run_rnn(ref_lstm, x, hx, form, batch_first, lengths, grads)
     assert_results_close(got, expected, dtype)
 
 
@@ -113,9 +112,9 @@ def test_dropout_train_mode_matches_torch_rng(form):
     ref_lstm.train()
     x, lengths = make_input(form, 4, 3, 5, False, torch.float64)
     torch.manual_seed(123)
-    expected, grads = run_lstm(torch_lstm, x, None, form, False, lengths)
+    expected, grads = run_rnn(torch_lstm, x, None, form, False, lengths)
     torch.manual_seed(123)
-    got, _ = run_lstm(ref_lstm, x, None, form, False, lengths, grads)
+    got, _ = run_rnn(ref_lstm, x, None, form, False, lengths, grads)
     assert_results_close(got, expected, torch.float64)
 
 
