@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: Input forms understood by :func:`make_input` / :func:`build_input`.
 FORMS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
 
-#: Tolerances by dtype. float32: what float rounding gives at test sizes (see DESIGN.md);
+#: Tolerances by dtype. float32: what float rounding gives at test sizes (see docs/design.md);
 #: float64: the two implementations sum in different orders, so agreement is ~1e-15
 #: relative; 1e-10 leaves room for error growth through a few layers and time steps.
 TOLERANCES = {

@@ -272,7 +272,7 @@ def test_non_contiguous_input_and_state(kind, layout):
 
 @pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_gradients_bitwise_reproducible(kind):
-    """DESIGN.md: reductions, not atomics; two identical runs give identical bits."""
+    """docs/design.md: reductions, not atomics; two identical runs give identical bits."""
     _, fast = kind.layer_modules(6, 9, num_layers=2, bidirectional=True)
     x, lengths = make_input("packed_unsorted", 6, 5, 6, False, torch.float32)
     hx = kind.layer_state("packed_unsorted", 4, 5, 9, torch.float32)
@@ -362,7 +362,7 @@ def test_rnn_positional_nonlinearity():
 
 @pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_not_a_torch_rnn_subclass(kind):
-    """DESIGN.md: Dynamo refuses isinstance(m, (nn.RNN, nn.GRU, nn.LSTM))."""
+    """docs/design.md: Dynamo refuses isinstance(m, (nn.RNN, nn.GRU, nn.LSTM))."""
     _, fast = kind.layer_modules(3, 4)
     assert not isinstance(fast, (nn.RNN, nn.GRU, nn.LSTM)), type(fast)
 
