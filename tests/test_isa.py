@@ -94,3 +94,26 @@ def test_no_isa_specific_code_runs_at_load():
     syms = subprocess.run([nm, so], capture_output=True, text=True, check=True).stdout
     inits = [line.split()[-1] for line in syms.splitlines() if "_GLOBAL__sub_I_isa_" in line]
     assert inits == [], f"static initializers in per-ISA code of {so}: {inits}"
+
+
+# The GEMM kernels that only some kernel sets have (the AVX2 set's panel micro-kernel and
+# blocked GEMM): their own tests run in-process under the kernel set this CPU picks, and
+# skip there when that set lacks them; here they run again under every other kernel set
+# the CPU can run, so an AVX-512 machine tests the AVX2 kernels too.
+@pytest.mark.parametrize("isa", ALL)
+def test_gemm_kernels_under_every_kernel_set(isa):
+    if isa not in _supported():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if isa == rnnfast.build_info()["cpu_kernels"]:
+        pytest.skip(f"{isa} is this CPU's own kernel set: tests/test_blocked_gemm.py and "
+                    "tests/test_step_gemm.py ran under it in this process")
+    env = dict(os.environ, RNNFAST_CPU_ISA=isa)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                           os.path.join(here, "test_blocked_gemm.py"),
+                           os.path.join(here, "test_step_gemm.py")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
+    if isa == "avx2":  # the set that has both kernels: nothing may skip under it
+        assert "skipped" not in proc.stdout, proc.stdout[-2000:]
