@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -220,19 +220,27 @@ def _write_json(path: str, payload: Dict[str, Any]) -> None:
     log(f"wrote {path}")
 
 
-def _memory_main(args: argparse.Namespace, command: str) -> int:
-    """``--memory``: the training-step peak-memory comparison only (no timing, no plot)."""
+def _plan_or_exit(args: argparse.Namespace, what: str) -> Tuple[Optional[Any], int]:
+    """The run's plan, or (None, exit status) after saying why there is nothing to run."""
     try:
         plan = plan_run(args)
     except UsageError as e:
         log(f"error: {e}")
-        return 64
+        return None, 64
     except Exception as e:  # noqa: BLE001
         log(f"error: cannot import rnnfast: {type(e).__name__}: {e}")
-        return 1
+        return None, 1
     if not plan.specs:
-        log("nothing to measure: rnnfast provides none of the requested layers")
-        return 1
+        log(f"nothing to {what}: rnnfast provides none of the requested layers")
+        return None, 1
+    return plan, 0
+
+
+def _memory_main(args: argparse.Namespace, command: str) -> int:
+    """``--memory``: the training-step peak-memory comparison only (no timing, no plot)."""
+    plan, rc = _plan_or_exit(args, "measure")
+    if plan is None:
+        return rc
     if args.device != "cpu":
         log("note: --memory measures the CPU (on CUDA the timing run reports peak memory itself)")
     threads = args.threads if args.threads > 0 else 0
@@ -302,17 +310,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        plan = plan_run(args)
-    except UsageError as e:
-        log(f"error: {e}")
-        return 64
-    except Exception as e:  # noqa: BLE001
-        log(f"error: cannot import rnnfast: {type(e).__name__}: {e}")
-        return 1
-    if not plan.specs:
-        log("nothing to benchmark: rnnfast provides none of the requested layers")
-        return 1
+    plan, rc = _plan_or_exit(args, "benchmark")
+    if plan is None:
+        return rc
 
     if args.device == "cuda":
         set_tf32(args.tf32)

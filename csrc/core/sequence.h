@@ -38,6 +38,12 @@ struct Sequence {
   int64_t prev_of(int64_t t, bool reverse) const {
     return reverse ? (t + 1 < T ? t + 1 : -1) : t - 1;
   }
+  // How many of step t's rows the preceding step also had (their previous state is in
+  // its rows; the others start from the initial state).
+  int64_t rows_with_prev(int64_t t, bool reverse) const {
+    const int64_t tp = prev_of(t, reverse);
+    return tp >= 0 ? (bs[t] < bs[tp] ? bs[t] : bs[tp]) : 0;
+  }
 };
 
 // `input` is (T, B, I) when batch_sizes is absent, packed (N, I) otherwise.

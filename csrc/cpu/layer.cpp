@@ -266,7 +266,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
                 w.dr + u.begin, H);
       }
       const int64_t tp = s.prev_of(t, a.reverse);
-      const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+      const int64_t n_prev = s.rows_with_prev(t, a.reverse);
       const T* prev = nullptr;
       const T* init = nullptr;
       if (lstm) {
@@ -323,7 +323,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     for (int64_t t = 0; t < s.T; ++t) {
       const int64_t b = s.bs[t];
       const int64_t tp = s.prev_of(t, a.reverse);
-      const int64_t n_prev = tp >= 0 ? std::min(b, s.bs[tp]) : 0;
+      const int64_t n_prev = s.rows_with_prev(t, a.reverse);
       if (n_prev > 0) copy_rows(w.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
       copy_rows(w.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
     }

@@ -107,11 +107,13 @@ inline simt::LaunchConfig pointwise_config(int64_t n, const char* name) {
 
 // out (cols,) = column sums of x (rows, cols, contiguous) by cascade summation
 // (rnn_device.cuh: leaves of kSumLeaf rows, then a pairwise tree), in a fixed order.
-inline Tensor column_sum_of(const Tensor& x) {
+inline void column_sum_into(const Tensor& x, const Tensor& out) {
   const int64_t rows = x.size(0), cols = x.size(1);
-  Tensor out = at::empty({cols}, x.options());
-  if (cols == 0) return out;
-  if (rows == 0) return out.zero_();
+  if (cols == 0) return;
+  if (rows == 0) {
+    out.zero_();
+    return;
+  }
   const auto aopts = x.options().dtype(acc_dtype(x.scalar_type()));
   RNNFAST_DISPATCH(x.scalar_type(), "rnnfast column_sum", [&] {
     using T = typename DeviceType<scalar_t>::type;
@@ -132,17 +134,6 @@ inline Tensor column_sum_of(const Tensor& x) {
                  dptr<const A>(cur), int64_t{1}, cols, dptr<T>(out));
     RNNFAST_LAUNCH_CHECK();
   });
-  return out;
-}
-
-// The step processed before t, and how many of t's rows it had (their previous state
-// is in its rows; the others start from the initial state).
-struct PrevStep {
-  int64_t t, rows;
-};
-inline PrevStep prev_step(const core::Sequence& s, int64_t t, bool reverse) {
-  const int64_t tp = s.prev_of(t, reverse);
-  return {tp, tp >= 0 ? std::min(s.bs[t], s.bs[tp]) : 0};
 }
 
 // out [K, P] = sum over rows n of dg[n]^T h_{t-1}(n): dW_hh from the gradient rows dg
@@ -163,10 +154,10 @@ inline void prev_rows_product(Tensor out, const Tensor& dg, const Tensor& y, con
   }
   Tensor hprev = at::empty({N, y.size(1)}, y.options());
   for (int64_t t = 0; t < s.T; ++t) {
-    const PrevStep p = prev_step(s, t, reverse);
-    if (p.rows > 0) rows(hprev, s.off[t], p.rows).copy_(rows(y, s.off[p.t], p.rows));
-    if (s.bs[t] > p.rows) {
-      rows(hprev, s.off[t] + p.rows, s.bs[t] - p.rows).copy_(rows(hx, p.rows, s.bs[t] - p.rows));
+    const int64_t tp = s.prev_of(t, reverse), n_prev = s.rows_with_prev(t, reverse);
+    if (n_prev > 0) rows(hprev, s.off[t], n_prev).copy_(rows(y, s.off[tp], n_prev));
+    if (s.bs[t] > n_prev) {
+      rows(hprev, s.off[t] + n_prev, s.bs[t] - n_prev).copy_(rows(hx, n_prev, s.bs[t] - n_prev));
     }
   }
   at::mm_out(out, dg.t(), hprev);
@@ -308,12 +299,13 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   Tensor Rr = proj ? at::empty({N, H}, opts) : Tensor();  // r = o * tanh(c), all rows
   const Tensor w_rz = gru ? w_hh.narrow(0, 0, 2 * H) : Tensor();
   const Tensor w_n = gru ? w_hh.narrow(0, 2 * H, H) : Tensor();
+  const Tensor w_hr = proj ? blob(a.w_hr, {P, H}, opts) : Tensor();
   // The output gradient's rows of a step, read in place with its strides, or nullptr.
   const auto dout = [&](int64_t o) { return a.dy != nullptr ? a.dy + o * a.dy_ld : nullptr; };
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = s.time_at(step, a.reverse), R = s.bs[t], o = s.off[t];
     if (R == 0) continue;
-    const PrevStep prev = prev_step(s, t, a.reverse);
+    const int64_t tp = s.prev_of(t, a.reverse), n_prev = s.rows_with_prev(t, a.reverse);
     if (lstm) {
       LstmBackwardStep<T> p;
       p.R = R;
@@ -325,7 +317,7 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
         } else {
           drt.copy_(rows(dh, 0, R));
         }
-        mm_into(rows(dr, 0, R), drt, blob(a.w_hr, {P, H}, opts));
+        mm_into(rows(dr, 0, R), drt, w_hr);
         p.dr = dptr<const T>(dr);
         p.r = dptr<T>(Rr) + o * H;
       } else {
@@ -336,9 +328,9 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
       }
       p.gates = a.saved[0] + o * GH;
       p.cells = a.saved[1] + o * H;
-      p.cprev = prev.rows > 0 ? a.saved[1] + s.off[prev.t] * H : nullptr;
+      p.cprev = n_prev > 0 ? a.saved[1] + s.off[tp] * H : nullptr;
       p.cinit = a.cx;
-      p.n_prev = prev.rows;
+      p.n_prev = n_prev;
       p.dc = a.dc;
       p.dgates = dptr<T>(dg) + o * GH;
       simt::launch(lstm_backward_step<T>, pointwise_config(R * H, "lstm_backward_step"), p);
@@ -349,9 +341,9 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
           .R = R,
           .H = H,
           .ws = a.saved[0] + o * 4 * H,
-          .hprev = prev.rows > 0 ? a.y + s.off[prev.t] * H : nullptr,
+          .hprev = n_prev > 0 ? a.y + s.off[tp] * H : nullptr,
           .hinit = a.hx,
-          .n_prev = prev.rows,
+          .n_prev = n_prev,
           .dh = a.dh,
           .dout = dout(o),
           .dout_ld = a.dy_ld,
@@ -395,11 +387,11 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   }
   if (a.db_ih != nullptr) {
     const Tensor db_ih = blob(a.db_ih, {GH}, opts);
-    db_ih.copy_(column_sum_of(dg));
+    column_sum_into(dg, db_ih);
     if (a.db_hh != nullptr) {  // GRU: the r and z parts equal b_ih's
       const Tensor db_hh = blob(a.db_hh, {GH}, opts);
       db_hh.narrow(0, 0, 2 * H).copy_(db_ih.narrow(0, 0, 2 * H));
-      db_hh.narrow(0, 2 * H, H).copy_(column_sum_of(dgh));
+      column_sum_into(dgh, db_hh.narrow(0, 2 * H, H));
     }
   }
   if (proj) mm_into(blob(a.dw_hr, {P, H}, opts), DR.t(), Rr);
