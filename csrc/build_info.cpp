@@ -36,6 +36,7 @@ std::map<std::string, std::string> build_info() {
   info["gemm"] = cpu::gemm_backend();
   info["step_gemm"] = cpu::step_gemm_backend();
   info["sequence_gemm"] = cpu::sequence_gemm_backend();
+  info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";
   info["threads"] = std::to_string(at::get_num_threads());
 #ifdef _OPENMP
   info["openmp"] = "true";

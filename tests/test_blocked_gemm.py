@@ -1,7 +1,7 @@
 """The blocked GEMM of the backward pass's whole-sequence products (dW = dG^T X and
 dX = dG W; csrc/cpu/panel_gemm.h, csrc/cpu/blas.h sequence_gemm), checked directly
 against a float64 product at the awkward sizes: row-tile remainders (M not a multiple of
-6), partial panels (N not a multiple of 16), k-block and row-block edges (K around 256,
+6 or 12), partial panels and panel pairs (N not a multiple of 16 or 32), k-block and row-block edges (K around 256,
 M around 144), more columns than one packed block of B holds (N > 512), op(A) = A and
 A^T, accumulate or not, strided rows. Then at the layer level, at sizes where the layers
 take this path, against torch.nn."""
@@ -16,7 +16,7 @@ from torch import nn
 import rnnfast
 from rnnfast import _C
 
-HAS_KERNEL = rnnfast.build_info()["sequence_gemm"].startswith("rnnfast blocked gemm")
+HAS_KERNEL = rnnfast.build_info()["blocked_gemm"] == "true"
 needs_kernel = pytest.mark.skipif(
     not HAS_KERNEL, reason="this CPU's kernel set has no blocked GEMM (the BLAS is used instead)")
 
@@ -48,7 +48,7 @@ def _assert_within_rounding(out, a, b, trans_a, accumulate, c0, K, what):
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A^T"])
 def test_blocked_gemm_against_float64(trans_a, accumulate):
     gen = torch.Generator().manual_seed(11)
-    for M, N, K in itertools.product([1, 5, 6, 7, 143, 145], [1, 15, 16, 17, 100],
+    for M, N, K in itertools.product([1, 5, 6, 7, 11, 12, 13, 143, 145], [1, 15, 16, 17, 31, 33, 100],
                                      [1, 255, 256, 257, 800]):
         a, b = _operands(M, N, K, trans_a, gen)
         # C is not read without accumulate: NaN there must not leak into the result.
@@ -128,9 +128,22 @@ def test_blocked_gemm_same_bits_for_any_thread_count():
     assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])
 
 
+def _intel_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read()
+    except OSError:
+        return False
+
+
 def test_sequence_gemm_backend_follows_the_kernel_set():
+    """The AVX2 and AVX-512 sets have a blocked GEMM; the large products use it except
+    with the AVX-512 set on an Intel CPU, where MKL runs its own AVX-512 code."""
     info = rnnfast.build_info()
-    assert HAS_KERNEL == (info["cpu_kernels"] == "avx2")
+    assert HAS_KERNEL == (info["cpu_kernels"] in ("avx2", "avx512"))
+    mkl_avx512 = info["cpu_kernels"] == "avx512" and _intel_cpu() and "blas" in info["gemm"]
+    uses_kernel = info["sequence_gemm"].startswith("rnnfast blocked gemm")
+    assert uses_kernel == (HAS_KERNEL and not mkl_avx512)
 
 
 # ------------------------------------------------------------- at the layer level

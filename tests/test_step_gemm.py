@@ -1,7 +1,7 @@
 """The CPU step loops' GEMM (csrc/cpu/blas.h PackedWeight: the panel micro-kernel of
 csrc/cpu/panel_gemm.h where the CPU kernel set has one, else MKL's packed GEMM or the
 BLAS), checked directly against a float64 product at the awkward sizes: every row-block
-remainder (M = 1..7 and beyond 6), partial panels (N not a multiple of 16), tiny and
+remainder (M = 1..8, the 12- and 16-row blocks of the AVX-512 set and beyond), partial panels (N not a multiple of 16), tiny and
 long reductions, strided rows, beta 0 and 1."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 import rnnfast
 from rnnfast import _C
 
-MS = [1, 2, 3, 4, 5, 6, 7, 12, 13, 64, 131]
-NS = [1, 5, 16, 17, 31, 48, 65, 100]
+MS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 29, 64, 131]
+NS = [1, 5, 16, 17, 31, 33, 48, 65, 100, 130]
 KS = [1, 7, 128, 301]
 EPS = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 
@@ -88,7 +88,7 @@ def test_step_gemm_is_bitwise_reproducible():
 
 def test_step_gemm_backend_follows_the_kernel_set():
     info = rnnfast.build_info()
-    if info["cpu_kernels"] == "avx2":
+    if info["cpu_kernels"] in ("avx2", "avx512"):
         assert info["step_gemm"] == "rnnfast panel micro-kernel"
     else:
         assert info["step_gemm"] != "rnnfast panel micro-kernel"

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -125,6 +126,28 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
   });
 }
 
+namespace {
+
+// Whether the BLAS is MKL running its own AVX-512 code: MKL with the AVX-512 kernel set
+// on an Intel CPU (MKL runs AVX-512 code on Intel CPUs only). There the large products
+// stay with MKL; everywhere else the kernel set's blocked GEMM was the faster
+// (panel_gemm.h).
+bool blas_is_avx512_mkl() {
+#if defined(__x86_64__)
+  static const bool yes = &SGEMM_PACK != nullptr && std::strcmp(cpu_kernels().name, "avx512") == 0 &&
+                          __builtin_cpu_is("intel");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool blocked_gemm_for_large_products() {
+  return cpu_kernels().blocked_gemm_f32 != nullptr && !blas_is_avx512_mkl();
+}
+
+}  // namespace
+
 template <typename T>
 void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -133,7 +156,7 @@ void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, in
     const bool large = N >= 256 && M > 0 && K > 0 &&
                        static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >=
                            static_cast<double>(int64_t{1} << 28);
-    if (cpu_kernels().blocked_gemm_f32 != nullptr && large && (beta == 0.0f || beta == 1.0f)) {
+    if (large && (beta == 0.0f || beta == 1.0f) && blocked_gemm_for_large_products()) {
       blocked_sequence_gemm(trans_a, M, N, K, A, lda, B, ldb, beta != 0.0f, C, ldc);
       return;
     }
@@ -281,8 +304,8 @@ const char* gemm_backend() {
 }
 
 const char* sequence_gemm_backend() {
-  return cpu_kernels().blocked_gemm_f32 != nullptr ? "rnnfast blocked gemm (large products)"
-                                                   : gemm_backend();
+  return blocked_gemm_for_large_products() ? "rnnfast blocked gemm (large products)"
+                                           : gemm_backend();
 }
 
 const char* step_gemm_backend() {

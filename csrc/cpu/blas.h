@@ -28,7 +28,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // On all of torch's intra-op threads (one when called inside a parallel region). float32
 // with beta 0 or 1 on a product this large (N >= 256 and M N K >= 2^28) uses the CPU
 // kernel set's blocked GEMM where it has one (panel_gemm.h), with the rows of C split
-// across the threads: bitwise the same result for any thread count. Otherwise gemm().
+// across the threads: bitwise the same result for any thread count; except where the
+// BLAS is MKL on an Intel CPU with the AVX-512 set (MKL's AVX-512 code). Otherwise gemm().
 template <typename T>
 void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc);

@@ -9,17 +9,22 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "pointwise.h"
 
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
 #define RNNFAST_ISA avx512
 #include "pointwise_impl.h"
+#include "panel_gemm_avx512_impl.h"
 
 namespace rnnfast {
 namespace cpu {
 namespace avx512 {
-constinit const CpuKernels kKernels = make_kernels("avx512");
+constinit const CpuKernels kKernels = make_kernels("avx512", &panel_gemm_f32, &blocked_gemm_f32);
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace rnnfast

@@ -118,7 +118,7 @@ inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels,
 
 // ---- The blocked GEMM for the whole-sequence products (panel_gemm.h) ----
 
-constexpr int kTileM = static_cast<int>(kTileRows);  // 12 ymm accumulators with 16 columns
+constexpr int kTileM = 6;  // rows of the register tile: 12 ymm accumulators with 16 columns
 
 // rows [0, mc) x k [0, kc) of op(A) into 6-row tiles: Ap[i / 6][k][r] = op(A)[i + r][k],
 // zero rows past mc.

@@ -74,7 +74,7 @@ struct CpuKernels {
   BwdKernel<float> bwd_f32[kNumCellKinds];
   BwdKernel<double> bwd_f64[kNumCellKinds];
   // The step loops' small-GEMM micro-kernel (panel_gemm.h), or nullptr: the BLAS's
-  // packed GEMM instead (AVX-512 sets keep MKL's, measured there; see README).
+  // packed GEMM instead (the generic set).
   PanelGemmF32 panel_gemm_f32;
   // The whole-sequence products' blocked GEMM (panel_gemm.h), or nullptr: the BLAS.
   BlockedGemmF32 blocked_gemm_f32;

@@ -1,0 +1,282 @@
+// The AVX-512 panel micro-kernel and blocked GEMM declared in panel_gemm.h, compiled
+// by csrc/cpu/isa_avx512.cpp under its target pragma inside namespace
+// rnnfast::cpu::RNNFAST_ISA. <immintrin.h> is included by that file.
+//
+// Same operand layouts as the AVX2 set (panel_gemm_impl.h): a 16-column panel is one
+// zmm register per k, so a register tile of MR rows x NP panels holds MR * NP
+// accumulators. With 32 registers, tiles of 24 accumulators keep both FMA pipes busy
+// (latency 4, two pipes: at least 8 independent chains) and leave room for the W
+// vectors; X is broadcast one element at a time from memory. Every C element is one
+// accumulator summed over k in ascending order (the step kernel) or per k block in
+// ascending order (the blocked GEMM), as in the AVX2 set: results do not depend on how
+// rows or columns are split across threads or blocks.
+#pragma once
+
+#include "panel_gemm.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace RNNFAST_ISA {
+
+// Mask of the first n (0..16) lanes.
+inline __mmask16 lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// Rows [0, MR) of C, columns [0, ncols) (ncols <= 16 * NP): NP panels from wp (panel
+// p at wp + p * pstride, row k of a panel at + k * 16).
+template <int MR, int NP>
+inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
+                         const float* __restrict X, int64_t ldx, float* __restrict C,
+                         int64_t ldc, int64_t ncols, bool accumulate) {
+  __m512 acc[MR][NP];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(wp + p * pstride + k * kPanel);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x = _mm512_set1_ps(X[r * ldx + k]);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(x, w[p], acc[r][p]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    float* c = C + r * ldc;
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      const int64_t col = p * kPanel;
+      if (col + kPanel <= ncols) {
+        __m512 v = acc[r][p];
+        if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(c + col), v);
+        _mm512_storeu_ps(c + col, v);
+      } else if (col < ncols) {  // the last, partial vector of the matrix
+        const __mmask16 m = lanes(ncols - col);
+        __m512 v = acc[r][p];
+        if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, c + col), v);
+        _mm512_mask_storeu_ps(c + col, m, v);
+      }
+    }
+  }
+}
+
+// Columns [0, N) for MR rows, NP panels at a time (the remainder one panel at a time).
+template <int MR, int NP>
+inline void zpanel_rows(int64_t N, int64_t K, const float* panels, const float* X, int64_t ldx,
+                        bool accumulate, float* C, int64_t ldc) {
+  const int64_t pstride = K * kPanel;
+  int64_t n = 0;
+  for (; n + (NP - 1) * kPanel < N; n += NP * kPanel) {
+    const int64_t ncols = N - n < NP * kPanel ? N - n : NP * kPanel;
+    zpanel_block<MR, NP>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc, ncols,
+                         accumulate);
+  }
+  for (; n < N; n += kPanel) {
+    zpanel_block<MR, 1>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc,
+                        N - n < kPanel ? N - n : kPanel, accumulate);
+  }
+}
+
+// MR rows (1..kRowBlock - 1) of a remainder against NP panels.
+template <int NP>
+inline void zpanel_rest(int64_t rows, int64_t K, const float* wp, int64_t pstride, const float* X,
+                        int64_t ldx, float* C, int64_t ldc, int64_t ncols, bool accumulate) {
+  switch (rows) {
+    case 1: return zpanel_block<1, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 2: return zpanel_block<2, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 3: return zpanel_block<3, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 4: return zpanel_block<4, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 5: return zpanel_block<5, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 6: return zpanel_block<6, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 7: return zpanel_block<7, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 8: return zpanel_block<8, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 9: return zpanel_block<9, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 10: return zpanel_block<10, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 11: return zpanel_block<11, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    default: return;
+  }
+}
+
+// Many rows: column blocks of two panels (2 x K x 64 bytes, in L1 up to K = 384),
+// all rows against a block in tiles of 12 rows (24 accumulators).
+constexpr int kRowBlock = 12;
+
+inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
+                           int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  // Up to 8 rows: one row block against as many panels as give 8 to 24 accumulators.
+  switch (M) {
+    case 1: return zpanel_rows<1, 8>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 2: return zpanel_rows<2, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 3: return zpanel_rows<3, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 4: return zpanel_rows<4, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 5: return zpanel_rows<5, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 6: return zpanel_rows<6, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 7: return zpanel_rows<7, 3>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 8: return zpanel_rows<8, 3>(N, K, panels, X, ldx, accumulate, C, ldc);
+    default: break;
+  }
+  const int64_t pstride = K * kPanel;
+  for (int64_t n = 0; n < N; n += 2 * kPanel) {
+    const int64_t ncols = N - n < 2 * kPanel ? N - n : 2 * kPanel;
+    const float* wp = panels + (n / kPanel) * pstride;
+    int64_t m = 0;
+    if (ncols > kPanel) {
+      for (; m + kRowBlock <= M; m += kRowBlock)
+        zpanel_block<kRowBlock, 2>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                                   accumulate);
+      zpanel_rest<2>(M - m, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                     accumulate);
+    } else {  // the last, single panel: 16 rows at a time
+      for (; m + 16 <= M; m += 16)
+        zpanel_block<16, 1>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                            accumulate);
+      for (; m + kRowBlock <= M; m += kRowBlock)
+        zpanel_block<kRowBlock, 1>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                                   accumulate);
+      zpanel_rest<1>(M - m, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                     accumulate);
+    }
+  }
+}
+
+
+// ---- The blocked GEMM for the whole-sequence products (panel_gemm.h) ----
+//
+// Register tile: 12 rows x 32 columns (two B panels), 24 zmm accumulators. op(A) is
+// packed in 12-row tiles (kBlockM = 144 is a multiple of 12), B in 16-column panels as
+// in the AVX2 set.
+
+constexpr int kTileM = 12;
+
+// rows [0, mc) x k [0, kc) of op(A) into 12-row tiles: Ap[i / 12][k][r] = op(A)[i + r][k],
+// zero rows past mc.
+inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, int64_t mc,
+                         int64_t kc, float* __restrict Ap) {
+  for (int64_t i = 0; i < mc; i += kTileM) {
+    const int64_t rows = mc - i < kTileM ? mc - i : kTileM;
+    float* __restrict dst = Ap + i * kc;
+    if (a_row == 1) {  // A^T: the tile's values of one k are adjacent
+      const __mmask16 m = lanes(rows);
+      for (int64_t k = 0; k < kc; ++k) {
+        // 12 of the 16 lanes are stored; the next k's store overwrites the rest.
+        const __m512 v = _mm512_maskz_loadu_ps(m, A + i + k * a_k);
+        if (k + 1 < kc) {
+          _mm512_storeu_ps(dst + k * kTileM, v);
+        } else {
+          _mm512_mask_storeu_ps(dst + k * kTileM, lanes(kTileM), v);
+        }
+      }
+    } else {
+      for (int r = 0; r < kTileM; ++r) {
+        if (r < rows) {
+          const float* __restrict src = A + (i + r) * a_row;
+          for (int64_t k = 0; k < kc; ++k) dst[k * kTileM + r] = src[k * a_k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) dst[k * kTileM + r] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// rows [0, kc) x columns [0, nc) of B into panels: Bp[j / 16][k][c] = B[k][j + c], zero
+// columns past nc.
+inline void pack_b_panels(const float* __restrict B, int64_t ldb, int64_t kc, int64_t nc,
+                          float* __restrict Bp) {
+  for (int64_t j = 0; j < nc; j += kPanel) {
+    const __mmask16 m = lanes(nc - j);
+    float* __restrict dst = Bp + j * kc;
+    for (int64_t k = 0; k < kc; ++k)
+      _mm512_store_ps(dst + k * kPanel, _mm512_maskz_loadu_ps(m, B + k * ldb + j));
+  }
+}
+
+// C[rows, cols] (+)= a-tile [kc][12] x NP b-panels [kc][16] (rows <= 12, cols <= 16 NP);
+// panel p at b + p * bstride.
+template <int NP>
+inline void tile_12xN(int64_t kc, const float* __restrict a, const float* __restrict b,
+                      int64_t bstride, float* __restrict C, int64_t ldc, int64_t rows,
+                      int64_t cols, bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p)
+      _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + p * kPanel), _MM_HINT_T0);
+  }
+  __m512 acc[kTileM][NP];
+#pragma GCC unroll 12
+  for (int r = 0; r < kTileM; ++r) {
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(a + (k + 8) * kTileM), _MM_HINT_T0);
+    __m512 w[NP];
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(b + p * bstride + k * kPanel);
+#pragma GCC unroll 12
+    for (int r = 0; r < kTileM; ++r) {
+      const __m512 x = _mm512_set1_ps(a[k * kTileM + r]);
+#pragma GCC unroll 2
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(x, w[p], acc[r][p]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kTileM; ++r) {
+    if (r >= rows) break;
+    float* c = C + r * ldc;
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      const int64_t col = p * kPanel;
+      if (col >= cols) break;
+      const __mmask16 m = lanes(cols - col);
+      __m512 v = acc[r][p];
+      if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, c + col), v);
+      _mm512_mask_storeu_ps(c + col, m, v);
+    }
+  }
+}
+
+inline void blocked_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_row,
+                             int64_t a_k, const float* B, int64_t ldb, bool accumulate,
+                             float* C, int64_t ldc, float* workspace) {
+  if (M <= 0 || N <= 0 || K <= 0) return;  // (K = 0 is the caller's: C = beta C)
+  float* Ap = workspace;
+  float* Bp = workspace + kBlockM * kBlockK;
+  for (int64_t jc = 0; jc < N; jc += kBlockN) {
+    const int64_t nc = N - jc < kBlockN ? N - jc : kBlockN;
+    for (int64_t pc = 0; pc < K; pc += kBlockK) {
+      const int64_t kc = K - pc < kBlockK ? K - pc : kBlockK;
+      pack_b_panels(B + pc * ldb + jc, ldb, kc, nc, Bp);
+      const bool acc = accumulate || pc > 0;
+      for (int64_t ic = 0; ic < M; ic += kBlockM) {
+        const int64_t mc = M - ic < kBlockM ? M - ic : kBlockM;
+        pack_a_tiles(A + ic * a_row + pc * a_k, a_row, a_k, mc, kc, Ap);
+        for (int64_t jr = 0; jr < nc; jr += 2 * kPanel) {
+          const int64_t cols = nc - jr < 2 * kPanel ? nc - jr : 2 * kPanel;
+          for (int64_t ir = 0; ir < mc; ir += kTileM) {
+            const int64_t rows = mc - ir < kTileM ? mc - ir : kTileM;
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            if (cols > kPanel) {
+              tile_12xN<2>(kc, Ap + ir * kc, Bp + jr * kc, kPanel * kc, c, ldc, rows, cols, acc);
+            } else {
+              tile_12xN<1>(kc, Ap + ir * kc, Bp + jr * kc, kPanel * kc, c, ldc, rows, cols, acc);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace RNNFAST_ISA
+}  // namespace cpu
+}  // namespace rnnfast
