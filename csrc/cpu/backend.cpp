@@ -35,7 +35,9 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
   }
   const int64_t Tc = input_chunk_steps(B);
   const at::Tensor hbuf = at::empty({2, B, a.P}, opts);
-  const at::Tensor rec = at::empty({B, GH}, opts), xbuf = at::empty({Tc * B, GH}, opts);
+  const bool gru = a.kind == core::CellKind::kGru;
+  const at::Tensor rec = gru ? at::empty({B, GH}, opts) : at::Tensor();
+  const at::Tensor xbuf = at::empty({Tc * B, GH}, opts);
   const at::Tensor r = a.w_hr != nullptr ? at::empty({B, a.H}, opts) : at::Tensor();
   layer_forward<T>(a, {.bias_x = ptr<T>(bias_x),
                        .bias_h = ptr<T>(bias_h),

@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -152,10 +153,12 @@ template <typename T>
 void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>) {
-    // Below this size MKL was as fast or faster in the measurements (panel_gemm.h).
-    const bool large = N >= 256 && M > 0 && K > 0 &&
+    // Below the kernel set's bound MKL was as fast or faster in the measurements
+    // (panel_gemm.h).
+    const CpuKernels& ks = cpu_kernels();
+    const bool large = N >= ks.blocked_gemm_min_n && M > 0 && K > 0 &&
                        static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >=
-                           static_cast<double>(int64_t{1} << 28);
+                           std::ldexp(1.0, ks.blocked_gemm_min_mnk_log2);
     if (large && (beta == 0.0f || beta == 1.0f) && blocked_gemm_for_large_products()) {
       blocked_sequence_gemm(trans_a, M, N, K, A, lda, B, ldb, beta != 0.0f, C, ldc);
       return;
@@ -214,17 +217,30 @@ void packed_gemm<float>(const void* packed, int64_t N, int64_t K, int64_t M, con
 
 }  // namespace
 
-void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels) {
+namespace {
+
+// Row of W that holds column n of a grouped op(W) (see PackedWeight).
+inline int64_t grouped_row(int64_t n, int64_t per_group, int64_t group_stride) {
+  return (n / per_group) * group_stride + n % per_group;
+}
+
+}  // namespace
+
+void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels,
+                 int64_t groups, int64_t group_stride) {
+  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
+              "rnnfast internal error: bad weight groups");
+  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   for (int64_t j = 0; j < npanels; ++j) {
     float* __restrict pj = panels + j * K * kPanel;
     const int64_t cols = std::min(kPanel, N - j * kPanel);
+    const float* rows[kPanel];
+    for (int64_t c = 0; c < cols; ++c)
+      rows[c] = W + grouped_row(j * kPanel + c, per_group, group_stride) * ldw;
     for (int64_t k = 0; k < K; ++k) {
       float* __restrict dst = pj + k * kPanel;
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t n = j * kPanel + c;
-        dst[c] = trans_w ? W[n * ldw + k] : W[k * ldw + n];
-      }
+      for (int64_t c = 0; c < cols; ++c) dst[c] = trans_w ? rows[c][k] : W[k * ldw + j * kPanel + c];
       for (int64_t c = cols; c < kPanel; ++c) dst[c] = 0.0f;
     }
   }
@@ -244,12 +260,14 @@ PanelGemmF32 panel_kernel<float>() {
 
 // W packed into panels for `kernel` (64-byte aligned), or nullptr.
 template <typename T>
-void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw) {
+void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw,
+               int64_t groups, int64_t group_stride) {
   if constexpr (std::is_same_v<T, float>) {
     if (kernel == nullptr || N <= 0 || K <= 0) return nullptr;
     const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
     void* dest = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (dest != nullptr) pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(dest));
+    if (dest != nullptr)
+      pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(dest), groups, group_stride);
     return dest;
   }
   return nullptr;
@@ -259,15 +277,37 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
 
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
-                              int64_t ldw)
-    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw), kernel_(panel_kernel<T>()),
-      panels_(pack_own<T>(kernel_, trans_w, N, K, W, ldw)),
-      packed_(panels_ != nullptr ? nullptr : pack_weight<T>(trans_w, N, K, M_max, W, ldw)) {}
+                              int64_t ldw, int64_t groups, int64_t group_stride)
+    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw), gathered_(nullptr),
+      kernel_(panel_kernel<T>()), panels_(nullptr), packed_(nullptr) {
+  TORCH_CHECK(groups >= 1 && (N <= 0 || N % groups == 0) && (groups == 1 || trans_w),
+              "rnnfast internal error: bad weight groups");
+  panels_ = pack_own<T>(kernel_, trans_w, N, K, W, ldw, groups, group_stride);
+  if (panels_ != nullptr || N <= 0 || K <= 0) return;
+  if (groups > 1) {  // the BLAS takes one matrix: gather the groups' rows
+    const int64_t per_group = N / groups;
+    gathered_ = static_cast<T*>(std::malloc(sizeof(T) * static_cast<size_t>(N * K)));
+    TORCH_CHECK(gathered_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
+    for (int64_t n = 0; n < N; ++n)
+      std::copy(W + grouped_row(n, per_group, group_stride) * ldw,
+                W + grouped_row(n, per_group, group_stride) * ldw + K, gathered_ + n * K);
+    W_ = gathered_;
+    ldw_ = K;
+  }
+  packed_ = pack_weight<T>(trans_w, N, K, M_max, W_, ldw_);
+  if (packed_ != nullptr && gathered_ != nullptr) {  // MKL keeps its own copy
+    std::free(gathered_);
+    gathered_ = nullptr;
+    W_ = W;
+    ldw_ = ldw;
+  }
+}
 
 template <typename T>
 PackedWeight<T>::~PackedWeight() {
   std::free(panels_);
   std::free(packed_);
+  std::free(gathered_);
 }
 
 template <typename T>

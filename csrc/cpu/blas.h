@@ -26,8 +26,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 //   trans_a, the transpose of A [K, M] (lda >= M); B row-major [K, N] (ldb >= N).
 //
 // On all of torch's intra-op threads (one when called inside a parallel region). float32
-// with beta 0 or 1 on a product this large (N >= 256 and M N K >= 2^28) uses the CPU
-// kernel set's blocked GEMM where it has one (panel_gemm.h), with the rows of C split
+// with beta 0 or 1 on a product this large (the kernel set's bound: AVX2 N >= 256 and
+// M N K >= 2^28, AVX-512 N >= 16 and M N K >= 2^24) uses the CPU kernel set's blocked
+// GEMM where it has one (panel_gemm.h), with the rows of C split
 // across the threads: bitwise the same result for any thread count; except where the
 // BLAS is MKL on an Intel CPU with the AVX-512 set (MKL's AVX-512 code). Otherwise gemm().
 template <typename T>
@@ -41,7 +42,10 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
                            int64_t ldc);
 
 // A weight operand used by many small GEMMs: C[M, N] = X[M, K] op(W) + beta C, with
-// op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. W is packed once here:
+// op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. With groups > 1 (trans_w only),
+// op(W)'s N columns are `groups` blocks of N / groups rows of W each, block g starting
+// at row g * group_stride: W^T of the rows one thread owns in every gate of a gate-major
+// weight, as one operand (C's columns gate by gate). W is packed once here:
 // per-call packing of W is what dominates a small-M GEMM, and the step loops
 // multiply by the same slice of W_hh every step. float32 uses, in this order of
 // preference, the CPU kernel set's own panel micro-kernel (panel_gemm.h; beta must
@@ -50,7 +54,8 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 template <typename T>
 class PackedWeight {
  public:
-  PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw);
+  PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
+               int64_t groups = 1, int64_t group_stride = 0);
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;
@@ -61,6 +66,8 @@ class PackedWeight {
   int64_t N_, K_;
   const T* W_;
   int64_t ldw_;
+  T* gathered_;             // the grouped rows of W, contiguous, where W_ points at them
+                            // (plain BLAS fallback with groups > 1), or nullptr
   PanelGemmF32 kernel_;     // the panel micro-kernel, or nullptr
   void* panels_;            // W packed for kernel_, or nullptr
   void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -24,7 +25,9 @@
 namespace rnnfast {
 namespace cpu {
 namespace avx512 {
-constinit const CpuKernels kKernels = make_kernels("avx512", &panel_gemm_f32, &blocked_gemm_f32);
+constinit const CpuKernels kKernels = make_kernels("avx512", &panel_gemm_f32, &blocked_gemm_f32,
+                                                   /*blocked_min_n=*/16,
+                                                   /*blocked_min_mnk_log2=*/24);
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace rnnfast

@@ -131,6 +131,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
   T* const y = rnn ? nullptr : a.y;
   T* const cells = a.kind == CellKind::kLstm ? a.saved[1] : nullptr;
   const bool proj = a.w_hr != nullptr;
+  const bool gru = a.kind == CellKind::kGru;
   const int64_t Tc = std::max<int64_t>(1, w.chunk_steps);
   copy_rows(w.hbuf, P, a.h, P, B, P);
   copy_rows(w.hbuf + B * P, P, a.h, P, B, P);
@@ -139,19 +140,15 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
   parallel_region(2 * B * G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
-    // This thread's gate rows of W_hh and W_ih, one PackedWeight per gate on the rows
-    // of the weights themselves (each packs its slice once; it then stays in this
-    // core's cache), its recurrent-product scratch [B, G * |u|] and its
-    // input-projection scratch [Tc * B, G * |u|]: gate g of unit k in column
-    // g * |u| + k - u.begin of both.
+    // This thread's gate rows of W_hh and W_ih (rows g * H + u of every gate g), each
+    // packed once as one operand (it then stays in this core's cache), its
+    // recurrent-product scratch [B, G * |u|] and its input-projection scratch
+    // [Tc * B, G * |u|]: gate g of unit k in column g * |u| + k - u.begin of both.
     const int64_t GHs = G * u.size();
-    T* rec = w.rec + B * G * u.begin;
+    T* rec = gru ? w.rec + B * G * u.begin : nullptr;
     T* xp = w.xbuf + Tc * B * G * u.begin;
-    std::optional<PackedWeight<T>> packed[4], packed_ih[4];
-    for (int64_t gate = 0; gate < G; ++gate) {
-      packed[gate].emplace(true, u.size(), P, B, a.w_hh + (gate * H + u.begin) * P, P);
-      packed_ih[gate].emplace(true, u.size(), I, Tc * B, a.w_ih + (gate * H + u.begin) * I, I);
-    }
+    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H);
+    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, a.w_ih + u.begin * I, I, G, H);
     int cur = 0;
     int64_t chunk_lo = 0;  // first row of the current input-projection chunk
     for (int64_t step = 0; step < s.T; ++step) {
@@ -170,8 +167,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
                           sizeof(T) * u.size());
         }
         const T beta = w.bias_x != nullptr ? T(1) : T(0);
-        for (int64_t gate = 0; gate < G; ++gate)
-          packed_ih[gate]->gemm(rows, a.x + chunk_lo * I, I, beta, xp + gate * u.size(), GHs);
+        packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
       }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -179,13 +175,18 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
       const int64_t row = s.off[t];
       const T* hin = w.hbuf + cur * B * P;
       T* hout = w.hbuf + (1 - cur) * B * P;
-      // Recurrent product for this thread's units: one GEMM per gate against its rows
-      // of W_hh; the pointwise pass adds it to the input side (GRU: with b_hh).
-      for (int64_t gate = 0; gate < G; ++gate)
-        packed[gate]->gemm(b, hin, P, T(0), rec + gate * u.size(), GHs);
-      const FwdStep<T> st{xp + (row - chunk_lo) * GHs,
+      // Recurrent product for this thread's units of every gate: added into the input
+      // side (LSTM, RNN: the sum is all the pointwise pass needs), or apart for the GRU
+      // (whose n gate scales it by r, with b_hh).
+      T* const xin = xp + (row - chunk_lo) * GHs;
+      if (gru) {
+        packed.gemm(b, hin, P, T(0), rec, GHs);
+      } else {
+        packed.gemm(b, hin, P, T(1), xin, GHs);
+      }
+      const FwdStep<T> st{xin,
                           GHs,
-                          rec,
+                          gru ? rec : nullptr,
                           GHs,
                           w.bias_h,
                           gbuf != nullptr ? gbuf + row * ld : nullptr,

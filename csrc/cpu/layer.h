@@ -38,6 +38,7 @@
 
 #include <cstdint>
 
+#include <cstdlib>
 #include "pointwise.h"
 #include "../core/layer.h"
 
@@ -47,7 +48,8 @@ namespace cpu {
 using core::Sequence;
 
 // Steps per input-projection chunk (about 128 rows, at least one step).
-inline int64_t input_chunk_steps(int64_t B) { return B >= 128 ? 1 : 128 / (B > 0 ? B : 1); }
+inline int64_t exp_knob(const char* n, int64_t d) { const char* v = std::getenv(n); return v ? std::atoll(v) : d; }
+inline int64_t input_chunk_steps(int64_t B) { static const int64_t R = exp_knob("RNNFAST_EXP_ROWS", 128); return B >= R ? 1 : R / (B > 0 ? B : 1); }
 
 // The CPU executor's own buffers, beside the layer's (core::LayerForward): allocated
 // once per call by the CPU backend (ops_cpu.cpp).
@@ -57,7 +59,7 @@ struct ForwardScratch {
                               //   b_hh; GRU: b_ih), or nullptr (no bias)
   const T* bias_h = nullptr;  // [3H] GRU: b_hh (zeros without bias), else nullptr
   T* hbuf = nullptr;          // [2, B, P] the double-buffered running h
-  T* rec = nullptr;           // [B, G*H] each thread's recurrent product
+  T* rec = nullptr;           // [B, G*H] each thread's recurrent product (GRU only)
   T* xbuf = nullptr;          // [chunk_steps * B, G*H] each thread's input projection of a
                               //   chunk of steps
   int64_t chunk_steps = 1;

@@ -34,8 +34,11 @@ constexpr int64_t kPanel = 16;
 // Floats needed for the panels of an op(W) with N columns and K rows.
 inline int64_t panel_floats(int64_t N, int64_t K) { return (N + kPanel - 1) / kPanel * kPanel * K; }
 
-// Packs op(W) into panels: op(W) = W^T for W [N, K] (trans_w), else W [K, N].
-void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels);
+// Packs op(W) into panels: op(W) = W^T for W [N, K] (trans_w), else W [K, N]. With
+// groups > 1 (trans_w only), column n of op(W) is row (n / (N / groups)) * group_stride
+// + n % (N / groups) of W.
+void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels,
+                 int64_t groups = 1, int64_t group_stride = 0);
 
 using PanelGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* panels,
                               const float* X, int64_t ldx, bool accumulate, float* C,
@@ -67,7 +70,11 @@ using PanelGemmF32 = void (*)(int64_t M, int64_t N, int64_t K, const float* pane
 // (two B panels, 24 zmm accumulators). On the AVX-512 machine (AMD EPYC, Zen 5, 2
 // threads, the same standalone comparison; FMA peak 494 GF/s) at those shapes, GF/s MKL
 // -> AVX2 -> AVX-512: 6400x1024x256 A 175 -> 212 -> 364, 1024x256x6400 A^T 171 -> 186 ->
-// 335, 4096x1024x6400 A^T 195 -> 221 -> 401, 6400x1024x4096 A 193 -> 199 -> 344.
+// 335, 4096x1024x6400 A^T 195 -> 221 -> 401, 6400x1024x4096 A 193 -> 199 -> 344; and at
+// the small grid shapes, where the AVX2 set keeps MKL: 512x128x3200 A^T 172 -> 192 ->
+// 361, 3200x128x512 A 199 -> 217 -> 392, 1024x256x100 A^T 179 -> 217 -> 416. So the
+// AVX-512 set takes every product from M N K = 2^24 (below that a call's workspace and
+// threads cost more than the product).
 //
 // Block sizes: the B micro-panel (16 x kBlockK, 16 KiB) stays in L1 and the op(A) block
 // (kBlockM x kBlockK, 144 KiB) in L2 of this machine (32 KiB / 512 KiB); kBlockN keeps

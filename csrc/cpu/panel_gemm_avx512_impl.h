@@ -84,9 +84,9 @@ inline void zpanel_rows(int64_t N, int64_t K, const float* panels, const float* 
   }
 }
 
-// MR rows (1..kRowBlock - 1) of a remainder against NP panels.
+// `rows` rows (1..12) against NP panels.
 template <int NP>
-inline void zpanel_rest(int64_t rows, int64_t K, const float* wp, int64_t pstride, const float* X,
+inline void zpanel_rows_n(int64_t rows, int64_t K, const float* wp, int64_t pstride, const float* X,
                         int64_t ldx, float* C, int64_t ldc, int64_t ncols, bool accumulate) {
   switch (rows) {
     case 1: return zpanel_block<1, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
@@ -100,13 +100,40 @@ inline void zpanel_rest(int64_t rows, int64_t K, const float* wp, int64_t pstrid
     case 9: return zpanel_block<9, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
     case 10: return zpanel_block<10, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
     case 11: return zpanel_block<11, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 12: return zpanel_block<12, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
     default: return;
   }
 }
 
 // Many rows: column blocks of two panels (2 x K x 64 bytes, in L1 up to K = 384),
-// all rows against a block in tiles of 12 rows (24 accumulators).
-constexpr int kRowBlock = 12;
+// all rows against a block in row blocks of at most 12 (up to 24 accumulators), the
+// rows shared out evenly (M = 16: two blocks of 8, not 12 + 4, whose 8 accumulators
+// would leave the FMA pipes waiting on latency). (Splitting k into blocks of 256 for
+// K > 512, adding each block's sum to C, was slower at the XL layers' steps, K = 1024:
+// C [128, 2048] a thread is then read and written four times.)
+constexpr int64_t kRowBlock = 12;
+
+inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
+                            int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  const int64_t pstride = K * kPanel;
+  const int64_t nblocks = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t base = M / nblocks, extra = M % nblocks;  // the first `extra` get one more
+  for (int64_t n = 0; n < N; n += 2 * kPanel) {
+    const int64_t ncols = N - n < 2 * kPanel ? N - n : 2 * kPanel;
+    const float* wp = panels + (n / kPanel) * pstride;
+    for (int64_t blk = 0, m = 0; blk < nblocks; ++blk) {
+      const int64_t rows = base + (blk < extra ? 1 : 0);
+      if (ncols > kPanel) {
+        zpanel_rows_n<2>(rows, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                         accumulate);
+      } else {
+        zpanel_rows_n<1>(rows, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
+                         accumulate);
+      }
+      m += rows;
+    }
+  }
+}
 
 inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
                            int64_t ldx, bool accumulate, float* C, int64_t ldc) {
@@ -123,28 +150,7 @@ inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels,
     case 8: return zpanel_rows<8, 3>(N, K, panels, X, ldx, accumulate, C, ldc);
     default: break;
   }
-  const int64_t pstride = K * kPanel;
-  for (int64_t n = 0; n < N; n += 2 * kPanel) {
-    const int64_t ncols = N - n < 2 * kPanel ? N - n : 2 * kPanel;
-    const float* wp = panels + (n / kPanel) * pstride;
-    int64_t m = 0;
-    if (ncols > kPanel) {
-      for (; m + kRowBlock <= M; m += kRowBlock)
-        zpanel_block<kRowBlock, 2>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                                   accumulate);
-      zpanel_rest<2>(M - m, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                     accumulate);
-    } else {  // the last, single panel: 16 rows at a time
-      for (; m + 16 <= M; m += 16)
-        zpanel_block<16, 1>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                            accumulate);
-      for (; m + kRowBlock <= M; m += kRowBlock)
-        zpanel_block<kRowBlock, 1>(K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                                   accumulate);
-      zpanel_rest<1>(M - m, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                     accumulate);
-    }
-  }
+  return panel_many_rows(M, N, K, panels, X, ldx, accumulate, C, ldc);
 }
 
 

@@ -23,7 +23,8 @@ struct FwdStep {
   T* xin;         // [B, xin_ld] this thread's input-side pre-activations (x W_ih^T + folded
                   //         biases): gate g of unit k at xin[j * xin_ld + g * (k1 - k0) + k - k0]
   int64_t xin_ld;
-  const T* rec;   // [B, rec_ld] this thread's recurrent product h_{t-1} W_hh^T, same layout
+  const T* rec;   // [B, rec_ld] this thread's recurrent product h_{t-1} W_hh^T, same layout;
+                  //         LSTM, RNN: nullptr when it is already added into xin
   int64_t rec_ld;
   const T* bias_h;  // [3H] GRU: b_hh (zeros without bias), added to the recurrent side
   T* gx;          // [B, ld] out: what backward needs (activated gates, GRU also hn, RNN h_t
@@ -78,6 +79,10 @@ struct CpuKernels {
   PanelGemmF32 panel_gemm_f32;
   // The whole-sequence products' blocked GEMM (panel_gemm.h), or nullptr: the BLAS.
   BlockedGemmF32 blocked_gemm_f32;
+  // Smallest product sequence_gemm gives the blocked GEMM (blas.h): N >= this many
+  // columns and M N K >= 2^(this); below it the BLAS was as fast in the measurements.
+  int64_t blocked_gemm_min_n;
+  int blocked_gemm_min_mnk_log2;
 };
 
 const CpuKernels& cpu_kernels();

@@ -41,36 +41,50 @@ inline void with_flag(bool flag, F&& f) {
   }
 }
 
+// The same for two flags.
+template <typename F>
+inline void with_flags(bool a, bool b, F&& f) {
+  with_flag(a, [&](auto fa) { with_flag(b, [&](auto fb) { f(fa, fb); }); });
+}
+
 // ----------------------------------------------------------------- LSTM
 template <typename T>
 void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
-  for (int64_t j = row_begin; j < row_end; ++j) {
-    const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
-    const T* __restrict ri = s.rec + j * s.rec_ld;
-    // Activated gates go to the workspace when saving, else back over this thread's
-    // own input-side scratch (never read again).
-    T* __restrict og = s.gx != nullptr ? s.gx + j * s.ld + k0 : s.xin + j * s.xin_ld;
-    const int64_t os = s.gx != nullptr ? H : n;
-    T* __restrict c = s.c + j * H;
-    T* __restrict h = s.h + j * H;
+  with_flags(s.gx != nullptr, s.rec != nullptr, [&](auto save, auto separate) {
+    constexpr bool kSave = decltype(save)::value;      // also write the activated gates
+    constexpr bool kRec = decltype(separate)::value;   // add rec (else xin holds the sum)
+    for (int64_t j = row_begin; j < row_end; ++j) {
+      const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k, gate g at xi[k - k0 + g * n]
+      const T* __restrict ri = kRec ? s.rec + j * s.rec_ld : nullptr;
+      T* __restrict og = kSave ? s.gx + j * s.ld + k0 : nullptr;
+      T* __restrict c = s.c + j * H;
+      T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t m = k - k0;
-      T i = xi[m] + ri[m], f = xi[m + n] + ri[m + n], g = xi[m + 2 * n] + ri[m + 2 * n],
-        o = xi[m + 3 * n] + ri[m + 3 * n];
-      T cn, r;
-      cell::lstm_forward_unit<T, FastAct>(i, f, g, o, c[k], cn, r);
-      og[m] = i;
-      og[m + os] = f;
-      og[m + 2 * os] = g;
-      og[m + 3 * os] = o;
-      c[k] = cn;
-      h[k] = r;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t m = k - k0;
+        T i = xi[m], f = xi[m + n], g = xi[m + 2 * n], o = xi[m + 3 * n];
+        if constexpr (kRec) {
+          i += ri[m];
+          f += ri[m + n];
+          g += ri[m + 2 * n];
+          o += ri[m + 3 * n];
+        }
+        T cn, r;
+        cell::lstm_forward_unit<T, FastAct>(i, f, g, o, c[k], cn, r);
+        if constexpr (kSave) {
+          og[m] = i;
+          og[m + H] = f;
+          og[m + 2 * H] = g;
+          og[m + 3 * H] = o;
+        }
+        c[k] = cn;
+        h[k] = r;
+      }
+      if (s.saved != nullptr) copy_units(s.saved + j * H, c, k0, k1);
+      if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
     }
-    if (s.saved != nullptr) copy_units(s.saved + j * H, c, k0, k1);
-    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
-  }
+  });
 }
 
 template <typename T>
@@ -165,19 +179,24 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 template <typename T, bool Relu>
 void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
-  for (int64_t j = row_begin; j < row_end; ++j) {
-    const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k at xi[k - k0]
-    const T* __restrict ri = s.rec + j * s.rec_ld;
-    T* __restrict g = s.gx + j * s.ld;  // the layer output
-    T* __restrict h = s.h + j * H;
+  with_flag(s.rec != nullptr, [&](auto separate) {
+    constexpr bool kRec = decltype(separate)::value;  // add rec (else xin holds the sum)
+    for (int64_t j = row_begin; j < row_end; ++j) {
+      const T* __restrict xi = s.xin + j * s.xin_ld;  // unit k at xi[k - k0]
+      const T* __restrict ri = kRec ? s.rec + j * s.rec_ld : nullptr;
+      T* __restrict g = s.gx + j * s.ld;  // the layer output
+      T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-    for (int64_t k = k0; k < k1; ++k) {
-      const T v = cell::rnn_forward_unit<T, FastAct, Relu>(xi[k - k0] + ri[k - k0]);
-      g[k] = v;
-      h[k] = v;
+      for (int64_t k = k0; k < k1; ++k) {
+        T pre = xi[k - k0];
+        if constexpr (kRec) pre += ri[k - k0];
+        const T v = cell::rnn_forward_unit<T, FastAct, Relu>(pre);
+        g[k] = v;
+        h[k] = v;
+      }
+      if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
     }
-    if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
-  }
+  });
 }
 
 template <typename T, bool Relu>
@@ -195,7 +214,8 @@ void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // constexpr: the tables are built at compile time (constinit in isa_*.cpp), so no code
 // of this instruction set runs while the library loads, on CPUs that lack it.
 constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nullptr,
-                                  BlockedGemmF32 blocked_gemm = nullptr) {
+                                  BlockedGemmF32 blocked_gemm = nullptr,
+                                  int64_t blocked_min_n = 0, int blocked_min_mnk_log2 = 0) {
   return CpuKernels{
       name,
       {&lstm_fwd<float>, &gru_fwd<float>, &rnn_fwd<float, false>, &rnn_fwd<float, true>},
@@ -203,7 +223,9 @@ constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nu
       {&lstm_bwd<float>, &gru_bwd<float>, &rnn_bwd<float, false>, &rnn_bwd<float, true>},
       {&lstm_bwd<double>, &gru_bwd<double>, &rnn_bwd<double, false>, &rnn_bwd<double, true>},
       panel_gemm,
-      blocked_gemm};
+      blocked_gemm,
+      blocked_min_n,
+      blocked_min_mnk_log2};
 }
 
 }  // namespace RNNFAST_ISA
