@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -19,6 +18,7 @@
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
 #define RNNFAST_ISA avx512
+#include "lanes_avx512.h"
 #include "pointwise_impl.h"
 #include "panel_gemm_avx512_impl.h"
 

@@ -38,7 +38,6 @@
 
 #include <cstdint>
 
-#include <cstdlib>
 #include "pointwise.h"
 #include "../core/layer.h"
 
@@ -48,8 +47,7 @@ namespace cpu {
 using core::Sequence;
 
 // Steps per input-projection chunk (about 128 rows, at least one step).
-inline int64_t exp_knob(const char* n, int64_t d) { const char* v = std::getenv(n); return v ? std::atoll(v) : d; }
-inline int64_t input_chunk_steps(int64_t B) { static const int64_t R = exp_knob("RNNFAST_EXP_ROWS", 128); return B >= R ? 1 : R / (B > 0 ? B : 1); }
+inline int64_t input_chunk_steps(int64_t B) { return B >= 128 ? 1 : 128 / (B > 0 ? B : 1); }
 
 // The CPU executor's own buffers, beside the layer's (core::LayerForward): allocated
 // once per call by the CPU backend (ops_cpu.cpp).

@@ -47,9 +47,36 @@ inline void with_flags(bool a, bool b, F&& f) {
   with_flag(a, [&](auto fa) { with_flag(b, [&](auto fb) { f(fa, fb); }); });
 }
 
+// How a forward pointwise loop walks the units: one at a time as scalars (the compiler
+// vectorises the loop), or, where the set has them (lanes_avx512.h), 16 float lanes
+// per iteration with the last one masked.
+template <typename T>
+struct ScalarLanes {
+  using V = T;
+  using Act = FastAct;
+  static constexpr int64_t kWidth = 1;
+  struct Mask {};
+  static Mask mask(int64_t) { return {}; }
+  static V load(const T* p, Mask) { return *p; }
+  static void store(T* p, V v, Mask) { *p = v; }
+};
+
+template <typename T>
+struct LanesFor {
+  using type = ScalarLanes<T>;
+};
+#ifdef RNNFAST_HAVE_F16_LANES
+template <>
+struct LanesFor<float> {
+  using type = F16Lanes;
+};
+#endif
+
 // ----------------------------------------------------------------- LSTM
 template <typename T>
 void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  using L = typename LanesFor<T>::type;
+  using V = typename L::V;
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
   with_flags(s.gx != nullptr, s.rec != nullptr, [&](auto save, auto separate) {
     constexpr bool kSave = decltype(save)::value;      // also write the activated gates
@@ -61,25 +88,27 @@ void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
       T* __restrict c = s.c + j * H;
       T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t k = k0; k < k1; k += L::kWidth) {
         const int64_t m = k - k0;
-        T i = xi[m], f = xi[m + n], g = xi[m + 2 * n], o = xi[m + 3 * n];
+        const auto mk = L::mask(k1 - k);
+        V i = L::load(xi + m, mk), f = L::load(xi + m + n, mk), g = L::load(xi + m + 2 * n, mk),
+          o = L::load(xi + m + 3 * n, mk);
         if constexpr (kRec) {
-          i += ri[m];
-          f += ri[m + n];
-          g += ri[m + 2 * n];
-          o += ri[m + 3 * n];
+          i += L::load(ri + m, mk);
+          f += L::load(ri + m + n, mk);
+          g += L::load(ri + m + 2 * n, mk);
+          o += L::load(ri + m + 3 * n, mk);
         }
-        T cn, r;
-        cell::lstm_forward_unit<T, FastAct>(i, f, g, o, c[k], cn, r);
+        V cn, r;
+        cell::lstm_forward_unit<V, typename L::Act>(i, f, g, o, L::load(c + k, mk), cn, r);
         if constexpr (kSave) {
-          og[m] = i;
-          og[m + H] = f;
-          og[m + 2 * H] = g;
-          og[m + 3 * H] = o;
+          L::store(og + m, i, mk);
+          L::store(og + m + H, f, mk);
+          L::store(og + m + 2 * H, g, mk);
+          L::store(og + m + 3 * H, o, mk);
         }
-        c[k] = cn;
-        h[k] = r;
+        L::store(c + k, cn, mk);
+        L::store(h + k, r, mk);
       }
       if (s.saved != nullptr) copy_units(s.saved + j * H, c, k0, k1);
       if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
