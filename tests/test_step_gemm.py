@@ -48,6 +48,24 @@ def test_step_gemm_against_float64(trans_w, beta, dtype):
 
 
 @pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_step_gemm_long_reductions_many_rows(trans_w):
+    """K past the AVX-512 set's threshold for packed row tiles (768), with row counts
+    that split into uneven row blocks, on strided rows."""
+    gen = torch.Generator().manual_seed(77)
+    for M, N, K in [(9, 33, 768), (13, 100, 1031), (29, 17, 800), (131, 65, 1024)]:
+        _check(M, N, K, trans_w, 0.0, torch.float32, gen)
+        _check(M, N, K, trans_w, 1.0, torch.float32, gen)
+        xs = torch.randn(M, K + 5, generator=gen)
+        x = xs[:, 2:K + 2]
+        w = torch.randn(*((N, K) if trans_w else (K, N)), generator=gen)
+        out = torch.randn(M, N, generator=gen)
+        c0 = out.clone()
+        _C._step_gemm(x, w, trans_w, 0.0, out)
+        _assert_within_rounding(out, x, w.t() if trans_w else w, 0.0, c0, K, torch.float32,
+                                f"strided M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
 def test_step_gemm_strided_rows_and_untouched_padding(trans_w):
     gen = torch.Generator().manual_seed(5)
     for M, N, K in [(1, 17, 9), (4, 33, 64), (7, 100, 5), (64, 16, 130)]:

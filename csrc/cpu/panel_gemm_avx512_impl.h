@@ -25,7 +25,9 @@ inline __mmask16 lanes(int64_t n) {
 
 // Rows [0, MR) of C, columns [0, ncols) (ncols <= 16 * NP): NP panels from wp (panel
 // p at wp + p * pstride, row k of a panel at + k * 16).
-template <int MR, int NP>
+// X is row r, element k at X[r * ldx + k]; or, Packed, a row tile packed by k, at
+// X[k * MR + r] (ldx unused).
+template <int MR, int NP, bool Packed = false>
 inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
                          const float* __restrict X, int64_t ldx, float* __restrict C,
                          int64_t ldc, int64_t ncols, bool accumulate) {
@@ -42,7 +44,7 @@ inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
     for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(wp + p * pstride + k * kPanel);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m512 x = _mm512_set1_ps(X[r * ldx + k]);
+      const __m512 x = _mm512_set1_ps(Packed ? X[k * MR + r] : X[r * ldx + k]);
 #pragma GCC unroll 8
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(x, w[p], acc[r][p]);
     }
@@ -85,22 +87,22 @@ inline void zpanel_rows(int64_t N, int64_t K, const float* panels, const float* 
 }
 
 // `rows` rows (1..12) against NP panels.
-template <int NP>
+template <int NP, bool Packed>
 inline void zpanel_rows_n(int64_t rows, int64_t K, const float* wp, int64_t pstride, const float* X,
                         int64_t ldx, float* C, int64_t ldc, int64_t ncols, bool accumulate) {
   switch (rows) {
-    case 1: return zpanel_block<1, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 2: return zpanel_block<2, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 3: return zpanel_block<3, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 4: return zpanel_block<4, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 5: return zpanel_block<5, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 6: return zpanel_block<6, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 7: return zpanel_block<7, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 8: return zpanel_block<8, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 9: return zpanel_block<9, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 10: return zpanel_block<10, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 11: return zpanel_block<11, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
-    case 12: return zpanel_block<12, NP>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 1: return zpanel_block<1, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 2: return zpanel_block<2, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 3: return zpanel_block<3, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 4: return zpanel_block<4, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 5: return zpanel_block<5, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 6: return zpanel_block<6, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 7: return zpanel_block<7, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 8: return zpanel_block<8, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 9: return zpanel_block<9, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 10: return zpanel_block<10, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 11: return zpanel_block<11, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
+    case 12: return zpanel_block<12, NP, Packed>(K, wp, pstride, X, ldx, C, ldc, ncols, accumulate);
     default: return;
   }
 }
@@ -108,13 +110,36 @@ inline void zpanel_rows_n(int64_t rows, int64_t K, const float* wp, int64_t pstr
 // Many rows: column blocks of two panels (2 x K x 64 bytes, in L1 up to K = 384),
 // all rows against a block in row blocks of at most 12 (up to 24 accumulators), the
 // rows shared out evenly (M = 16: two blocks of 8, not 12 + 4, whose 8 accumulators
-// would leave the FMA pipes waiting on latency). (Splitting k into blocks of 256 for
-// K > 512, adding each block's sum to C, was slower at the XL layers' steps, K = 1024:
-// C [128, 2048] a thread is then read and written four times.)
+// would leave the FMA pipes waiting on latency). For long reductions (K >= 768, the XL
+// layers' steps) the rows of each block are first copied into one contiguous tile
+// packed by k (element k of the block's rows side by side): the block then streams one
+// array besides its two panels, where it otherwise walks 12 rows each ldx apart, and
+// at K = 1024 that was worth 13-18% of the XL layer (one A/B run each way); at
+// K = 256..512 the copy cost what it saved. (Splitting k into blocks of 256, adding
+// each block's sum to C, was slower: C [128, 2048] a thread is then read and written
+// four times.)
 constexpr int64_t kRowBlock = 12;
+constexpr int64_t kPackRowsMinK = 768;
 
-inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
-                            int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+// A thread's own buffer for the packed row tiles (grown as needed, never shrunk).
+struct TileBuffer {
+  float* p = nullptr;
+  int64_t n = 0;
+  float* get(int64_t need) {
+    if (need > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, ((need * 4 + 63) / 64) * 64));
+      n = p != nullptr ? need : 0;
+    }
+    return p;
+  }
+  ~TileBuffer() { std::free(p); }
+};
+
+template <bool Packed>
+inline void panel_many_rows_impl(int64_t M, int64_t N, int64_t K, const float* panels,
+                                 const float* X, int64_t ldx, bool accumulate, float* C,
+                                 int64_t ldc, const float* tiles) {
   const int64_t pstride = K * kPanel;
   const int64_t nblocks = (M + kRowBlock - 1) / kRowBlock;
   const int64_t base = M / nblocks, extra = M % nblocks;  // the first `extra` get one more
@@ -123,16 +148,39 @@ inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels
     const float* wp = panels + (n / kPanel) * pstride;
     for (int64_t blk = 0, m = 0; blk < nblocks; ++blk) {
       const int64_t rows = base + (blk < extra ? 1 : 0);
+      const float* x = Packed ? tiles + m * K : X + m * ldx;
       if (ncols > kPanel) {
-        zpanel_rows_n<2>(rows, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                         accumulate);
+        zpanel_rows_n<2, Packed>(rows, K, wp, pstride, x, ldx, C + m * ldc + n, ldc, ncols,
+                                 accumulate);
       } else {
-        zpanel_rows_n<1>(rows, K, wp, pstride, X + m * ldx, ldx, C + m * ldc + n, ldc, ncols,
-                         accumulate);
+        zpanel_rows_n<1, Packed>(rows, K, wp, pstride, x, ldx, C + m * ldc + n, ldc, ncols,
+                                 accumulate);
       }
       m += rows;
     }
   }
+}
+
+inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
+                            int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  static thread_local TileBuffer buffer;
+  const float* tiles = nullptr;
+  if (K >= kPackRowsMinK && (tiles = buffer.get(M * K)) != nullptr) {
+    const int64_t nblocks = (M + kRowBlock - 1) / kRowBlock;
+    const int64_t base = M / nblocks, extra = M % nblocks;
+    float* dst = buffer.p;
+    for (int64_t blk = 0, m = 0; blk < nblocks; ++blk) {
+      const int64_t rows = base + (blk < extra ? 1 : 0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = X + (m + r) * ldx;
+        for (int64_t k = 0; k < K; ++k) dst[k * rows + r] = src[k];
+      }
+      dst += rows * K;
+      m += rows;
+    }
+    return panel_many_rows_impl<true>(M, N, K, panels, X, ldx, accumulate, C, ldc, tiles);
+  }
+  return panel_many_rows_impl<false>(M, N, K, panels, X, ldx, accumulate, C, ldc, nullptr);
 }
 
 inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
