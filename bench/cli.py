@@ -36,6 +36,7 @@ import torch
 from . import report
 from .grid import (DTYPES, LAYERS, MODES, LayerSpec, Shape, import_rnnfast, is_full_grid,
                    resolve_layers, resolve_shapes, rnnfast_class)
+from .load import LOAD_SHAPES, format_load_table, load_summary, measure_under_load
 from .machine import format_machine, load_average, machine_info
 from .memory import _MEMORY_ENV_DEFAULTS, MemoryResult, child_main, measure_memory
 from .plot import plot_results
@@ -49,7 +50,8 @@ where results go:
   A full-grid CPU run (the default: every layer, both modes, S,M,L,XL,B1,B4, float32) writes
   docs/results/cpu-<kernelset>.md (header with commit, date, CPU, ISA flags, kernel set, torch,
   threads and this command line; the speedup grid; every cell) and docs/results/cpu-<kernelset>.png;
-  with --memory, docs/results/memory-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
+  with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
+  (every layer and mode), docs/results/load-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
   (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512). Any other run (a subset of
   --layers/--modes/--shapes/--dtypes, --quick, --device cuda, --memory-repeat > 1, a layer rnnfast
   lacks) writes the same files to bench_results/ instead, so it never overwrites docs/results.
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out, --no-docs; with --strict exits 2 where rnnfast uses more than torch.nn")
     p.add_argument("--memory-repeat", type=int, default=1, metavar="N",
                    help="with --memory: measure every cell N times (repeatability check; default 1)")
+    p.add_argument("--under-load", dest="under_load", action="store_true",
+                   help="instead of the timing run: the median time of each cell alone and beside one busy "
+                        "process, torch.nn and rnnfast, float32, and each one's slowdown (bench/load.py); "
+                        "shapes S,M,B1,B4 unless --shapes; honours --layers, --modes, --threads, --seed, "
+                        "--json, --out, --no-docs")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -278,6 +285,48 @@ def _memory_main(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _load_main(args: argparse.Namespace, command: str) -> int:
+    """``--under-load``: each cell alone and beside a busy process (no plot)."""
+    if args.shapes is None and not args.quick:
+        args.shapes = list(LOAD_SHAPES)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    plan, rc = _plan_or_exit(args, "measure")
+    if plan is None:
+        return rc
+    default = (not args.quick and list(args.shapes) == list(LOAD_SHAPES) and set(plan.modes) == set(MODES)
+               and {s.key for s in plan.specs} == {s.key for s in LAYERS})
+    out_dir = report.output_dir(args.out, default and not args.no_docs)
+    info = machine_info("cpu")
+    info["torch_threads"] = torch.get_num_threads()
+    info["command"] = command
+    info["run"] = "under load: " + _run_kind(plan, args)
+    info["load_start"] = load_average()
+    log(format_machine(info))
+    log(f"results go to {_show(out_dir)}/")
+    t0 = time.perf_counter()
+    results = measure_under_load(plan.specs, plan.modes, plan.shapes, args.seed,
+                                 warmup=1 if args.quick else 2, repeats=3 if args.quick else 7,
+                                 min_time=0.05 if args.quick else 1.0, log=log)
+    info["load_end"] = load_average()
+    table, summary = format_load_table(results), load_summary(results)
+    print()
+    print(table)
+    print()
+    print(summary + f"; {time.perf_counter() - t0:.0f}s")
+    md = report.write_text(out_dir / (report.load_stem(info) + ".md"),
+                           report.format_load_markdown(results, info, table, summary))
+    log(f"wrote {_show(md)}")
+    if args.json:
+        _write_json(args.json, {"args": vars(args), "machine": info,
+                                "results": [dataclasses.asdict(r) for r in results]})
+    if any(r.status != "ok" for r in results):
+        return 1
+    if args.strict and any(r.ok is False for r in results):
+        return 2
+    return 0
+
+
 def _progress(i: int, n: int, r: CellResult, elapsed: float) -> str:
     if r.status == "ok":
         tgt = "" if r.target is None else f", target {r.target:.1f}x {'met' if r.target_met else 'NOT met'}"
@@ -298,6 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = " ".join(["python -m bench"] + ([shlex.join(argv)] if argv else []))
     if args.memory:
         return _memory_main(args, command)
+    if args.under_load:
+        return _load_main(args, command)
     quick = args.quick
     repeats = args.repeats if args.repeats is not None else (3 if quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if quick else 2)

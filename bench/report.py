@@ -24,7 +24,7 @@ from .util import fmt, markdown_table
 __all__ = [
     "DOCS_RESULTS", "SCRATCH_DIR", "output_dir", "results_stem", "memory_stem", "format_table",
     "format_speedup_table", "format_summary", "format_memory_table", "memory_caption", "memory_summary",
-    "format_results_markdown", "format_memory_markdown", "write_text",
+    "format_results_markdown", "format_memory_markdown", "load_stem", "format_load_markdown", "write_text",
 ]
 
 #: Where a full-grid CPU run writes its results: ``docs/results`` of the source tree.
@@ -288,6 +288,22 @@ def format_memory_markdown(results: Sequence[MemoryResult], info: Dict[str, Any]
                   info)
     out += ["", memory_caption(results) + ".", "", format_memory_table(results), "",
             memory_summary(results) + "."]
+    return "\n".join(out) + "\n"
+
+
+def load_stem(info: Dict[str, Any]) -> str:
+    """File name (without extension) of an ``--under-load`` run's results: ``load-cpu-<kernelset>``."""
+    return "load-cpu-" + _slug(kernel_set(info))
+
+
+def format_load_markdown(results: Sequence[Any], info: Dict[str, Any], table: str, summary: str) -> str:
+    """The results file of an ``--under-load`` run (``load-cpu-<kernelset>.md``)."""
+    out = _header(f"rnnfast vs torch.nn beside a busy process, CPU, `{kernel_set(info)}` kernels", info)
+    out += ["", "Median time per call alone, then beside one process spinning on a CPU (`python -c "
+            "'while True: pass'`), both implementations interleaved in each phase; slowdown = beside / "
+            "alone. \"rnnfast one-thread loops\": of rnnfast's step loops beside the busy process, how "
+            "many its load monitor ran on one thread (docs/design.md, threads under load).",
+            "", table, "", summary + "."]
     return "\n".join(out) + "\n"
 
 

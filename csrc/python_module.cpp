@@ -5,6 +5,7 @@
 #include "build_info.h"
 #include "core/cells.h"
 #include "cpu/blas.h"
+#include "cpu/layer.h"
 
 namespace {
 
@@ -58,6 +59,18 @@ void blocked_gemm(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool a
                                       out.data_ptr<float>(), out.stride(0));
 }
 
+// The CPU step loops' load monitor (csrc/cpu/layer.h StepLoopLoad) as a dict.
+pybind11::dict step_loop_load() {
+  const rnnfast::cpu::StepLoopLoad l = rnnfast::cpu::step_loop_load();
+  pybind11::dict d;
+  d["split_loops"] = l.split_loops;
+  d["single_loops"] = l.single_loops;
+  d["loaded_loops"] = l.loaded_loops;
+  d["last_wait_fraction"] = l.last_wait_fraction;
+  d["backoff_s"] = l.backoff_s;
+  return d;
+}
+
 // csrc/core/cells.h as {name: {...}} (RNN tanh and relu share one operator).
 pybind11::dict cell_specs() {
   pybind11::dict out;
@@ -90,6 +103,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
         "(the panel micro-kernel where the CPU kernel set has one; testing).");
+  m.def("_step_loop_load", &step_loop_load,
+        "The CPU step loops' load monitor: loops split across threads, loops run on one "
+        "thread because the last split loop found its threads not all running, split "
+        "loops that found so, the last split loop's largest wait share, the back-off (s).");
+  m.def("_reset_step_loop_load", &rnnfast::cpu::reset_step_loop_load,
+        "Forget the load seen so far: the next step loop splits again; counters to zero.");
+  m.def("_hold_step_loops_on_one_thread", &rnnfast::cpu::hold_step_loops_on_one_thread,
+        pybind11::arg("seconds"),
+        "Testing: the step loops that may drop to one thread under load (float32 without "
+        "projection, rnnfast's step GEMM) do so for the next `seconds`.");
   m.def("_blocked_gemm", &blocked_gemm, pybind11::arg("a"), pybind11::arg("b"),
         pybind11::arg("trans_a"), pybind11::arg("accumulate"), pybind11::arg("out"),
         "out = (a.T if trans_a else a) @ b (+ out) through the blocked GEMM of the "

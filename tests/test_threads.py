@@ -55,3 +55,114 @@ def test_split_step_loop_matches_torch(name, ref_cls, cls, kwargs, packed, dtype
         results.append([out, *states, *grads])
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, **TOL[dtype])
+
+
+def _split_invariant_kernels():
+    return rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+
+
+def _run_all(mod, x, lengths, packed):
+    inp = pack_padded_sequence(x, lengths) if packed else x
+    out, state = mod(inp)
+    out = out.data if packed else out
+    states = state if isinstance(state, tuple) else (state,)
+    grads_out = [torch.linspace(-1, 1, t.numel(), dtype=x.dtype).reshape(t.shape) for t in (out, *states)]
+    grads = torch.autograd.grad((out, *states), [x, *mod.parameters()], grads_out)
+    return [out, *states, *grads]
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,ref_cls,cls,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_one_thread_under_load_gives_the_same_bits(name, ref_cls, cls, kwargs, dtype, threads):
+    """The load monitor may run a step loop on one thread; it does so only where that gives
+    bitwise the same result as the split loop (float32 without projection, with rnnfast's
+    step GEMM), so results stay reproducible whatever the load; elsewhere the loop keeps
+    its threads."""
+    from rnnfast import _C
+    torch.manual_seed(0)
+    m = cls(50, 97, num_layers=2, bidirectional=True, dtype=dtype, **kwargs)
+    x = torch.randn(6, 9, 50, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([6, 6, 5, 5, 4, 3, 3, 2, 1])
+    for packed in (False, True):
+        _C._reset_step_loop_load()
+        split = _run_all(m, x, lengths, packed)
+        assert _C._step_loop_load()["single_loops"] == 0
+        _C._reset_step_loop_load()
+        _C._hold_step_loops_on_one_thread(60.0)
+        try:
+            single = _run_all(m, x, lengths, packed)
+            load = _C._step_loop_load()
+        finally:
+            _C._reset_step_loop_load()
+        eligible = dtype == torch.float32 and "proj_size" not in kwargs and _split_invariant_kernels()
+        if eligible:
+            assert load["single_loops"] > 0 and load["split_loops"] == 0, load
+        else:
+            assert load["single_loops"] == 0 and load["split_loops"] > 0, load
+        for i, (a, b) in enumerate(zip(split, single)):
+            assert torch.equal(a, b), f"tensor {i} differs between the split and the one-thread loop"
+
+
+def _busy_processes(n):
+    import subprocess
+    import sys
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_load_monitor_counts_split_loops_alone(threads):
+    from rnnfast import _C
+    _C._reset_step_loop_load()
+    m = rnnfast.LSTM(64, 97)
+    with torch.no_grad():
+        m(torch.randn(20, 33, 64))
+    load = _C._step_loop_load()
+    assert load["split_loops"] == 1 and load["single_loops"] == 0, load
+    assert 0.0 <= load["last_wait_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_load_monitor_falls_back_to_one_thread_beside_busy_processes(threads):
+    """With every CPU kept busy by other processes the split step loop's threads stall at
+    the barriers; the monitor must notice, run the next loops on one thread, and those
+    must still give torch.nn's results (forward and gradients)."""
+    import os
+    import time
+    from rnnfast import _C
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(64, 256)
+    m = rnnfast.LSTM(64, 256)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(100, 64, 64)
+    _C._reset_step_loop_load()
+    busy = _busy_processes(os.cpu_count() or 2)
+    try:
+        time.sleep(0.2)
+        deadline = time.monotonic() + 20.0
+        while _C._step_loop_load()["loaded_loops"] == 0 and time.monotonic() < deadline:
+            with torch.no_grad():
+                m(x)
+        load = _C._step_loop_load()
+        assert load["loaded_loops"] >= 1, f"no split loop found its threads stalled: {load}"
+        assert load["backoff_s"] > 0, load
+        xr = x[:30].clone().requires_grad_(True)
+        xf = xr.detach().clone().requires_grad_(True)
+        out_f, (h_f, c_f) = m(xf)
+        (out_f.sum() + h_f.sum() + c_f.sum()).backward()
+        if _split_invariant_kernels():
+            assert _C._step_loop_load()["single_loops"] >= 2, _C._step_loop_load()  # fwd, bwd
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+        _C._reset_step_loop_load()
+    out_r, (h_r, c_r) = ref(xr)
+    (out_r.sum() + h_r.sum() + c_r.sum()).backward()
+    tol = TOL[torch.float32]
+    torch.testing.assert_close(out_f, out_r, **tol)
+    torch.testing.assert_close(h_f, h_r, **tol)
+    torch.testing.assert_close(c_f, c_r, **tol)
+    torch.testing.assert_close(xf.grad, xr.grad, **tol)
+    for a, b in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **tol)

@@ -348,6 +348,8 @@ const char* sequence_gemm_backend() {
                                            : gemm_backend();
 }
 
+bool step_gemm_split_invariant_f32() { return cpu_kernels().panel_gemm_f32 != nullptr; }
+
 const char* step_gemm_backend() {
   if (cpu_kernels().panel_gemm_f32 != nullptr) return "rnnfast panel micro-kernel";
   if (&SGEMM_PACK_GET_SIZE != nullptr && &SGEMM_PACK != nullptr && &SGEMM_COMPUTE != nullptr)

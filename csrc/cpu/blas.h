@@ -93,6 +93,11 @@ const char* gemm_backend();
 // Which GEMM backs PackedWeight<float> (the per-step products) on this CPU.
 const char* step_gemm_backend();
 
+// Whether PackedWeight<float>'s products are the same bits however their columns are split
+// (rnnfast's panel micro-kernel: every element summed over k in one order), so that a step
+// loop gives the same result on any number of threads.
+bool step_gemm_split_invariant_f32();
+
 // Which GEMM backs sequence_gemm<float> (the large whole-sequence products) on this CPU.
 const char* sequence_gemm_backend();
 

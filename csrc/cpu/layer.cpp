@@ -4,8 +4,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <type_traits>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -91,31 +96,121 @@ Range split(int64_t n, int nt, int tid, int64_t align = 16) {
 // barrier on a busy machine is the worst case).
 constexpr int64_t kMinParallelStepFlops = 64 * 1024;
 
-// Runs fn(tid, nt) on every thread of one parallel region (torch's intra-op thread
-// count; one thread when called from inside another parallel region, or when a
-// step carries less than kMinParallelStepFlops).
-template <typename F>
-void parallel_region(int64_t step_flops, const F& fn) {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The load monitor (layer.h, StepLoopLoad). A thread waits at a barrier only for the
+// others' share of a step to finish. Alone on the machine that is the imbalance of an
+// even split: a wait shorter than the thread's own work since the last barrier. With a
+// thread descheduled the others wait out the rest of its time slice, longer than the
+// step's work in any step loop that a slice matters to. So a thread counts as stalled
+// the waits that are longer than its own work before them, and a loop whose most
+// stalled thread spent more than kLoadedWaitFraction of the loop so is "loaded".
+constexpr double kLoadedWaitFraction = 0.25;
+constexpr int64_t kMinMonitoredLoopNs = 200 * 1000;  // shorter loops tell too little
+constexpr int64_t kFirstBackoffNs = 1000LL * 1000 * 1000;
+constexpr int64_t kMaxBackoffNs = 8LL * 1000 * 1000 * 1000;
+
+struct LoadMonitor {
+  std::atomic<int64_t> single_until{0};  // steady-clock ns until which loops run on one thread
+  std::mutex mu;                         // guards the fields below
+  int64_t backoff = 0;
+  StepLoopLoad counts;
+
+  bool may_split(int64_t now) {
+    if (now >= single_until.load(std::memory_order_relaxed)) return true;
+    std::lock_guard<std::mutex> lock(mu);
+    ++counts.single_loops;
+    return false;
+  }
+  void report(double wait_fraction, int64_t loop_ns, int64_t now) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++counts.split_loops;
+    counts.last_wait_fraction = wait_fraction;
+    if (loop_ns < kMinMonitoredLoopNs) return;
+    if (wait_fraction > kLoadedWaitFraction) {
+      ++counts.loaded_loops;
+      backoff = backoff == 0 ? kFirstBackoffNs : std::min(2 * backoff, kMaxBackoffNs);
+      single_until.store(now + backoff, std::memory_order_relaxed);
+    } else {
+      backoff = 0;
+    }
+  }
+};
+
+LoadMonitor& load_monitor() {
+  static LoadMonitor monitor;
+  return monitor;
+}
+
+// A thread's barrier: the OpenMP barrier of its region, timed (the stalled time goes
+// to the thread's slot when the region ends). On one thread, nothing.
+class StepSync {
+ public:
+  explicit StepSync(int64_t* slot) : slot_(slot), last_(slot != nullptr ? now_ns() : 0) {}
+  StepSync(const StepSync&) = delete;
+  StepSync& operator=(const StepSync&) = delete;
+  ~StepSync() {
+    if (slot_ != nullptr) *slot_ = stalled_;
+  }
+  void barrier() {
 #ifdef _OPENMP
-  const int nt = (at::in_parallel_region() || step_flops < kMinParallelStepFlops)
-                     ? 1
-                     : at::get_num_threads();
+    if (slot_ == nullptr) return;
+    const int64_t arrived = now_ns();
+#pragma omp barrier
+    const int64_t left = now_ns();
+    if (left - arrived > arrived - last_) stalled_ += left - arrived;
+    last_ = left;
+#endif
+  }
+
+ private:
+  int64_t* slot_;
+  int64_t last_;  // when this thread last left a barrier (or began)
+  int64_t stalled_ = 0;
+};
+
+// Runs fn(tid, nt, sync) on every thread of one parallel region (torch's intra-op
+// thread count; one thread when called from inside another parallel region, when a
+// step carries less than kMinParallelStepFlops, or, for a loop whose result does not
+// depend on the split (`split_invariant`; reproducibility comes first), while the load
+// monitor says the threads are not all running). sync.barrier() is the step barrier.
+template <typename F>
+void parallel_region(int64_t step_flops, bool split_invariant, const F& fn) {
+#ifdef _OPENMP
+  int nt = (at::in_parallel_region() || step_flops < kMinParallelStepFlops)
+               ? 1
+               : at::get_num_threads();
+  LoadMonitor& monitor = load_monitor();
+  if (nt > 1 && split_invariant && !monitor.may_split(now_ns())) nt = 1;
   if (nt > 1) {
+    // One cache line per thread's stalled time.
+    std::vector<int64_t> stalled(static_cast<size_t>(nt) * 8, 0);
+    int ran = 1;
+    const int64_t t0 = now_ns();
 #pragma omp parallel num_threads(nt)
     {
       const SequentialBlasScope sequential_blas;
-      fn(omp_get_thread_num(), omp_get_num_threads());
+      const int tid = omp_get_thread_num();
+      if (tid == 0) ran = omp_get_num_threads();
+      StepSync sync(&stalled[static_cast<size_t>(tid) * 8]);
+      fn(tid, omp_get_num_threads(), sync);
+    }
+    const int64_t t1 = now_ns();
+    if (ran > 1) {
+      int64_t worst = 0;
+      for (int i = 0; i < ran; ++i) worst = std::max(worst, stalled[static_cast<size_t>(i) * 8]);
+      monitor.report(static_cast<double>(worst) / static_cast<double>(std::max<int64_t>(1, t1 - t0)),
+                     t1 - t0, t1);
     }
     return;
   }
 #endif
-  fn(0, 1);
-}
-
-inline void barrier() {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+  StepSync sync(nullptr);
+  fn(0, 1, sync);
 }
 
 }  // namespace
@@ -137,7 +232,11 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
   copy_rows(w.hbuf + B * P, P, a.h, P, B, P);
 
   const FwdKernel<T> kernel = fwd_kernel<T>(a.kind);
-  parallel_region(2 * B * G * H * (P + I) + (proj ? 2 * B * H * P : 0), [&](int tid, int nt) {
+  const int64_t step_flops = 2 * B * G * H * (P + I) + (proj ? 2 * B * H * P : 0);
+  // The projection's GEMM goes through the BLAS, whose sums may depend on the split.
+  const bool split_invariant =
+      std::is_same_v<T, float> && !proj && step_gemm_split_invariant_f32();
+  parallel_region(step_flops, split_invariant, [&](int tid, int nt, StepSync& sync) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
     // This thread's gate rows of W_hh and W_ih (rows g * H + u of every gate g), each
@@ -201,7 +300,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
                           u.end};
       kernel(st, 0, b);
       if (proj) {
-        barrier();  // every unit of r_t is written
+        sync.barrier();  // every unit of r_t is written
         gemm<T>(false, true, b, p.size(), H, T(1), w.r, H, a.w_hr + p.begin * H, H, T(0),
                 hout + p.begin, P);
         copy_rows(a.y + row * P + p.begin, P, hout + p.begin, P, b, p.size());
@@ -212,7 +311,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
         copy_rows(a.h + n_next * P + p.begin, P, hout + n_next * P + p.begin, P, b - n_next,
                   p.size());
       }
-      barrier();  // h_t complete before anyone reads it as h_{t-1}
+      sync.barrier();  // h_t complete before anyone reads it as h_{t-1}
       cur = 1 - cur;
     }
   });
@@ -235,7 +334,10 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   const int64_t H_rz = gru ? 2 * H : 0;  // leading columns of dGh that are dgx's
 
   const BwdKernel<T> kernel = bwd_kernel<T>(a.kind);
-  parallel_region(2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0), [&](int tid, int nt) {
+  const int64_t step_flops = 2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0);
+  const bool split_invariant =
+      std::is_same_v<T, float> && !proj && step_gemm_split_invariant_f32();
+  parallel_region(step_flops, split_invariant, [&](int tid, int nt, StepSync& sync) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
     // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself
@@ -262,7 +364,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       }
       if (proj) {
         copy_rows(w.DH + row * P + p.begin, P, a.dh + p.begin, P, b, p.size());
-        barrier();  // all of dh_t is in place
+        sync.barrier();  // all of dh_t is in place
         gemm<T>(false, false, b, u.size(), P, T(1), a.dh, P, a.w_hr + u.begin, H, T(0),
                 w.dr + u.begin, H);
       }
@@ -292,7 +394,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
                           u.begin,
                           u.end};
       kernel(st, 0, b);
-      barrier();  // every unit of dG_t is written
+      sync.barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
       packed.gemm(b, w.dgx + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
@@ -357,6 +459,29 @@ template void layer_backward<float>(const core::LayerBackward<float>&,
                                     const BackwardScratch<float>&);
 template void layer_backward<double>(const core::LayerBackward<double>&,
                                      const BackwardScratch<double>&);
+
+StepLoopLoad step_loop_load() {
+  LoadMonitor& monitor = load_monitor();
+  std::lock_guard<std::mutex> lock(monitor.mu);
+  StepLoopLoad out = monitor.counts;
+  out.backoff_s = static_cast<double>(monitor.backoff) * 1e-9;
+  return out;
+}
+
+void hold_step_loops_on_one_thread(double seconds) {
+  LoadMonitor& monitor = load_monitor();
+  std::lock_guard<std::mutex> lock(monitor.mu);
+  monitor.backoff = static_cast<int64_t>(seconds * 1e9);
+  monitor.single_until.store(now_ns() + monitor.backoff, std::memory_order_relaxed);
+}
+
+void reset_step_loop_load() {
+  LoadMonitor& monitor = load_monitor();
+  std::lock_guard<std::mutex> lock(monitor.mu);
+  monitor.counts = StepLoopLoad{};
+  monitor.backoff = 0;
+  monitor.single_until.store(0, std::memory_order_relaxed);
+}
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -79,6 +79,30 @@ struct BackwardScratch {
 template <typename T>
 void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w);
 
+// The step loops on a machine where other work competes for the cores (layer.cpp).
+// A split step loop meets its threads at a barrier every step, so one thread that the
+// OS deschedules for a time slice stalls them all; a loop whose threads waited for
+// each other longer than they worked, for more than a quarter of its time, concludes
+// that they are not all running, and the next loops run on one thread (which then
+// competes for a core like any other process) for a back-off period, after which one
+// loop probes again with every thread (the period doubles while the load lasts). Only
+// loops whose result does not depend on the split drop to one thread (float32 without
+// projection, with rnnfast's step GEMM); the others keep their threads.
+struct StepLoopLoad {
+  int64_t split_loops = 0;      // step loops run on several threads
+  int64_t single_loops = 0;     // step loops run on one thread because of the load
+  int64_t loaded_loops = 0;     // split loops that found their threads waiting too long
+  double last_wait_fraction = 0;  // of the last split loop: the largest share of its
+                                  //   time one thread spent in waits longer than its
+                                  //   work before them
+  double backoff_s = 0;         // the current back-off period (0: not under load)
+};
+StepLoopLoad step_loop_load();
+// Forgets the load seen so far (the next step loop splits again); counters to zero.
+void reset_step_loop_load();
+// Testing: the step loops that may drop to one thread do so for the next `seconds`.
+void hold_step_loops_on_one_thread(double seconds);
+
 template <typename T>
 void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w);
 
