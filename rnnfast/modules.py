@@ -236,8 +236,9 @@ class LSTM(_RecurrentLayer):
 
     Outputs: ``output, (h_n, c_n)`` exactly as torch.nn.LSTM.
 
-    float32 and float64 run rnnfast's kernels; other dtypes (float16/bfloat16 on
-    the CPU) fall back to torch's own implementation.
+    float32, float64 and bfloat16 run rnnfast's kernels (bfloat16 on the CPU: float32
+    arithmetic and cell state on up-converted values); float16 on the CPU falls back to
+    torch's own implementation.
 
     Example::
 
@@ -314,7 +315,7 @@ class GRU(_RecurrentLayer):
         bidirectional, device, dtype: as :class:`torch.nn.GRU` (no ``proj_size``).
 
     Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.GRU.
-    float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
+    float32, float64 and bfloat16 run rnnfast's kernels; float16 on the CPU falls back to torch.
     """
 
     _functional = staticmethod(functional.gru)
@@ -351,7 +352,7 @@ class RNN(_RecurrentLayer):
         its positional order (``nonlinearity`` is the fourth argument).
 
     Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.RNN.
-    float32 and float64 run rnnfast's kernels; other dtypes fall back to torch.
+    float32, float64 and bfloat16 run rnnfast's kernels; float16 on the CPU falls back to torch.
     """
 
     _functional = staticmethod(functional.rnn)

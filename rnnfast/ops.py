@@ -48,7 +48,7 @@ from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.
 
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "runs_kernels"]
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -70,8 +70,9 @@ def _ops() -> Any:
 def runs_kernels(input: Tensor) -> bool:
     """Whether rnnfast's own kernels handle ``input``'s device and dtype.
 
-    CUDA kernels: float32, float64, float16, bfloat16; CPU kernels: float32 and
-    float64. Anything else falls back to torch's implementation.
+    CUDA kernels: float32, float64, float16, bfloat16; CPU kernels: float32, float64
+    and bfloat16 (float32 arithmetic and cell state on up-converted values). Anything
+    else (float16 on the CPU) falls back to torch's implementation.
     """
     if input.device.type == "cuda" or (_namespace != "rnnfast" and input.device.type == "cpu"):
         return input.dtype in _CUDA_DTYPES

@@ -21,9 +21,9 @@ Dims check_layer(const char* op, Dtypes dtypes, int64_t G, const Tensor& input, 
                  const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                  const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes) {
   const auto st = input.scalar_type();
-  if (dtypes == Dtypes::kFloat32And64) {
-    TORCH_CHECK(st == at::kFloat || st == at::kDouble, op,
-                ": the CPU kernels support float32 and float64 inputs, got ", st);
+  if (dtypes == Dtypes::kWithBFloat16) {
+    TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16, op,
+                ": the CPU kernels support float32, float64 and bfloat16 inputs, got ", st);
   } else {
     TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
                 op, ": the CUDA kernels support float32, float64, float16 and bfloat16 inputs, got ",

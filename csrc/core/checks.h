@@ -17,8 +17,8 @@ using core::make_sequence;
 using OptTensor = std::optional<at::Tensor>;
 
 // Which input dtypes a backend accepts.
-enum class Dtypes { kFloat32And64, kWithHalf };
-constexpr Dtypes kCpuDtypes = Dtypes::kFloat32And64;
+enum class Dtypes { kWithBFloat16, kWithHalf };
+constexpr Dtypes kCpuDtypes = Dtypes::kWithBFloat16;
 constexpr Dtypes kCudaDtypes = Dtypes::kWithHalf;
 
 struct Dims {

@@ -68,6 +68,117 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
                         .DH = ptr<T>(DH)});
 }
 
+// bfloat16: the float32 executor on up-converted copies of the inputs and weights (made
+// once per call), its outputs rounded back to bfloat16. The cell state and the saved
+// buffers are float32 already (acc_dtype), so nothing is rounded between steps: the
+// only roundings are the bfloat16 of the arguments and of the results.
+namespace {
+
+// A float32 copy of n bfloat16 values (an undefined tensor for nullptr).
+at::Tensor up(const at::BFloat16* p, at::IntArrayRef sizes) {
+  if (p == nullptr) return at::Tensor();
+  return at::from_blob(const_cast<at::BFloat16*>(p), sizes, at::TensorOptions().dtype(at::kBFloat16))
+      .to(at::kFloat);
+}
+
+// Rounds a float32 result into its bfloat16 destination.
+void down(const at::Tensor& f, at::BFloat16* out) {
+  if (out == nullptr || !f.defined() || f.numel() == 0) return;
+  at::from_blob(out, f.sizes(), at::TensorOptions().dtype(at::kBFloat16)).copy_(f);
+}
+
+float* fptr(const at::Tensor& t) { return ptr<float>(t); }
+
+}  // namespace
+
+template <>
+void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16, float>& a,
+                                           const at::TensorOptions& opts) {
+  const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
+  const int64_t GH = core::cell_spec(a.kind).gates * H;
+  const at::TensorOptions f32 = opts.dtype(at::kFloat);
+  const at::Tensor x = up(a.x, {N, I}), w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
+  const at::Tensor h = up(a.h, {B, P});
+  const at::Tensor y = at::empty({N, P}, f32);
+  core::LayerForward<float> f{.kind = a.kind,
+                              .seq = a.seq,
+                              .reverse = a.reverse,
+                              .I = I,
+                              .H = H,
+                              .P = P,
+                              .x = fptr(x),
+                              .w_ih = fptr(w_ih),
+                              .w_hh = fptr(w_hh),
+                              .w_hr = fptr(w_hr),
+                              .b_ih = fptr(b_ih),
+                              .b_hh = fptr(b_hh),
+                              .y = fptr(y),
+                              .h = fptr(h),
+                              .c = a.c,
+                              .saved = {a.saved[0], a.saved[1]}};
+  forward<float, float>(f, f32);
+  down(y, a.y);
+  down(h, a.h);
+}
+
+template <>
+void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat16, float>& a,
+                                            const at::TensorOptions& opts) {
+  const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
+  const int64_t GH = core::cell_spec(a.kind).gates * H;
+  const at::TensorOptions f32 = opts.dtype(at::kFloat);
+  // dy may be strided (an expanded gradient has stride 0): read it in place.
+  at::Tensor dy;
+  if (a.dy != nullptr) {
+    dy = at::from_blob(const_cast<at::BFloat16*>(a.dy), {N, P}, {a.dy_ld, a.dy_cs},
+                       at::TensorOptions().dtype(at::kBFloat16))
+             .to(at::kFloat, false, false, at::MemoryFormat::Contiguous);
+  }
+  const at::Tensor x = up(a.x, {N, I}), hx = up(a.hx, {B, P});
+  const at::Tensor w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  const at::Tensor w_hr = up(a.w_hr, {P, H}), y = up(a.y, {N, P});
+  const at::Tensor dh = up(a.dh, {B, P});
+  const at::Tensor dx = a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
+  const at::Tensor dw_ih = at::empty({GH, I}, f32), dw_hh = at::empty({GH, P}, f32);
+  const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
+  const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
+  const at::Tensor dw_hr = a.dw_hr != nullptr ? at::empty({P, H}, f32) : at::Tensor();
+  core::LayerBackward<float> f{.kind = a.kind,
+                               .seq = a.seq,
+                               .reverse = a.reverse,
+                               .I = I,
+                               .H = H,
+                               .P = P,
+                               .dy = fptr(dy),
+                               .dy_ld = P,
+                               .dy_cs = 1,
+                               .x = fptr(x),
+                               .hx = fptr(hx),
+                               .cx = a.cx,
+                               .w_ih = fptr(w_ih),
+                               .w_hh = fptr(w_hh),
+                               .w_hr = fptr(w_hr),
+                               .y = fptr(y),
+                               .saved = {a.saved[0], a.saved[1]},
+                               .dh = fptr(dh),
+                               .dc = a.dc,
+                               .dx = fptr(dx),
+                               .dw_ih = fptr(dw_ih),
+                               .dw_hh = fptr(dw_hh),
+                               .db_ih = fptr(db_ih),
+                               .db_hh = fptr(db_hh),
+                               .dw_hr = fptr(dw_hr)};
+  backward<float, float>(f, f32);
+  down(dh, a.dh);
+  down(dx, a.dx);
+  down(dw_ih, a.dw_ih);
+  down(dw_hh, a.dw_hh);
+  down(db_ih, a.db_ih);
+  down(db_hh, a.db_hh);
+  down(dw_hr, a.dw_hr);
+}
+
 template void Backend::forward<float, float>(const core::LayerForward<float>&,
                                              const at::TensorOptions&);
 template void Backend::forward<double, double>(const core::LayerForward<double>&,

@@ -1,5 +1,6 @@
-// The CPU backend of the operators (csrc/core/operators.h): float32 and float64, the
-// executor of csrc/cpu/layer.h with its scratch allocated once per call.
+// The CPU backend of the operators (csrc/core/operators.h): float32, float64 and
+// bfloat16 (the float32 executor on up-converted copies, float32 cell state and saved
+// buffers), the executor of csrc/cpu/layer.h with its scratch allocated once per call.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,12 +14,18 @@ namespace cpu {
 
 struct Backend {
   static constexpr Dtypes kDtypes = kCpuDtypes;
-  static at::ScalarType acc_dtype(at::ScalarType st) { return st; }
+  static at::ScalarType acc_dtype(at::ScalarType st) {
+    return st == at::kBFloat16 ? at::kFloat : st;
+  }
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
   template <class F>
   static void dispatch(at::ScalarType st, const char*, const F& f) {
+    if (st == at::kBFloat16) {
+      f.template operator()<at::BFloat16, float>();
+      return;
+    }
     AT_DISPATCH_FLOATING_TYPES(st, "rnnfast_cpu", [&] { f.template operator()<scalar_t, scalar_t>(); });
   }
   template <typename T, typename A>
@@ -26,6 +33,14 @@ struct Backend {
   template <typename T, typename A>
   static void backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts);
 };
+
+// bfloat16 (backend.cpp).
+template <>
+void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16, float>& a,
+                                           const at::TensorOptions& opts);
+template <>
+void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat16, float>& a,
+                                            const at::TensorOptions& opts);
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -1,0 +1,128 @@
+"""bfloat16 on the CPU: rnnfast's kernels (float32 arithmetic, float32 cell state and saved
+buffers, on up-converted copies of the bfloat16 inputs and weights) against a float64
+reference computed from the very same bfloat16 values, and against torch.nn's own bfloat16
+error on that reference: every layer kind, stacked and bidirectional, padded and packed,
+outputs, final states and every gradient; the cells; the operators under opcheck.
+
+The bound: with every argument exactly representable, the only roundings are float32
+arithmetic (~1e-6 here) and the final rounding of each result to bfloat16 (unit roundoff
+u = 2^-8, half an ulp) -- except that backward reads the layer's output h_t, rounded to
+bfloat16, as h_{t-1} of the next step (what the weight gradients and the GRU's pointwise
+backward multiply), which adds about u times the size of the terms. So each tensor is
+checked elementwise against |err| <= 2u |ref| + 2u max|ref| (per tensor), and its largest
+error against torch.nn-bf16's largest error on the same reference. (ReLU: a pre-activation
+within rounding of 0 may take the other branch in any finite precision, which moves a
+gradient by a whole weight, beyond any rounding bound; so the ReLU models get biases raised
+by 2, which keeps every pre-activation well above the kink.)"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from kinds import CELL_KINDS, KINDS, half_fraction_params, kind_params, make_sample
+
+OPCHECK_PARAMS = half_fraction_params()
+
+U = 2.0 ** -8  # bfloat16 unit roundoff
+
+
+def _run(mod, x, lengths, packed, dtype):
+    xx = x.to(dtype).detach().requires_grad_(True)
+    inp = pack_padded_sequence(xx, lengths) if packed else xx
+    out, state = mod(inp)
+    out = out.data if packed else out
+    states = state if isinstance(state, tuple) else (state,)
+    gen = torch.Generator().manual_seed(7)
+    grads_out = [torch.randn(t.shape, generator=gen).to(dtype) for t in (out, *states)]
+    grads = torch.autograd.grad((out, *states), [xx, *mod.parameters()], grads_out)
+    return [out, *states, *grads]
+
+
+def _away_from_relu_kink(kind, module):
+    if kind.nonlinearity == "relu":
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name.startswith("bias"):
+                    p.add_(2.0)
+
+
+def _check_against(ref64, fast, torch_bf16, names):
+    for name, r, f, t in zip(names, ref64, fast, torch_bf16):
+        assert f.dtype == torch.bfloat16, name
+        err = (f.double() - r).abs()
+        scale = r.abs().max().item()
+        bound = 2 * U * r.abs() + 2 * U * scale
+        worst = (err - bound).max().item()
+        assert worst <= 0, f"{name}: error above the bfloat16 rounding bound by {worst:g}"
+        torch_err = (t.double() - r).abs().max().item()
+        assert err.max().item() <= max(torch_err, 2 * U * scale), (
+            f"{name}: rnnfast bf16 max error {err.max().item():g} > torch.nn bf16's {torch_err:g}")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", kind_params())
+def test_layers_bfloat16_against_float64(kind, packed):
+    torch.manual_seed(0)
+    kwargs = dict(kind.kwargs, num_layers=2, bidirectional=True)
+    if kind.proj_size:
+        kwargs["proj_size"] = 11
+    # The bfloat16 values every implementation starts from.
+    ref = kind.torch_layer(24, 40, **kwargs).to(torch.bfloat16)
+    _away_from_relu_kink(kind, ref)
+    fast = kind.fast_layer(24, 40, **kwargs, dtype=torch.bfloat16)
+    fast.load_state_dict(ref.state_dict())
+    ref64 = kind.torch_layer(24, 40, **kwargs, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(9, 5, 24).to(torch.bfloat16).double()
+    lengths = torch.tensor([9, 8, 8, 4, 1])
+    expected = _run(ref64, x, lengths, packed, torch.float64)
+    got = _run(fast, x, lengths, packed, torch.bfloat16)
+    theirs = _run(ref, x, lengths, packed, torch.bfloat16)
+    names = ["output", *kind.state_names, "grad input", *[n for n, _ in fast.named_parameters()]]
+    _check_against(expected, got, theirs, names)
+
+
+@pytest.mark.parametrize("kind", kind_params(CELL_KINDS))
+def test_cells_bfloat16_against_float64(kind):
+    torch.manual_seed(1)
+    ref = kind.torch_cell(12, 20, **kind.cell_kwargs).to(torch.bfloat16)
+    _away_from_relu_kink(kind, ref)
+    fast = kind.fast_cell(12, 20, **kind.cell_kwargs, dtype=torch.bfloat16)
+    fast.load_state_dict(ref.state_dict())
+    ref64 = kind.torch_cell(12, 20, **kind.cell_kwargs, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(6, 12).to(torch.bfloat16).double()
+
+    def run(mod, dtype):
+        xx = x.to(dtype).requires_grad_(True)
+        out = mod(xx)
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).reshape(o.shape).to(dtype)).sum() for o in outs)
+        return [*outs, *torch.autograd.grad(loss, [xx, *mod.parameters()])]
+
+    outs = 2 if kind.has_cell_state else 1
+    names = ["h", "c"][:outs] + ["grad input"] + [n for n, _ in fast.named_parameters()]
+    _check_against(run(ref64, torch.float64), run(fast, torch.bfloat16), run(ref, torch.bfloat16), names)
+
+
+def test_bfloat16_runs_rnnfast_kernels_and_float16_falls_back():
+    from rnnfast import ops
+    assert ops.runs_kernels(torch.zeros(1, dtype=torch.bfloat16))
+    assert not ops.runs_kernels(torch.zeros(1, dtype=torch.float16))
+
+
+def test_bfloat16_operator_saves_float32():
+    """The cell state and the saved gates stay float32 (what the pointwise maths runs in)."""
+    kind = KINDS["lstm"]
+    s = make_sample(kind, False, True, False, dtype=torch.bfloat16)
+    out = kind.forward_op(*s.forward_args(True))
+    assert out[0].dtype == torch.bfloat16 and out[2].dtype == torch.bfloat16
+    assert out[3].dtype == torch.float32 and out[4].dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind,reverse,bias,packed", OPCHECK_PARAMS)
+def test_opcheck_forward_bfloat16(kind, reverse, bias, packed):
+    sample = make_sample(kind, reverse, bias, packed, dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(kind.forward_op, sample.forward_args(True))
