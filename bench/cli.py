@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import report
-from .grid import (DTYPES, LAYERS, MODES, LayerSpec, Shape, import_rnnfast, is_full_grid,
+from .grid import (DTYPES, LAYERS, MODES, LayerSpec, Shape, dtype_name, import_rnnfast, is_full_grid,
                    resolve_layers, resolve_shapes, rnnfast_class)
 from .load import LOAD_SHAPES, format_load_table, load_summary, measure_under_load
 from .machine import format_machine, load_average, machine_info
@@ -50,6 +50,7 @@ where results go:
   A full-grid CPU run (the default: every layer, both modes, S,M,L,XL,B1,B4, float32) writes
   docs/results/cpu-<kernelset>.md (header with commit, date, CPU, ISA flags, kernel set, torch,
   threads and this command line; the speedup grid; every cell) and docs/results/cpu-<kernelset>.png;
+  the same grid with --dtypes bfloat16 writes docs/results/cpu-<kernelset>-bfloat16.md/.png;
   with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
   (every layer and mode), docs/results/load-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
   (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512). Any other run (a subset of
@@ -211,7 +212,7 @@ def _show(path: Path) -> str:
 
 def _run_kind(plan: Plan, args: argparse.Namespace) -> str:
     if plan.full_grid:
-        return "full benchmark grid"
+        return "full benchmark grid" + ("" if plan.dtypes == [torch.float32] else ", bfloat16")
     if args.quick:
         return "quick (scaled-down shapes, fewer runs; no targets judged)"
     return (f"partial: layers {','.join(s.key for s in plan.specs)}; modes {','.join(plan.modes)}; "
@@ -371,6 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info["torch_threads"] = torch.get_num_threads()
     info["command"] = command
     info["run"] = _run_kind(plan, args)
+    info["dtypes"] = [dtype_name(d) for d in plan.dtypes]
     info["load_start"] = load_average()
     if info["load_start"] is not None and info["load_start"] > 0.5:
         log(f"warning: the machine is busy before the benchmark starts (load average "

@@ -247,9 +247,10 @@ def target_for(spec: LayerSpec, mode: str, shape: Shape, device: str, dtype: tor
 def is_full_grid(specs: Sequence[LayerSpec], modes: Sequence[str], shapes: Sequence[Shape],
                  dtypes: Sequence[torch.dtype], device: str = "cpu") -> bool:
     """True for the whole docs/performance.md CPU grid: every layer of :data:`LAYERS`, both modes, the six
-    full-size grid shapes, float32 only, on the CPU (the runs whose results go to ``docs/``)."""
+    full-size grid shapes, float32 only or bfloat16 only, on the CPU (the runs whose results go to
+    ``docs/``)."""
     return (device == "cpu"
             and {s.key for s in specs} == {s.key for s in LAYERS}
             and set(modes) == set(MODES)
             and {s.name for s in shapes} == set(GRID_ORDER) and not any(s.quick for s in shapes)
-            and list(dtypes) == [torch.float32])
+            and list(dtypes) in ([torch.float32], [torch.bfloat16]))

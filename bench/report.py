@@ -51,10 +51,11 @@ def _slug(text: str) -> str:
 
 def results_stem(info: Dict[str, Any]) -> str:
     """File name (without extension) of a timing run's results: ``cpu-<kernelset>`` on the
-    CPU, ``cuda-<gpu>`` on CUDA."""
+    CPU (``cpu-<kernelset>-bfloat16`` for a bfloat16-only run), ``cuda-<gpu>`` on CUDA."""
     if info.get("device") == "cuda":
         return "cuda-" + _slug(str(info.get("gpu", "unknown")))
-    return "cpu-" + _slug(kernel_set(info))
+    suffix = "-bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
+    return "cpu-" + _slug(kernel_set(info)) + suffix
 
 
 def memory_stem(info: Dict[str, Any]) -> str:
