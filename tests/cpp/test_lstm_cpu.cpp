@@ -208,7 +208,7 @@ void test_errors() {
   expect_throws("integer input", [&] {
     lstm_forward(x.to(at::kInt), hx, cx, p.w_ih, p.w_hh, p.b_ih, p.b_hh, std::nullopt,
                  std::nullopt, false, false);
-  }, "float32 and float64");
+  }, "float32, float64 and bfloat16");
   expect_throws("bad batch_sizes", [&] {
     lstm_forward(x.reshape({4, 3}), hx, cx, p.w_ih, p.w_hh, p.b_ih, p.b_hh, std::nullopt,
                  at::tensor(std::vector<int64_t>{1, 3}, at::kLong), false, false);
