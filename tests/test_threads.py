@@ -85,8 +85,11 @@ def test_one_thread_under_load_gives_the_same_bits(name, ref_cls, cls, kwargs, d
     x = torch.randn(6, 9, 50, dtype=dtype, requires_grad=True)
     lengths = torch.tensor([6, 6, 5, 5, 4, 3, 3, 2, 1])
     for packed in (False, True):
-        _C._reset_step_loop_load()
-        split = _run_all(m, x, lengths, packed)
+        for _ in range(5):  # a busy machine can make the monitor drop to one thread
+            _C._reset_step_loop_load()
+            split = _run_all(m, x, lengths, packed)
+            if _C._step_loop_load()["single_loops"] == 0:
+                break
         assert _C._step_loop_load()["single_loops"] == 0
         _C._reset_step_loop_load()
         _C._hold_step_loops_on_one_thread(60.0)
