@@ -1,5 +1,6 @@
 // The Python extension module rnnfast._C. Importing it loads the operator
 // registrations of ops.cpp (linked into the same library) and exposes build facts.
+#include <chrono>
 #include <torch/extension.h>
 
 #include "build_info.h"
@@ -21,8 +22,11 @@ pybind11::dict build_info() {
 
 // out = x op(w) + beta * out through the step loops' PackedWeight (testing): x [M, K],
 // w [N, K] (trans_w) or [K, N], out [M, N]; rows may be strided, columns contiguous.
-void step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double beta,
-               at::Tensor& out) {
+// bf16_terms 1/2: PackedWeight's bfloat16 mode (x as one or a sum of two bfloat16 values). repeats > 1 (beta 0 only):
+// the product is run that many times on the one packed weight; returns the seconds per
+// product (measurement).
+double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double beta,
+                 at::Tensor& out, int bf16_terms, int64_t repeats) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm: 2-d tensors");
   TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.scalar_type() == out.scalar_type(),
               "step_gemm: one dtype");
@@ -31,12 +35,19 @@ void step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double be
   const int64_t M = x.size(0), K = x.size(1), N = trans_w ? w.size(0) : w.size(1);
   TORCH_CHECK((trans_w ? w.size(1) : w.size(0)) == K && out.size(0) == M && out.size(1) == N,
               "step_gemm: shapes do not match");
+  TORCH_CHECK(repeats >= 1 && (repeats == 1 || beta == 0.0), "step_gemm: repeats >= 1, beta 0");
+  double seconds = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "step_gemm", [&] {
     const rnnfast::cpu::PackedWeight<scalar_t> pw(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
-                                                  w.stride(0));
-    pw.gemm(M, x.const_data_ptr<scalar_t>(), x.stride(0), static_cast<scalar_t>(beta),
-            out.data_ptr<scalar_t>(), out.stride(0));
+                                                  w.stride(0), 1, 0, bf16_terms);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < repeats; ++i)
+      pw.gemm(M, x.const_data_ptr<scalar_t>(), x.stride(0), static_cast<scalar_t>(beta),
+              out.data_ptr<scalar_t>(), out.stride(0));
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+              static_cast<double>(repeats);
   });
+  return seconds;
 }
 
 // out = op(a) b (+ out with accumulate) through the blocked GEMM of the whole-sequence
@@ -101,8 +112,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "from which the fake kernels take their output shapes.");
   m.def("_step_gemm", &step_gemm, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
+        pybind11::arg("bf16_terms") = 0, pybind11::arg("repeats") = 1,
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
-        "(the panel micro-kernel where the CPU kernel set has one; testing).");
+        "(the panel micro-kernel where the CPU kernel set has one; bf16_terms 1 or 2: operands rounded to "
+        "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; testing). Returns the seconds per "
+        "product over `repeats` runs (beta 0).");
+  m.def("_step_gemm_bf16_amx", &rnnfast::cpu::step_gemm_bf16_amx,
+        "Whether the bfloat16 layers' step products run on AMX tiles on this CPU.");
   m.def("_step_loop_load", &step_loop_load,
         "The CPU step loops' load monitor: loops split across threads, loops run on one "
         "thread because the last split loop found its threads not all running, split "

@@ -12,11 +12,10 @@ T* ptr(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
 
-}  // namespace
-
-template <typename T, typename A>
-void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions& opts) {
-  static_assert(std::is_same_v<T, A>, "the CPU kernels compute in the tensors' dtype");
+// The executor with its scratch; bf16: the products round their operands to bfloat16
+// (ForwardScratch::bf16).
+template <typename T>
+void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, bool bf16) {
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t B = a.seq->B, GH = spec.gates * a.H;
   const bool bias = a.b_ih != nullptr;
@@ -45,12 +44,12 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
                        .rec = ptr<T>(rec),
                        .xbuf = ptr<T>(xbuf),
                        .chunk_steps = Tc,
-                       .r = ptr<T>(r)});
+                       .r = ptr<T>(r),
+                       .bf16 = bf16});
 }
 
-template <typename T, typename A>
-void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts) {
-  static_assert(std::is_same_v<T, A>, "the CPU kernels compute in the tensors' dtype");
+template <typename T>
+void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts, bool bf16) {
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t N = a.seq->N, B = a.seq->B, H = a.H, P = a.P;
   const bool gru = a.kind == core::CellKind::kGru, proj = a.w_hr != nullptr;
@@ -65,7 +64,22 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
                         .hprev = ptr<T>(hprev),
                         .dr = ptr<T>(dr),
                         .R = ptr<T>(R),
-                        .DH = ptr<T>(DH)});
+                        .DH = ptr<T>(DH),
+                        .bf16 = bf16});
+}
+
+}  // namespace
+
+template <typename T, typename A>
+void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions& opts) {
+  static_assert(std::is_same_v<T, A>, "the CPU kernels compute in the tensors' dtype");
+  run_forward<T>(a, opts, false);
+}
+
+template <typename T, typename A>
+void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts) {
+  static_assert(std::is_same_v<T, A>, "the CPU kernels compute in the tensors' dtype");
+  run_backward<T>(a, opts, false);
 }
 
 // bfloat16: the float32 executor on up-converted copies of the inputs and weights (made
@@ -117,7 +131,7 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
                               .h = fptr(h),
                               .c = a.c,
                               .saved = {a.saved[0], a.saved[1]}};
-  forward<float, float>(f, f32);
+  run_forward<float>(f, f32, true);
   down(y, a.y);
   down(h, a.h);
 }
@@ -169,7 +183,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                                .db_ih = fptr(db_ih),
                                .db_hh = fptr(db_hh),
                                .dw_hr = fptr(dw_hr)};
-  backward<float, float>(f, f32);
+  run_backward<float>(f, f32, true);
   down(dh, a.dh);
   down(dx, a.dx);
   down(dw_ih, a.dw_ih);

@@ -1,4 +1,5 @@
 #include "blas.h"
+#include "bf16_gemm.h"
 
 #include "panel_gemm.h"
 #include "pointwise.h"
@@ -172,6 +173,33 @@ template void sequence_gemm<float>(bool, int64_t, int64_t, int64_t, const float*
 template void sequence_gemm<double>(bool, int64_t, int64_t, int64_t, const double*, int64_t,
                                     const double*, int64_t, double, double*, int64_t);
 
+void sequence_gemm_bf16(const at::Tensor& A16, const at::Tensor& B16, float beta, float* C,
+                        int64_t ldc) {
+  const int64_t M = A16.size(0), N = B16.size(1);
+  if (M <= 0 || N <= 0) return;
+  const at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, at::TensorOptions().dtype(at::kFloat));
+  if (A16.size(1) == 0) {
+    if (beta == 0.0f) c.zero_();
+    return;
+  }
+  const at::Tensor prod = at::mm(A16, B16);
+  if (beta == 0.0f) {
+    c.copy_(prod);
+  } else {
+    TORCH_CHECK(beta == 1.0f, "rnnfast internal error: bfloat16 sequence GEMM takes beta 0 or 1");
+    c.add_(prod);
+  }
+}
+
+at::Tensor bf16_copy(const float* p, int64_t rows, int64_t cols, int64_t ld) {
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
+  if (p == nullptr || rows <= 0 || cols <= 0)
+    return at::empty({std::max<int64_t>(rows, 0), std::max<int64_t>(cols, 0)},
+                     f32.dtype(at::kBFloat16));
+  return at::from_blob(const_cast<float*>(p), {rows, cols}, {ld, 1}, f32)
+      .to(at::kBFloat16, false, false, at::MemoryFormat::Contiguous);
+}
+
 namespace {
 
 // MKL's packed copy of W as the column-major "A" operand (C^T [N, M] = op(W)^T X^T),
@@ -277,11 +305,30 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
 
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
-                              int64_t ldw, int64_t groups, int64_t group_stride)
-    : trans_w_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw), gathered_(nullptr),
-      kernel_(panel_kernel<T>()), panels_(nullptr), packed_(nullptr) {
+                              int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms)
+    : trans_w_(trans_w), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(W), ldw_(ldw), gathered_(nullptr),
+      kernel_(panel_kernel<T>()), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
+      amx_rows_(nullptr) {
   TORCH_CHECK(groups >= 1 && (N <= 0 || N % groups == 0) && (groups == 1 || trans_w),
               "rnnfast internal error: bad weight groups");
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_terms > 0 && amx_bf16_usable() && N > 0 && K > 0 && M_max > 0) {
+      // The float32 panels give the grouped columns of op(W); the tiles are made from them.
+      const size_t panel_bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
+      std::unique_ptr<void, decltype(&std::free)> panels(
+          std::aligned_alloc(64, (panel_bytes + 63) / 64 * 64), &std::free);
+      const size_t tile_bytes = static_cast<size_t>(amx_packed_bytes(N, K));
+      const size_t row_bytes = static_cast<size_t>(amx_rows_bytes(M_max, K, bf16_terms));
+      amx_tiles_ = std::aligned_alloc(64, tile_bytes);
+      amx_rows_ = std::aligned_alloc(64, (row_bytes + 63) / 64 * 64);
+      TORCH_CHECK(panels != nullptr && amx_tiles_ != nullptr && amx_rows_ != nullptr,
+                  "rnnfast: out of memory for a ", N, "x", K, " bfloat16 weight copy");
+      pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(panels.get()), groups, group_stride);
+      amx_pack_from_panels(N, K, static_cast<const float*>(panels.get()), amx_tiles_);
+      std::memset(amx_rows_, 0, row_bytes);
+      return;
+    }
+  }
   panels_ = pack_own<T>(kernel_, trans_w, N, K, W, ldw, groups, group_stride);
   if (panels_ != nullptr || N <= 0 || K <= 0) return;
   if (groups > 1) {  // the BLAS takes one matrix: gather the groups' rows
@@ -305,6 +352,8 @@ PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
 
 template <typename T>
 PackedWeight<T>::~PackedWeight() {
+  std::free(amx_tiles_);
+  std::free(amx_rows_);
   std::free(panels_);
   std::free(packed_);
   std::free(gathered_);
@@ -314,6 +363,12 @@ template <typename T>
 void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
   if (M <= 0 || N_ <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
+    if (amx_tiles_ != nullptr) {
+      TORCH_CHECK((beta == 0.0f || beta == 1.0f) && M <= M_max_,
+                  "rnnfast internal error: AMX GEMM takes beta 0 or 1 and at most M_max rows");
+      amx_gemm_f32(M, N_, K_, amx_tiles_, X, ldx, beta != 0.0f, C, ldc, amx_rows_, bf16_terms_);
+      return;
+    }
     if (panels_ != nullptr) {
       TORCH_CHECK(beta == 0.0f || beta == 1.0f, "rnnfast internal error: panel GEMM takes beta 0 or 1");
       kernel_(M, N_, K_, static_cast<const float*>(panels_), X, ldx, beta != 0.0f, C, ldc);
@@ -347,6 +402,8 @@ const char* sequence_gemm_backend() {
   return blocked_gemm_for_large_products() ? "rnnfast blocked gemm (large products)"
                                            : gemm_backend();
 }
+
+bool step_gemm_bf16_amx() { return amx_bf16_usable(); }
 
 bool step_gemm_split_invariant_f32() { return cpu_kernels().panel_gemm_f32 != nullptr; }
 

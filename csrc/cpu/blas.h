@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include <ATen/core/Tensor.h>
+
 #include "panel_gemm.h"
 
 namespace rnnfast {
@@ -35,6 +37,16 @@ template <typename T>
 void sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// The whole-sequence products of a bfloat16 layer: C[M, N] = A16 B16 (beta 0) or C + A16 B16
+// (beta 1), A16 [M, K] and B16 [K, N] bfloat16 tensors (views, any strides), multiplied by
+// the GEMM torch uses for bfloat16 (oneDNN: AMX or AVX512-BF16 where the CPU has them) with
+// float32 accumulation, the product rounded to bfloat16 once; C float32 with row stride ldc.
+void sequence_gemm_bf16(const at::Tensor& A16, const at::Tensor& B16, float beta, float* C,
+                        int64_t ldc);
+
+// A [rows, cols] bfloat16 copy (rounded to nearest even) of float32 rows with stride ld.
+at::Tensor bf16_copy(const float* p, int64_t rows, int64_t cols, int64_t ld);
+
 // The blocked-GEMM path of sequence_gemm<float> at any size (C = op(A) B, + C with
 // accumulate); the CPU kernel set must have one (sequence_gemm_backend()). For tests.
 void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const float* A,
@@ -50,12 +62,15 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 // multiply by the same slice of W_hh every step. float32 uses, in this order of
 // preference, the CPU kernel set's own panel micro-kernel (panel_gemm.h; beta must
 // then be 0 or 1), MKL's packed GEMM, or plain gemm(); float64 uses gemm(). W must
-// outlive this object.
+// outlive this object. With bf16_terms > 0 (float32 only), on a CPU where
+// amx_bf16_usable() (bf16_gemm.h), op(W) is rounded to bfloat16 and X to one (1) or a sum
+// of two (2) bfloat16 values, multiplied by the AMX tiles with float32 accumulation (beta
+// 0 or 1); elsewhere bf16_terms changes nothing.
 template <typename T>
 class PackedWeight {
  public:
   PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
-               int64_t groups = 1, int64_t group_stride = 0);
+               int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0);
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;
@@ -63,7 +78,8 @@ class PackedWeight {
 
  private:
   bool trans_w_;
-  int64_t N_, K_;
+  int64_t N_, K_, M_max_;
+  int bf16_terms_;
   const T* W_;
   int64_t ldw_;
   T* gathered_;             // the grouped rows of W, contiguous, where W_ points at them
@@ -71,6 +87,8 @@ class PackedWeight {
   PanelGemmF32 kernel_;     // the panel micro-kernel, or nullptr
   void* panels_;            // W packed for kernel_, or nullptr
   void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)
+  void* amx_tiles_;         // bf16 on an AMX CPU: op(W) in B tiles (bf16_gemm.h), else nullptr
+  void* amx_rows_;          //   and the buffer of X's rows rounded to bfloat16
 };
 
 // While alive, gemm() calls made by the current thread run single-threaded inside
@@ -97,6 +115,9 @@ const char* step_gemm_backend();
 // (rnnfast's panel micro-kernel: every element summed over k in one order), so that a step
 // loop gives the same result on any number of threads.
 bool step_gemm_split_invariant_f32();
+
+// Whether PackedWeight<float>(..., bf16 = true) multiplies on AMX tiles on this CPU.
+bool step_gemm_bf16_amx();
 
 // Which GEMM backs sequence_gemm<float> (the large whole-sequence products) on this CPU.
 const char* sequence_gemm_backend();

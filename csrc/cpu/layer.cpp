@@ -246,8 +246,8 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     const int64_t GHs = G * u.size();
     T* rec = gru ? w.rec + B * G * u.begin : nullptr;
     T* xp = w.xbuf + Tc * B * G * u.begin;
-    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H);
-    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, a.w_ih + u.begin * I, I, G, H);
+    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H, w.bf16 ? 2 : 0);
+    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, a.w_ih + u.begin * I, I, G, H, w.bf16 ? 1 : 0);
     int cur = 0;
     int64_t chunk_lo = 0;  // first row of the current input-projection chunk
     for (int64_t step = 0; step < s.T; ++step) {
@@ -342,9 +342,11 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     const Range p = proj ? split(P, nt, tid) : u;
     // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself
     // (GRU: the r,z rows and the n rows apart, for the two parts of dGh).
-    const PackedWeight<T> packed(false, p.size(), gru ? H_rz : GH, s.B, a.w_hh + p.begin, P);
+    const PackedWeight<T> packed(false, p.size(), gru ? H_rz : GH, s.B, a.w_hh + p.begin, P, 1, 0,
+                                 w.bf16 ? 2 : 0);
     std::optional<PackedWeight<T>> packed_n;
-    if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P);
+    if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P, 1, 0,
+                              w.bf16 ? 2 : 0);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -421,6 +423,17 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       sequence_gemm<T>(true, rows, P, s.N, dg, ldg, w.hprev, P, T(0), dw, P);
     }
   };
+  const auto bias_sums = [&] {
+    if (a.db_ih != nullptr) column_sums(a.db_ih, w.dgx, s.N, GH, GH);
+    if (a.db_hh != nullptr) {
+      if (gru) {
+        std::memcpy(a.db_hh, a.db_ih, sizeof(T) * H_rz);
+        column_sums(a.db_hh + H_rz, w.dgh, s.N, H, H);
+      } else {
+        std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
+      }
+    }
+  };
   if (!s.uniform()) {
     // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
     for (int64_t t = 0; t < s.T; ++t) {
@@ -429,6 +442,35 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       const int64_t n_prev = s.rows_with_prev(t, a.reverse);
       if (n_prev > 0) copy_rows(w.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
       copy_rows(w.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.bf16 && step_gemm_bf16_amx()) {
+      // bfloat16 layer: the products on bfloat16 copies (the gate gradients rounded once;
+      // x, the outputs, the initial state and W_ih are bfloat16 values already).
+      const at::Tensor dgx16 = bf16_copy(w.dgx, s.N, GH, GH);
+      at::Tensor hprev16;
+      if (s.uniform()) {
+        // h_{t-1} of every row: hx for the first step's rows, else the output one step over.
+        const int64_t B = s.B, shifted = s.N - B;
+        const at::Tensor hx16 = bf16_copy(a.hx, B, P, P);
+        const at::Tensor y16 = bf16_copy(a.y + (a.reverse ? B : 0) * P, shifted, P, P);
+        hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
+      } else {
+        hprev16 = bf16_copy(w.hprev, s.N, P, P);
+      }
+      if (gru) {
+        sequence_gemm_bf16(dgx16.narrow(1, 0, H_rz).t(), hprev16, 0.0f, a.dw_hh, P);
+        sequence_gemm_bf16(bf16_copy(w.dgh, s.N, H, H).t(), hprev16, 0.0f, a.dw_hh + H_rz * P, P);
+      } else {
+        sequence_gemm_bf16(dgx16.t(), hprev16, 0.0f, a.dw_hh, P);
+      }
+      sequence_gemm_bf16(dgx16.t(), bf16_copy(a.x, s.N, a.I, a.I), 0.0f, a.dw_ih, a.I);
+      if (a.dx != nullptr)
+        sequence_gemm_bf16(dgx16, bf16_copy(a.w_ih, GH, a.I, a.I), 0.0f, a.dx, a.I);
+      if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
+      bias_sums();
+      return;
     }
   }
   if (gru) {
@@ -441,15 +483,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   if (a.dx != nullptr)
     sequence_gemm<T>(false, s.N, a.I, GH, w.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
   if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
-  if (a.db_ih != nullptr) column_sums(a.db_ih, w.dgx, s.N, GH, GH);
-  if (a.db_hh != nullptr) {
-    if (gru) {
-      std::memcpy(a.db_hh, a.db_ih, sizeof(T) * H_rz);
-      column_sums(a.db_hh + H_rz, w.dgh, s.N, H, H);
-    } else {
-      std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
-    }
-  }
+  bias_sums();
 }
 
 template void layer_forward<float>(const core::LayerForward<float>&, const ForwardScratch<float>&);

@@ -62,6 +62,10 @@ struct ForwardScratch {
                               //   chunk of steps
   int64_t chunk_steps = 1;
   T* r = nullptr;             // [B, H] LSTM with projection: o * tanh(c_t), else nullptr
+  bool bf16 = false;          // the layer is bfloat16: on an AMX CPU its products run on the
+                              //   tiles (PackedWeight's bf16 mode): the input projection
+                              //   on x and W_ih as they are (bfloat16 values), the step
+                              //   product with h_{t-1} as a sum of two bfloat16 values
 };
 
 template <typename T>
@@ -74,6 +78,10 @@ struct BackwardScratch {
   T* dr = nullptr;     // [B, H] LSTM with projection: dL/d(o tanh c_t) of a step
   T* R = nullptr;      // [N, H] LSTM with projection: o tanh c_t of every row
   T* DH = nullptr;     // [N, P] LSTM with projection: dL/dh_t of every row
+  bool bf16 = false;   // the layer is bfloat16: on an AMX CPU the step products take dG_t as
+                       //   a sum of two bfloat16 values (PackedWeight's bf16 mode); the
+                       //   whole-sequence products run on bfloat16 copies (dG rounded
+                       //   once) through torch's bfloat16 GEMM (sequence_gemm_bf16)
 };
 
 template <typename T>

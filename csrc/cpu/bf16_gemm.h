@@ -1,0 +1,55 @@
+// bfloat16 products for the step loops on CPUs with AMX-BF16 tiles (float32 accumulation).
+//
+//   C[M, N] = bf16(X)[M, K] bf16(op(W))[K, N]          (accumulate = false; C is not read)
+//   C[M, N] = C + bf16(X)[M, K] bf16(op(W))[K, N]      (accumulate = true)
+//
+// bf16(v) rounds float32 to bfloat16, to nearest even: exact for values that are bfloat16
+// already (the layer's weights and inputs when the layer runs in bfloat16), the one rounding
+// of the running state h_{t-1} otherwise. With two terms, X is taken as the sum of two
+// bfloat16 values, hi = bf16(x) and lo = bf16(x - hi) (16 significant bits, relative error
+// about 2^-17), each multiplied by op(W): twice the work, for the gate gradients of
+// backward, whose rounding error would otherwise compound over the steps. Each
+// product is accumulated in float32 by the tile unit (TDPBF16PS: pairs of k multiplied
+// exactly and added in float32), the k blocks in ascending order, so every element of C
+// depends only on its row of X and its column of op(W): the same bits however the rows or
+// columns are split across threads.
+//
+// op(W) is packed once per layer call into B tiles of 16 columns by 32 k (1 KiB each, the
+// pairs of k interleaved as the tile unit reads them):
+//
+//   tiles[j][kb][r][2 c + e] = bf16(op(W)[kb * 32 + 2 r + e][j * 16 + c])
+//     j < ceil(N / 16), kb < ceil(K / 32), r < 16, c < 16, e < 2    (zeros past N and K)
+//
+// and each call rounds its rows of X into a [ceil(M / 16) * 16, ceil(K / 32) * 32] bfloat16
+// buffer (the A tiles), then runs blocks of up to 32 x 32 (2 x 2 C tiles) or 16 x 48
+// (1 x 3) of C through the tiles.
+//
+// Legend: M rows of X and C, N output columns, K the reduction, ld row strides.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast {
+namespace cpu {
+
+// Whether the CPU has AMX-BF16 and AVX512-BF16 and the OS lets this process use the tile
+// registers (asked once, with arch_prctl(ARCH_REQ_XCOMP_PERM)). RNNFAST_CPU_BF16=fp32 turns
+// it off (the bfloat16 layers then multiply up-converted values in float32).
+bool amx_bf16_usable();
+
+// Bytes of the packed op(W) for N columns and K rows.
+int64_t amx_packed_bytes(int64_t N, int64_t K);
+
+// Bytes of the A buffer for up to M_max rows of K, as `terms` (1 or 2) bfloat16 values.
+int64_t amx_rows_bytes(int64_t M_max, int64_t K, int terms);
+
+// Packs op(W) into B tiles from its float32 panels (panel_gemm.h's layout: panels[j][k][c]
+// = op(W)[k][j * 16 + c]). `tiles` is 64-byte aligned, amx_packed_bytes(N, K) long.
+void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles);
+
+// The product (see above). `rows` is a 64-byte aligned buffer of amx_rows_bytes(M, K, terms).
+void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const float* X, int64_t ldx,
+                  bool accumulate, float* C, int64_t ldc, void* rows, int terms);
+
+}  // namespace cpu
+}  // namespace rnnfast

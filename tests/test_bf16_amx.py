@@ -1,0 +1,108 @@
+"""The AMX-BF16 step products of the bfloat16 layers (csrc/cpu/bf16_amx.cpp, through
+PackedWeight's bfloat16 mode): against a float64 product of the same rounded operands at
+the tile edges (M around 16 and 32 rows, N around 16-column tiles, K around 32-value
+blocks), x as one bfloat16 value or as the sum of two, strided rows, beta 0 and 1, and the
+same bits for a column whatever the other columns are (what makes a split step loop give
+the same result on any number of threads). Skipped by name on a CPU without AMX-BF16."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rnnfast import _C
+
+pytestmark = pytest.mark.skipif(
+    not _C._step_gemm_bf16_amx(),
+    reason="AMX-BF16 kernels: this CPU has no AMX-BF16 tiles (or RNNFAST_CPU_BF16=fp32), "
+    "so the bfloat16 layers multiply up-converted values in float32 (tested in "
+    "test_bfloat16_cpu.py)")
+
+MS = [1, 2, 15, 16, 17, 31, 32, 33, 47, 64, 70]
+NS = [1, 15, 16, 17, 47, 48, 49, 100]
+KS = [1, 31, 32, 33, 300]
+U32 = 2.0 ** -24
+
+
+def _bf16(t):
+    return t.to(torch.bfloat16).double()
+
+
+def _rounded_x(x, terms):
+    hi = x.to(torch.bfloat16).float()
+    if terms == 1:
+        return hi.double()
+    return hi.double() + (x - hi).to(torch.bfloat16).double()
+
+
+def _check(M, N, K, trans_w, beta, terms, gen, x=None):
+    if x is None:
+        x = torch.randn(M, K, generator=gen)
+    w = torch.randn(*((N, K) if trans_w else (K, N)), generator=gen)
+    out = torch.randn(M, N, generator=gen)
+    c0 = out.clone()
+    _C._step_gemm(x, w, trans_w, beta, out, bf16_terms=terms)
+    xr = _rounded_x(x, terms)
+    wk = _bf16(w.t() if trans_w else w)
+    ref = xr @ wk + beta * c0.double()
+    # float32 accumulation of products that are exact (bfloat16 x bfloat16 fits float32),
+    # with two terms one more addition per product
+    bound = (K * terms + 2) * U32 * (xr.abs() @ wk.abs() + abs(beta) * c0.double().abs())
+    worst = ((out.double() - ref).abs() - bound).max().item()
+    assert worst <= 0, (f"M={M} N={N} K={K} trans_w={trans_w} beta={beta} terms={terms}: "
+                        f"error above the rounding bound by {worst:g}")
+
+
+@pytest.mark.parametrize("terms", [1, 2])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_amx_step_gemm_against_float64(trans_w, beta, terms):
+    gen = torch.Generator().manual_seed(4321)
+    for M, N, K in itertools.product(MS, NS, KS):
+        _check(M, N, K, trans_w, beta, terms, gen)
+
+
+def test_amx_two_terms_are_closer_than_one():
+    """x as hi + lo carries 16 significant bits: the error of the product falls by far more
+    than the 2^-8 of one rounding would allow."""
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(20, 256, generator=gen), torch.randn(64, 256, generator=gen)
+    exact = x.double() @ _bf16(w).t()
+    errs = []
+    for terms in (1, 2):
+        out = torch.empty(20, 64)
+        _C._step_gemm(x, w, True, 0.0, out, bf16_terms=terms)
+        errs.append((out.double() - exact).abs().max().item())
+    assert errs[1] < errs[0] / 30, errs
+
+
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_amx_step_gemm_strided_rows(trans_w):
+    gen = torch.Generator().manual_seed(9)
+    for M, N, K in [(17, 33, 45), (40, 100, 300)]:
+        xs = torch.randn(M, K + 7, generator=gen)
+        _check(M, N, K, trans_w, 1.0, 2, gen, x=xs[:, 3:K + 3])
+
+
+def test_amx_step_gemm_columns_do_not_depend_on_the_others():
+    gen = torch.Generator().manual_seed(11)
+    x, w = torch.randn(37, 200, generator=gen), torch.randn(90, 200, generator=gen)
+    full = torch.empty(37, 90)
+    _C._step_gemm(x, w, True, 0.0, full, bf16_terms=2)
+    for lo, hi in [(0, 16), (16, 49), (49, 90), (5, 6)]:
+        part = torch.empty(37, hi - lo)
+        _C._step_gemm(x, w[lo:hi], True, 0.0, part, bf16_terms=2)
+        assert torch.equal(part, full[:, lo:hi]), (lo, hi)
+
+
+def test_amx_step_gemm_propagates_nan_and_inf():
+    x = torch.ones(3, 40)
+    x[1, 7] = float("nan")
+    x[2, 3] = float("inf")
+    w = torch.ones(20, 40)
+    out = torch.empty(3, 20)
+    _C._step_gemm(x, w, True, 0.0, out, bf16_terms=2)
+    assert torch.all(out[0] == 40)
+    assert torch.isnan(out[1]).all()
+    assert torch.isnan(out[2]).all() or torch.isinf(out[2]).all()
