@@ -53,7 +53,7 @@ where results go:
   the same grid with --dtypes bfloat16 writes docs/results/cpu-<kernelset>-bfloat16.md/.png;
   with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
   (every layer and mode), docs/results/load-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
-  (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512). Any other run (a subset of
+  (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512; avx512-amx where the bfloat16 layers run on AMX tiles). Any other run (a subset of
   --layers/--modes/--shapes/--dtypes, --quick, --device cuda, --memory-repeat > 1, a layer rnnfast
   lacks) writes the same files to bench_results/ instead, so it never overwrites docs/results.
   --out DIR writes them to DIR; --no-docs keeps even a full run out of docs/results.

@@ -91,6 +91,15 @@ def kernel_set(info: Dict[str, Any]) -> str:
     return str(kernels) if kernels else "unknown"
 
 
+def results_key(info: Dict[str, Any]) -> str:
+    """The machine kind a results file is named by: the kernel set, with ``-amx`` where
+    rnnfast's bfloat16 layers run on AMX tiles (``build_info()["bf16_gemm"]``), so that the
+    tables of an AVX-512 EPYC and an AMX Xeon live side by side."""
+    build = info.get("rnnfast_build")
+    bf16 = build.get("bf16_gemm", "") if isinstance(build, dict) else ""
+    return kernel_set(info) + ("-amx" if str(bf16).startswith("amx") else "")
+
+
 def machine_info(device: str = "cpu") -> Dict[str, Any]:
     """CPU model and ISA flags, core and thread counts, torch and rnnfast versions and build
     info, GPU name, the git state of the source tree, and the date (UTC, now)."""

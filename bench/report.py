@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .grid import EFFICIENCY_TARGET, GRID_ORDER, MODES
-from .machine import SOURCE_ROOT, format_isa, kernel_set
+from .machine import SOURCE_ROOT, format_isa, kernel_set, results_key
 from .memory import MemoryResult
 from .timing import CellResult
 from .util import fmt, markdown_table
@@ -55,12 +55,12 @@ def results_stem(info: Dict[str, Any]) -> str:
     if info.get("device") == "cuda":
         return "cuda-" + _slug(str(info.get("gpu", "unknown")))
     suffix = "-bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
-    return "cpu-" + _slug(kernel_set(info)) + suffix
+    return "cpu-" + _slug(results_key(info)) + suffix
 
 
 def memory_stem(info: Dict[str, Any]) -> str:
     """File name (without extension) of a ``--memory`` run's results: ``memory-cpu-<kernelset>``."""
-    return "memory-cpu-" + _slug(kernel_set(info))
+    return "memory-cpu-" + _slug(results_key(info))
 
 
 def format_table(results: Sequence[CellResult], peak_gflops: Optional[float] = None) -> str:
@@ -262,7 +262,9 @@ def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
     stat = results[0].stat if results else "min"
     table, count = format_speedup_table(results)
     judged = any(r.target is not None for r in results)
-    out = _header(f"rnnfast vs torch.nn: {where}", info)
+    dtypes = info.get("dtypes") or []
+    title = f"rnnfast vs torch.nn: {where}" + (f", {', '.join(dtypes)}" if dtypes and dtypes != ["float32"] else "")
+    out = _header(title, info)
     out += [
         "",
         "## Speedup",
@@ -294,7 +296,7 @@ def format_memory_markdown(results: Sequence[MemoryResult], info: Dict[str, Any]
 
 def load_stem(info: Dict[str, Any]) -> str:
     """File name (without extension) of an ``--under-load`` run's results: ``load-cpu-<kernelset>``."""
-    return "load-cpu-" + _slug(kernel_set(info))
+    return "load-cpu-" + _slug(results_key(info))
 
 
 def format_load_markdown(results: Sequence[Any], info: Dict[str, Any], table: str, summary: str) -> str:

@@ -67,6 +67,10 @@ def test_results_markdown_header_and_tables():
     assert "## All cells" in text and "torch ms (min)" in text and "NOT met" in text
     assert report.results_stem(INFO) == "cpu-avx2"
     assert report.memory_stem(INFO) == "memory-cpu-avx2"
+    amx = dict(INFO, rnnfast_build={"cpu_kernels": "avx512", "bf16_gemm": "amx tiles (step products)"})
+    assert report.results_stem(amx) == "cpu-avx512-amx"
+    assert report.results_stem(dict(amx, dtypes=["bfloat16"])) == "cpu-avx512-amx-bfloat16"
+    assert report.load_stem(amx) == "load-cpu-avx512-amx"
 
 
 def test_header_from_this_machine(tmp_path):

@@ -168,4 +168,8 @@ def test_load_monitor_falls_back_to_one_thread_beside_busy_processes(threads):
     torch.testing.assert_close(c_f, c_r, **tol)
     torch.testing.assert_close(xf.grad, xr.grad, **tol)
     for a, b in zip(m.parameters(), ref.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, **tol)
+        # The weight gradients are float32 sums over all 1,920 rows, whose rounding grows
+        # with the size of the terms (up to ~130 here), not of the result: the absolute
+        # tolerance is taken relative to the tensor's largest entry.
+        scale = max(1.0, b.grad.abs().max().item())
+        torch.testing.assert_close(a.grad, b.grad, atol=tol["atol"] * scale, rtol=tol["rtol"])
