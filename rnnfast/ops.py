@@ -42,15 +42,20 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
+from . import reference
 
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "runs_kernels"]
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: torch.func transforms under which the fused operators cannot run (see runs_composite).
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Jvp,
+                    torch._C._functorch.TransformType.Grad)
 
 #: The cell-kind table of ``csrc/core/cells.h``: gates, the buffers forward saves
 #: (name, columns in units of H), bias gradients. The fake kernels take their shapes
@@ -95,6 +100,29 @@ def _saved_fakes(kind: str, input: Tensor, batch_sizes: Optional[Tensor], hidden
     n = _rows(input, batch_sizes)
     return [_acc_like(input, (n, cols * hidden) if need_workspace else (0,))
             for _name, cols in CELL_SPECS[kind]["saved"]]
+
+
+def runs_composite(tensors: Sequence[Optional[Tensor]]) -> bool:
+    """Whether this call must run the plain-torch code of :mod:`rnnfast.reference` (same
+    maths, differentiable by any means) instead of the fused operators: forward-mode AD
+    watches it (one of ``tensors`` carries a tangent at the current
+    ``torch.autograd.forward_ad`` dual level), or a differentiating ``torch.func``
+    transform is active (``jvp``, ``jacfwd``, ``hessian``; ``grad``, ``vjp``, ``jacrev``).
+
+    The operators have no forward-mode formula, and torch runs the autograd formula of an
+    operator defined in C++ only under ordinary autograd, not under ``torch.func``'s grad
+    transforms. Every other call (``vmap`` included) pays two cheap checks and runs the
+    operators; so does everything ``torch.compile`` traces.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if _fwad._current_level >= 0 and any(
+            t is not None and _fwad.unpack_dual(t).tangent is not None for t in tensors):
+        return True
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    stack = torch._C._functorch.get_interpreter_stack()
+    return any(i.key() in _DIFFERENTIATING for i in stack)
 
 
 def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
@@ -261,6 +289,9 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
+    if runs_composite((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)):
+        return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                    reverse)
     need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
     out, hy, cy, _gates, _cells = _ops().lstm_forward(
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
@@ -285,6 +316,8 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     Returns:
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
+    if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
+        return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
     need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh))
     out, hy, _workspace = _ops().gru_forward(
         input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace)
@@ -311,5 +344,8 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
+        return reference.rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                                   nonlinearity)
     return _ops().rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                               nonlinearity == "relu")
