@@ -176,7 +176,7 @@ class _RecurrentLayer(nn.RNNBase):
             is_batched = input.dim() == 3
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
-            if input.size(1 if self.batch_first else 0) == 0:
+            if not torch.jit.is_tracing() and input.size(1 if self.batch_first else 0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             if hx is None:
@@ -213,6 +213,12 @@ class _RecurrentLayer(nn.RNNBase):
 
     def _input_rank_message(self, dim: int) -> str:
         return f"{self.mode}: Expected input to be 2D or 3D, got {dim}D instead"
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: a twin with a scriptable forward that runs
+        rnnfast's operators (rnnfast/_torchscript.py)."""
+        from ._torchscript import scriptable
+        return scriptable(self)
 
 
 class LSTM(_RecurrentLayer):
@@ -403,6 +409,12 @@ class _RecurrentCell(nn.RNNCellBase):
     _name = ""
     _num_states = 1
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: a twin with a scriptable forward that runs
+        rnnfast's operators (rnnfast/_torchscript.py)."""
+        from ._torchscript import scriptable
+        return scriptable(self)
+
     def _check_cell_inputs(self, input: Tensor, hx) -> None:
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got "
@@ -417,6 +429,18 @@ class _RecurrentCell(nn.RNNCellBase):
         elif hx.dim() not in (1, 2):
             raise ValueError(f"{self._name}: Expected hidden to be 1D or 2D, got "
                              f"{hx.dim()}D instead")
+
+    def _check_cell_sizes(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {self.input_size}")
+        for i, t in enumerate(states):
+            if t.size(0) != input.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
+                                   f"batch size {t.size(0)}")
+            if t.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {t.size(1)}, "
+                                   f"expected {self.hidden_size}")
 
     def _prepare(self, input: Tensor, hx) -> tuple[Tensor, tuple[Tensor, ...], bool]:
         """Batch the input and states and check them as torch's cell kernels do."""
@@ -442,16 +466,8 @@ class _RecurrentCell(nn.RNNCellBase):
                     raise RuntimeError("lstm_cell expects two hidden states")
             if not is_batched:
                 states = tuple(t.unsqueeze(0) for t in states)
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
-                               f"expected {self.input_size}")
-        for i, t in enumerate(states):
-            if t.size(0) != input.size(0):
-                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} "
-                                   f"batch size {t.size(0)}")
-            if t.size(1) != self.hidden_size:
-                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {t.size(1)}, "
-                                   f"expected {self.hidden_size}")
+        if not torch.jit.is_tracing():  # traced, these would be constants (the operator checks)
+            self._check_cell_sizes(input, states)
         if input.dtype != self.weight_ih.dtype:
             raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
                                f"{_dtype_name(input.dtype)} and "

@@ -102,6 +102,14 @@ def _saved_fakes(kind: str, input: Tensor, batch_sizes: Optional[Tensor], hidden
             for _name, cols in CELL_SPECS[kind]["saved"]]
 
 
+def _traced() -> bool:
+    """Whether ``torch.jit.trace`` (not the ONNX exporter's trace) records this call:
+    then the layers call scripted functions that decide ``need_workspace`` in the graph
+    (a constant there would be the trace-time grad mode's)."""
+    return (torch.jit.is_tracing() and _namespace == "rnnfast"
+            and not torch.onnx.is_in_onnx_export())
+
+
 def runs_composite(tensors: Sequence[Optional[Tensor]]) -> bool:
     """Whether this call must run the plain-torch code of :mod:`rnnfast.reference` (same
     maths, differentiable by any means) instead of the fused operators: forward-mode AD
@@ -289,6 +297,10 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
+    if _traced():  # need_workspace decided in the traced graph, at run time
+        from ._torchscript import traced_lstm_layer
+        return traced_lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                 reverse)
     if runs_composite((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)):
         return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                     reverse)
@@ -316,6 +328,9 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     Returns:
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
+    if _traced():
+        from ._torchscript import traced_gru_layer
+        return traced_gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
     if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
     need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh))

@@ -1,0 +1,508 @@
+"""TorchScript support: ``torch.jit.trace`` and ``torch.jit.script`` of rnnfast's layers.
+
+Both run rnnfast's own operators (``torch.ops.rnnfast.*``), not torch.nn's kernels.
+
+* **Trace.** Whether forward saves the workspace backward needs (``need_workspace``) is
+  decided from grad mode and ``requires_grad`` at call time. A traced graph would freeze
+  that decision as a constant (and ``torch.jit.trace``'s check, which re-runs the function
+  in another grad mode, failed on it), so while tracing the layers call the scripted
+  per-layer functions below, which make the decision inside the graph, at run time.
+* **Script.** ``rnnfast.LSTM`` & co. define ``__prepare_scriptable__``: ``torch.jit.script``
+  compiles a twin of the module (same ``Parameter`` objects, same attributes) whose class
+  derives from the rnnfast class and adds a TorchScript-compilable ``forward`` (torch.nn's
+  input handling, with the layer loop calling the rnnfast operators). In eager mode the
+  twin's ``forward`` is the rnnfast class's own, so a model in which ``torch.jit.script``
+  replaced a submodule by its twin (torch does so in place) behaves as before.
+
+This module must stay TorchScript-compilable: no ``from __future__ import annotations``,
+``typing`` annotations only.
+"""
+import copy
+import sys
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["lstm_layer", "gru_layer", "rnn_layer", "traced_lstm_layer", "traced_gru_layer",
+           "scriptable"]
+
+
+def _grad(t: Optional[Tensor]) -> bool:
+    if t is None:
+        return False
+    return t.requires_grad
+
+
+def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+               batch_sizes: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer and direction (see :func:`rnnfast.ops.lstm_layer`), scriptable."""
+    need_workspace = torch.is_grad_enabled() and (
+        input.requires_grad or hx.requires_grad or cx.requires_grad or w_ih.requires_grad
+        or w_hh.requires_grad or _grad(b_ih) or _grad(b_hh) or _grad(w_hr))
+    out, hy, cy, _gates, _cells = torch.ops.rnnfast.lstm_forward(
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
+    return out, hy, cy
+
+
+def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
+              ) -> Tuple[Tensor, Tensor]:
+    """One GRU layer and direction (see :func:`rnnfast.ops.gru_layer`), scriptable."""
+    need_workspace = torch.is_grad_enabled() and (
+        input.requires_grad or hx.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+        or _grad(b_ih) or _grad(b_hh))
+    out, hy, _workspace = torch.ops.rnnfast.gru_forward(
+        input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace)
+    return out, hy
+
+
+def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool, relu: bool
+              ) -> Tuple[Tensor, Tensor]:
+    """One Elman RNN layer and direction (see :func:`rnnfast.ops.rnn_layer`), scriptable."""
+    out, hy = torch.ops.rnnfast.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                                            reverse, relu)
+    return out, hy
+
+
+_scripted: dict = {}
+
+
+def _script(fn):
+    if fn not in _scripted:
+        _scripted[fn] = torch.jit.script(fn)
+    return _scripted[fn]
+
+
+def traced_lstm_layer(*args) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`lstm_layer` as a scripted function, for ``torch.jit.trace`` to record as a
+    call (so ``need_workspace`` is computed in the traced graph)."""
+    return _script(lstm_layer)(*args)
+
+
+def traced_gru_layer(*args) -> Tuple[Tensor, Tensor]:
+    """:func:`gru_layer` as a scripted function, for ``torch.jit.trace``."""
+    return _script(gru_layer)(*args)
+
+
+# --------------------------------------------------------------------- script: layers
+
+def _stack(mode: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], weights: List[Tensor],
+           has_bias: bool, has_proj: bool, num_layers: int, bidirectional: bool, dropout: float,
+           training: bool, batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Layers × directions over time-major or packed input, one operator call each (the
+    loop of :func:`rnnfast.functional.lstm`). ``weights`` is the module's flat parameter list.
+    Returns ``(output, h_n, c_n)``; ``c_n`` is ``h_n`` for GRU and RNN."""
+    num_directions = 2 if bidirectional else 1
+    stride = 4 if has_bias else 2
+    if has_proj:
+        stride += 1
+    hs: List[Tensor] = []
+    cs: List[Tensor] = []
+    x = input
+    for layer in range(num_layers):
+        if layer > 0 and dropout > 0.0 and training:
+            x = F.dropout(x, dropout, True)
+        outputs: List[Tensor] = []
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            base = k * stride
+            b_ih: Optional[Tensor] = None
+            b_hh: Optional[Tensor] = None
+            if has_bias:
+                b_ih = weights[base + 2]
+                b_hh = weights[base + 3]
+            reverse = direction == 1
+            if mode == "LSTM":
+                w_hr: Optional[Tensor] = None
+                if has_proj:
+                    w_hr = weights[base + stride - 1]
+                assert cx is not None
+                y, h, c = lstm_layer(x, hx[k], cx[k], weights[base], weights[base + 1], b_ih,
+                                     b_hh, w_hr, batch_sizes, reverse)
+                cs.append(c)
+            elif mode == "GRU":
+                y, h = gru_layer(x, hx[k], weights[base], weights[base + 1], b_ih, b_hh,
+                                 batch_sizes, reverse)
+            else:
+                y, h = rnn_layer(x, hx[k], weights[base], weights[base + 1], b_ih, b_hh,
+                                 batch_sizes, reverse, mode == "RNN_RELU")
+            outputs.append(y)
+            hs.append(h)
+        x = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
+    h_n = torch.stack(hs, 0)
+    return x, h_n, torch.stack(cs, 0) if mode == "LSTM" else h_n
+
+
+def _run_padded(mode: str, input: Tensor, hx: Tensor, cx: Optional[Tensor],
+                weights: List[Tensor], has_bias: bool, has_proj: bool, num_layers: int,
+                bidirectional: bool, dropout: float, training: bool, batch_first: bool,
+                batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    if batch_sizes is None and batch_first:
+        input = input.transpose(0, 1)
+    output, h_n, c_n = _stack(mode, input, hx, cx, weights, has_bias, has_proj, num_layers,
+                              bidirectional, dropout, training, batch_sizes)
+    if batch_sizes is None and batch_first:
+        output = output.transpose(0, 1)
+    return output, h_n, c_n
+
+
+class _ScriptableLSTM(LSTM):
+    """rnnfast.LSTM with a TorchScript-compilable forward (torch.nn.LSTM's input handling,
+    rnnfast's operators)."""
+
+    def _get_name(self) -> str:
+        return "LSTM"
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        pass
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        """Eager: :meth:`rnnfast.LSTM.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return LSTM.forward(self, input, hx)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
+
+    def _zeros(self, input: Tensor, batch: int) -> Tuple[Tensor, Tensor]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (torch.zeros(layers, batch, real_hidden_size, dtype=input.dtype,
+                            device=input.device),
+                torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype,
+                            device=input.device))
+
+    def _run_script(self, input: Tensor, hx: Tuple[Tensor, Tensor],
+                    batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        output, h_n, c_n = _run_padded(
+            "LSTM", input, hx[0], hx[1], self._flat_weights, self.bias, self.proj_size > 0,
+            self.num_layers, self.bidirectional, float(self.dropout), self.training,
+            self.batch_first, batch_sizes)
+        return output, (h_n, c_n)
+
+    def _forward_packed(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]]
+                        ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is None:
+            hx = self._zeros(data, int(batch_sizes[0]))
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(data, hx, batch_sizes)
+        output, hidden = self._run_script(data, hx, batch_sizes)
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(hidden, unsorted_indices))
+
+    def _forward_tensor(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]
+                        ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is None:
+            hx = self._zeros(input, input.size(0) if self.batch_first else input.size(1))
+        else:
+            want = 3 if is_batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but "
+                                   f"got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            if not is_batched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        self.check_forward_args(input, hx, None)
+        output, hidden = self._run_script(input, hx, None)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, hidden
+
+
+class _ScriptableTopLSTM(_ScriptableLSTM):
+    """The twin of an rnnfast.LSTM scripted on its own: one ``forward``, for tensor input
+    (a scripted module whose forward is overloaded has no ``forward`` to call; a scripted
+    torch.nn.LSTM has none either)."""
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """Eager: :meth:`rnnfast.LSTM.forward`. Scripted: tensor input."""
+        if not torch.jit.is_scripting():
+            return LSTM.forward(self, input, hx)
+        return self._forward_tensor(input, hx)
+
+
+class _OneStateScriptable:
+    """The scripted computation of rnnfast.GRU and RNN (one state)."""
+
+    def _zeros(self, input: Tensor, batch: int) -> Tensor:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        return torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype,
+                           device=input.device)
+
+    def _run_script(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
+                    ) -> Tuple[Tensor, Tensor]:
+        if self.mode != "GRU" and self.mode != "RNN_TANH" and self.mode != "RNN_RELU":
+            raise ValueError(f"Unknown mode {self.mode}")
+        output, h_n, _ = _run_padded(
+            self.mode, input, hx, None, self._flat_weights, self.bias, False, self.num_layers,
+            self.bidirectional, float(self.dropout), self.training, self.batch_first,
+            batch_sizes)
+        return output, h_n
+
+    def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]
+                        ) -> Tuple[PackedSequence, Tensor]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is None:
+            hx = self._zeros(data, int(batch_sizes[0]))
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(data, hx, batch_sizes)
+        output, hidden = self._run_script(data, hx, batch_sizes)
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(hidden, unsorted_indices))
+
+    def _forward_tensor(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if input.dim() not in (2, 3):
+            if self.mode == "GRU":
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            raise ValueError(
+                f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is None:
+            hx = self._zeros(input, input.size(0) if self.batch_first else input.size(1))
+        else:
+            want = 3 if is_batched else 2
+            if hx.dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                                   f"{hx.dim()}-D tensor")
+            if not is_batched:
+                hx = hx.unsqueeze(1)
+        self.check_forward_args(input, hx, None)
+        output, hidden = self._run_script(input, hx, None)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, hidden
+
+
+class _ScriptableGRU(_OneStateScriptable, GRU):
+    """rnnfast.GRU with a TorchScript-compilable forward."""
+
+    def _get_name(self) -> str:
+        return "GRU"
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
+                ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        """Eager: :meth:`rnnfast.GRU.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return GRU.forward(self, input, hx)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
+
+
+class _ScriptableTopGRU(_ScriptableGRU):
+    """The twin of an rnnfast.GRU scripted on its own: one ``forward``, for tensor input."""
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Eager: :meth:`rnnfast.GRU.forward`. Scripted: tensor input."""
+        if not torch.jit.is_scripting():
+            return GRU.forward(self, input, hx)
+        return self._forward_tensor(input, hx)
+
+
+class _ScriptableRNN(_OneStateScriptable, RNN):
+    """rnnfast.RNN with a TorchScript-compilable forward."""
+
+    def _get_name(self) -> str:
+        return "RNN"
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @torch._jit_internal._overload_method  # noqa: F811
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
+                ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        """Eager: :meth:`rnnfast.RNN.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return RNN.forward(self, input, hx)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
+
+
+class _ScriptableTopRNN(_ScriptableRNN):
+    """The twin of an rnnfast.RNN scripted on its own: one ``forward``, for tensor input."""
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Eager: :meth:`rnnfast.RNN.forward`. Scripted: tensor input."""
+        if not torch.jit.is_scripting():
+            return RNN.forward(self, input, hx)
+        return self._forward_tensor(input, hx)
+
+
+# --------------------------------------------------------------------- script: cells
+
+class _ScriptableLSTMCell(LSTMCell):
+    """rnnfast.LSTMCell with a TorchScript-compilable forward."""
+
+    def _get_name(self) -> str:
+        return "LSTMCell"
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """Eager: :meth:`rnnfast.LSTMCell.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return LSTMCell.forward(self, input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh,
+                             self.bias_ih, self.bias_hh, None, None, False)
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class _ScriptableGRUCell(GRUCell):
+    """rnnfast.GRUCell with a TorchScript-compilable forward."""
+
+    def _get_name(self) -> str:
+        return "GRUCell"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Eager: :meth:`rnnfast.GRUCell.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return GRUCell.forward(self, input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                             device=input.device)
+        else:
+            hx = hx.unsqueeze(0) if not is_batched else hx
+        _, h = gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                         self.bias_hh, None, False)
+        return h if is_batched else h.squeeze(0)
+
+
+class _ScriptableRNNCell(RNNCell):
+    """rnnfast.RNNCell with a TorchScript-compilable forward."""
+
+    def _get_name(self) -> str:
+        return "RNNCell"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Eager: :meth:`rnnfast.RNNCell.forward`. Scripted: the same computation, compiled."""
+        if not torch.jit.is_scripting():
+            return RNNCell.forward(self, input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        if self.nonlinearity != "tanh" and self.nonlinearity != "relu":
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                             device=input.device)
+        else:
+            hx = hx.unsqueeze(0) if not is_batched else hx
+        _, h = rnn_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                         self.bias_hh, None, False, self.nonlinearity == "relu")
+        return h if is_batched else h.squeeze(0)
+
+
+_TWINS = {LSTM: _ScriptableLSTM, GRU: _ScriptableGRU, RNN: _ScriptableRNN,
+          LSTMCell: _ScriptableLSTMCell, GRUCell: _ScriptableGRUCell, RNNCell: _ScriptableRNNCell}
+_TOP_TWINS = {LSTM: _ScriptableTopLSTM, GRU: _ScriptableTopGRU, RNN: _ScriptableTopRNN}
+
+
+def _scripted_on_its_own() -> bool:
+    """Whether ``torch.jit.script`` was called on this module itself rather than on a model
+    containing it: torch's preparation pass (``call_prepare_scriptable_func_impl``) starts
+    with an empty memo and fills it as it descends. False when that cannot be told."""
+    frame = sys._getframe(1)
+    for _ in range(4):  # scriptable <- __prepare_scriptable__ <- torch's pass
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "call_prepare_scriptable_func_impl":
+            memo = frame.f_locals.get("memo")
+            return isinstance(memo, dict) and len(memo) == 0
+        frame = frame.f_back
+    return False
+
+
+def scriptable(module: torch.nn.Module) -> torch.nn.Module:
+    """The twin of an rnnfast layer or cell that ``torch.jit.script`` compiles.
+
+    It shares the module's ``Parameter`` objects, buffers and attributes (a shallow copy
+    with its own parameter, buffer and submodule dictionaries) and its class derives from
+    the module's, adding a compilable ``forward``. Inside a model, a layer's twin has
+    torch.nn's two overloads (tensor and ``PackedSequence`` input); a layer scripted on its
+    own gets one ``forward`` for tensor input, so that the scripted layer can be called.
+    Modules of other classes (subclasses a user wrote) are returned unchanged.
+    """
+    twin_cls = _TWINS.get(type(module))
+    if twin_cls is None:
+        return module
+    if type(module) in _TOP_TWINS and _scripted_on_its_own():
+        twin_cls = _TOP_TWINS[type(module)]
+    twin = copy.copy(module)
+    for name in ("_parameters", "_buffers", "_modules"):
+        twin.__dict__[name] = dict(module.__dict__[name])
+    twin.__class__ = twin_cls
+    return twin

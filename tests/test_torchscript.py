@@ -1,0 +1,231 @@
+"""TorchScript: torch.jit.trace and torch.jit.script of every rnnfast layer and cell, and of
+a model containing them. Results are compared with torch.nn's at other sequence lengths and
+batch sizes than traced, after a save/load round trip, and the graphs must call rnnfast's
+operators (not torch.nn's kernels)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+
+TOL = dict(atol=1e-5, rtol=1e-4)
+
+# (name, rnnfast class, torch.nn class, constructor keyword arguments)
+LAYERS = [
+    ("lstm", rnnfast.LSTM, nn.LSTM, {}),
+    ("lstm-bi-bf", rnnfast.LSTM, nn.LSTM, dict(bidirectional=True, batch_first=True)),
+    ("lstm-nobias", rnnfast.LSTM, nn.LSTM, dict(bias=False)),
+    ("lstm-proj", rnnfast.LSTM, nn.LSTM, dict(proj_size=3, bidirectional=True)),
+    ("gru", rnnfast.GRU, nn.GRU, {}),
+    ("gru-bi-bf-nobias", rnnfast.GRU, nn.GRU, dict(bidirectional=True, batch_first=True,
+                                                   bias=False)),
+    ("rnn-tanh", rnnfast.RNN, nn.RNN, {}),
+    ("rnn-relu-bi", rnnfast.RNN, nn.RNN, dict(nonlinearity="relu", bidirectional=True)),
+]
+CELLS = [
+    ("lstmcell", rnnfast.LSTMCell, nn.LSTMCell, {}),
+    ("grucell", rnnfast.GRUCell, nn.GRUCell, dict(bias=False)),
+    ("rnncell-tanh", rnnfast.RNNCell, nn.RNNCell, {}),
+    ("rnncell-relu", rnnfast.RNNCell, nn.RNNCell, dict(nonlinearity="relu")),
+]
+OP_NAMES = {rnnfast.LSTM: "rnnfast::lstm_forward", rnnfast.GRU: "rnnfast::gru_forward",
+            rnnfast.RNN: "rnnfast::rnn_forward", rnnfast.LSTMCell: "rnnfast::lstm_forward",
+            rnnfast.GRUCell: "rnnfast::gru_forward", rnnfast.RNNCell: "rnnfast::rnn_forward"}
+
+
+def _pair(fast_cls, torch_cls, kwargs, *args):
+    ref = torch_cls(*args, **kwargs)
+    fast = fast_cls(*args, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def _layer_pair(fast_cls, torch_cls, kwargs):
+    return _pair(fast_cls, torch_cls, kwargs, 4, 5, 2)
+
+
+def _seq(m: nn.Module, t: int, b: int) -> torch.Tensor:
+    return torch.randn(b, t, 4) if m.batch_first else torch.randn(t, b, 4)
+
+
+def _state(ref: nn.Module, b: int):
+    d = 2 if ref.bidirectional else 1
+    out = ref.proj_size if getattr(ref, "proj_size", 0) else ref.hidden_size
+    h = torch.randn(ref.num_layers * d, b, out)
+    if isinstance(ref, nn.LSTM):
+        return (h, torch.randn(ref.num_layers * d, b, ref.hidden_size))
+    return h
+
+
+def _close(a, b):
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _close(x, y)
+    else:
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def _roundtrip(m: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    buf = io.BytesIO()
+    torch.jit.save(m, buf)
+    buf.seek(0)
+    return torch.jit.load(buf)
+
+
+def _calls_rnnfast(m: torch.jit.ScriptModule, op: str) -> bool:
+    return op in str(m.inlined_graph)
+
+
+# ----------------------------------------------------------------------------- trace
+
+@pytest.mark.parametrize("name,fast_cls,torch_cls,kwargs", LAYERS, ids=[x[0] for x in LAYERS])
+@pytest.mark.parametrize("with_state", [False, True], ids=["nostate", "state"])
+def test_trace_layer(name, fast_cls, torch_cls, kwargs, with_state):
+    fast, ref = _layer_pair(fast_cls, torch_cls, kwargs)
+    args = (_seq(ref, 5, 3),) + ((_state(ref, 3),) if with_state else ())
+    traced = torch.jit.trace(fast, args)  # the default check_trace re-runs it: must agree
+    assert _calls_rnnfast(traced, OP_NAMES[fast_cls])
+    loaded = _roundtrip(traced)
+    for t, b in ((7, 2), (3, 5)):
+        x = _seq(ref, t, b)
+        call = (x, _state(ref, b)) if with_state else (x,)
+        want = ref(*call)
+        _close(traced(*call), want)
+        _close(loaded(*call), want)
+
+
+@pytest.mark.parametrize("grad_mode", [False, True], ids=["traced-nograd", "traced-grad"])
+def test_trace_trains_whatever_the_grad_mode_at_trace_time(grad_mode):
+    """need_workspace is decided in the traced graph: a trace made under no_grad trains, and
+    one made with grad on runs inference without the workspace."""
+    fast, ref = _layer_pair(rnnfast.LSTM, nn.LSTM, dict(bidirectional=True))
+    with torch.set_grad_enabled(grad_mode):
+        traced = torch.jit.trace(fast, (torch.randn(4, 2, 4),))
+    x = torch.randn(6, 3, 4)
+    traced(x)[0].square().sum().backward()
+    ref(x)[0].square().sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
+    with torch.no_grad():
+        _close(traced(x), ref(x))
+
+
+@pytest.mark.parametrize("name,fast_cls,torch_cls,kwargs", CELLS, ids=[x[0] for x in CELLS])
+def test_trace_cell(name, fast_cls, torch_cls, kwargs):
+    fast, ref = _pair(fast_cls, torch_cls, kwargs, 4, 5)
+    traced = torch.jit.trace(fast, (torch.randn(3, 4),))
+    assert _calls_rnnfast(traced, OP_NAMES[fast_cls])
+    loaded = _roundtrip(traced)
+    x = torch.randn(6, 4)
+    _close(traced(x), ref(x))
+    _close(loaded(x), ref(x))
+    state = (torch.randn(3, 5), torch.randn(3, 5)) if fast_cls is rnnfast.LSTMCell \
+        else torch.randn(3, 5)
+    traced_state = torch.jit.trace(fast, (torch.randn(3, 4), state))
+    x = torch.randn(2, 4)
+    state = tuple(s[:2] for s in state) if isinstance(state, tuple) else state[:2]
+    _close(traced_state(x, state), ref(x, state))
+
+
+# ----------------------------------------------------------------------------- script
+
+@pytest.mark.parametrize("name,fast_cls,torch_cls,kwargs", LAYERS, ids=[x[0] for x in LAYERS])
+def test_script_layer(name, fast_cls, torch_cls, kwargs):
+    fast, ref = _layer_pair(fast_cls, torch_cls, kwargs)
+    scripted = torch.jit.script(fast)
+    assert _calls_rnnfast(scripted, OP_NAMES[fast_cls])
+    assert "aten::lstm" not in str(scripted.inlined_graph)
+    loaded = _roundtrip(scripted)
+    for t, b in ((5, 3), (2, 1)):
+        x = _seq(ref, t, b)
+        state = _state(ref, b)
+        _close(scripted(x), ref(x))
+        _close(scripted(x, state), ref(x, state))
+        _close(loaded(x, state), ref(x, state))
+    # unbatched
+    x = torch.randn(4, 4)
+    _close(scripted(x), ref(x))
+    # the scripted layer trains: same gradients as torch.nn
+    x = _seq(ref, 4, 2)
+    scripted(x)[0].square().sum().backward()
+    ref(x)[0].square().sum().backward()
+    for (pname, p), q in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **TOL, msg=pname)
+
+
+@pytest.mark.parametrize("name,fast_cls,torch_cls,kwargs", CELLS, ids=[x[0] for x in CELLS])
+def test_script_cell(name, fast_cls, torch_cls, kwargs):
+    fast, ref = _pair(fast_cls, torch_cls, kwargs, 4, 5)
+    scripted = torch.jit.script(fast)
+    assert _calls_rnnfast(scripted, OP_NAMES[fast_cls])
+    loaded = _roundtrip(scripted)
+    for x in (torch.randn(3, 4), torch.randn(4)):
+        shape = (3, 5) if x.dim() == 2 else (5,)
+        state = (torch.randn(shape), torch.randn(shape)) if fast_cls is rnnfast.LSTMCell \
+            else torch.randn(shape)
+        _close(scripted(x), ref(x))
+        _close(scripted(x, state), ref(x, state))
+        _close(loaded(x, state), ref(x, state))
+
+
+class _Model(nn.Module):
+    """Linear -> 2-layer LSTM -> GRU -> RNN -> Linear, plus an LSTM cell and a packed run."""
+
+    def __init__(self, lib):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.lstm = lib.LSTM(6, 5, num_layers=2, batch_first=True)
+        self.gru = lib.GRU(5, 5, bidirectional=True, batch_first=True)
+        self.rnn = lib.RNN(10, 4, nonlinearity="relu", batch_first=True)
+        self.cell = lib.LSTMCell(4, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(self.inp(x))
+        packed = pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
+        z, h = self.gru(packed)
+        y, _ = self.rnn(torch.cat([h[0], h[1]], -1).unsqueeze(1).repeat(1, 2, 1))
+        hc = self.cell(y[:, -1])
+        return self.out(hc[0])
+
+
+def test_script_model_containing_layers():
+    ref = _Model(nn)
+    fast = _Model(rnnfast)
+    fast.load_state_dict(ref.state_dict())
+    params = dict(fast.named_parameters())
+    scripted = torch.jit.script(fast)
+    graph = str(scripted.inlined_graph)
+    for op in ("rnnfast::lstm_forward", "rnnfast::gru_forward", "rnnfast::rnn_forward"):
+        assert op in graph
+    loaded = _roundtrip(scripted)
+    for b, t in ((3, 6), (2, 4)):
+        x = torch.randn(b, t, 4)
+        lengths = torch.randint(1, t + 1, (b,))
+        want = ref(x, lengths)
+        _close(scripted(x, lengths), want)
+        _close(loaded(x, lengths), want)
+        # torch.jit.script swaps submodules for their scriptable twins in place (torch's
+        # preparation pass); the eager model keeps working with the same parameters.
+        _close(fast(x, lengths), want)
+    assert isinstance(fast.lstm, rnnfast.LSTM)
+    for name, p in fast.named_parameters():
+        assert p is params[name]
+
+
+def test_trace_model_containing_layers():
+    ref = _Model(nn)
+    fast = _Model(rnnfast)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 4)
+    lengths = torch.tensor([5, 2, 4])
+    traced = _roundtrip(torch.jit.trace(fast, (x, lengths)))
+    x = torch.randn(3, 7, 4)  # other T; the batch stays (pack_padded_sequence traces B)
+    lengths = torch.tensor([3, 7, 6])
+    _close(traced(x, lengths), ref(x, lengths))
