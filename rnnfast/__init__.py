@@ -11,7 +11,8 @@ from . import ops
 from . import functional
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert
+from . import quantization  # registers the layers with torch's dynamic quantization
 from ._C import build_info
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
-           "functional", "ops", "__version__"]
+           "functional", "ops", "quantization", "__version__"]

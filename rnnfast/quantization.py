@@ -1,0 +1,187 @@
+"""Dynamic quantization of rnnfast's layers with ``torch.ao.quantization.quantize_dynamic``.
+
+rnnfast does not quantize anything itself: a quantized rnnfast layer *is* torch's dynamic
+quantized module (``torch.ao.nn.quantized.dynamic.LSTM``, ``GRU``, ``LSTMCell``,
+``GRUCell``, ``RNNCell``), built by torch's own ``from_float`` from the torch.nn module
+with the same weights, so its outputs are bitwise those of the quantized torch.nn model::
+
+    model = rnnfast.convert(model)          # train with rnnfast ...
+    qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU, nn.Linear})
+
+A spec may name torch.nn's classes (as above), rnnfast's (``{rnnfast.LSTM, ...}``), or be
+left out (torch's default spec, which names torch.nn's classes). Two pieces make this
+work, both installed when ``rnnfast`` is imported:
+
+* **Mapping.** rnnfast's classes are added to torch's default dynamic-quantization
+  mapping (``torch.ao.quantization.quantization_mappings
+  .DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS``, the dict ``quantize_dynamic`` reads when no
+  ``mapping`` is passed). Each maps to a small class whose ``from_float`` builds the
+  torch.nn twin (sharing the ``Parameter`` objects) and returns torch's ``from_float`` of
+  it: torch's checks, errors and numbers by construction. A ``mapping=`` passed by the
+  user replaces torch's default and so must list rnnfast's classes itself
+  (:data:`DYNAMIC_QUANT_MODULE_MAPPINGS`).
+* **Spec by torch.nn class.** ``quantize_dynamic`` matches its spec against
+  ``type(module)`` exactly, which for a converted layer is rnnfast's class. rnnfast's
+  layers and cells therefore have a class attribute ``qconfig`` (a descriptor, present
+  only while ``quantize_dynamic`` propagates its spec: everywhere else the attribute does
+  not exist until torch sets it) that answers torch's propagation step for the module as
+  that step would answer for the torch.nn class it replaces: the spec's entry for the
+  module's name, else for rnnfast's class, else for torch.nn's class, else the parent's.
+  It reads the propagation step's arguments from its frame (the step is identified by its
+  code object, so nothing else is ever read); it patches nothing in torch. Other users of
+  qconfig propagation (static ``prepare``, QAT) see rnnfast's modules as before.
+
+Plain ``RNN``: torch has no dynamic quantized ``nn.RNN`` (it is not in torch's mapping, so
+``quantize_dynamic(model, {nn.RNN})`` leaves a torch.nn.RNN in float without a word), and
+rnnfast mirrors that: an ``rnnfast.RNN`` stays in float too. ``RNNCell`` is quantized, as
+torch's is. Layers without bias, or LSTMs with ``proj_size``, get whatever torch's
+``from_float`` gives the torch.nn module (an ``AssertionError`` for ``bias=False``).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.ao.quantization import quantization_mappings as _mappings
+
+from . import modules
+
+# The module, not the function of the same name that torch.ao.quantization exports.
+_quantize = importlib.import_module("torch.ao.quantization.quantize")
+
+__all__ = ["to_torch", "DYNAMIC_QUANT_MODULE_MAPPINGS"]
+
+#: rnnfast class -> the torch.nn class it replaces.
+TORCH_CLASSES: dict[type, type] = {
+    modules.LSTM: nn.LSTM,
+    modules.GRU: nn.GRU,
+    modules.RNN: nn.RNN,
+    modules.LSTMCell: nn.LSTMCell,
+    modules.GRUCell: nn.GRUCell,
+    modules.RNNCell: nn.RNNCell,
+}
+
+
+def to_torch(module: nn.Module) -> nn.Module:
+    """The torch.nn twin of an rnnfast layer or cell: same class options, the very same
+    ``Parameter`` objects (nothing is copied), same train/eval mode, and the module's
+    ``qconfig`` if it has one.
+
+    Args:
+        module: an ``rnnfast.LSTM``/``GRU``/``RNN``/``LSTMCell``/``GRUCell``/``RNNCell``.
+
+    Returns:
+        The ``torch.nn`` module of the same kind.
+    """
+    cls = TORCH_CLASSES.get(type(module))
+    if cls is None:
+        raise TypeError(f"to_torch expects an rnnfast layer or cell, got {type(module)}")
+    if isinstance(module, nn.RNNBase):
+        kwargs: dict[str, Any] = dict(
+            input_size=module.input_size, hidden_size=module.hidden_size,
+            num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+            dropout=module.dropout, bidirectional=module.bidirectional)
+        if cls is nn.LSTM:
+            kwargs["proj_size"] = module.proj_size
+    else:
+        kwargs = dict(input_size=module.input_size, hidden_size=module.hidden_size,
+                      bias=module.bias)
+    if cls in (nn.RNN, nn.RNNCell):
+        kwargs["nonlinearity"] = module.nonlinearity
+    params = list(module.parameters(recurse=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dropout with one layer: warned once
+        twin = cls(**kwargs, device=torch.device("meta"),
+                   dtype=params[0].dtype if params else None)
+    for name, value in module.named_parameters(recurse=False):
+        setattr(twin, name, value)
+    if isinstance(twin, nn.RNNBase):
+        twin._init_flat_weights()
+    twin.train(module.training)
+    if "qconfig" in module.__dict__:
+        twin.qconfig = module.__dict__["qconfig"]
+    return twin
+
+
+class _TorchDynamicQuantized:
+    """A target of torch's dynamic-quantization mapping for one rnnfast class:
+    ``from_float`` returns torch's dynamic quantized module of the torch.nn twin."""
+
+    _FLOAT_MODULE: type
+    _TORCH_QUANTIZED: type
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> nn.Module:
+        """Quantize ``mod`` exactly as torch quantizes the torch.nn module with its weights."""
+        if type(mod) is not cls._FLOAT_MODULE:
+            raise AssertionError(f"{cls.__name__}.from_float only works for "
+                                 f"{cls._FLOAT_MODULE.__module__}.{cls._FLOAT_MODULE.__name__}")
+        return cls._TORCH_QUANTIZED.from_float(
+            to_torch(mod), use_precomputed_fake_quant=use_precomputed_fake_quant)
+
+
+def _target(rnnfast_cls: type, torch_quantized: type) -> type:
+    return type(f"DynamicQuantized{rnnfast_cls.__name__}", (_TorchDynamicQuantized,),
+                {"_FLOAT_MODULE": rnnfast_cls, "_TORCH_QUANTIZED": torch_quantized,
+                 "__module__": __name__,
+                 "__doc__": f"Maps rnnfast.{rnnfast_cls.__name__} to torch's "
+                            f"{torch_quantized.__module__}.{torch_quantized.__name__}."})
+
+
+#: What rnnfast adds to torch's default dynamic-quantization mapping (rnnfast class ->
+#: mapping target). No ``RNN``: torch has no dynamic quantized ``nn.RNN`` either. Merge it
+#: into a ``mapping=`` of your own.
+DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
+    cls: _target(cls, torch_quantized) for cls, torch_quantized in (
+        (modules.LSTM, nnqd.LSTM), (modules.GRU, nnqd.GRU), (modules.LSTMCell, nnqd.LSTMCell),
+        (modules.GRUCell, nnqd.GRUCell), (modules.RNNCell, nnqd.RNNCell))
+}
+
+# The code objects of torch's qconfig propagation step and of quantize_dynamic (under its
+# deprecation wrapper): the descriptor answers only a propagation step that
+# quantize_dynamic runs.
+_PROPAGATE_STEP = _quantize._propagate_qconfig_helper.__code__
+_QUANTIZE_DYNAMIC = inspect.unwrap(_quantize.quantize_dynamic).__code__
+
+
+def _quantize_dynamic_runs(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is _QUANTIZE_DYNAMIC:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _QConfigBySpec:
+    """The ``qconfig`` class attribute of rnnfast's layers and cells: see the module
+    docstring. A non-data descriptor, so a ``qconfig`` set on the instance (by torch or by
+    the user) always wins; outside ``quantize_dynamic``'s propagation the attribute does
+    not exist."""
+
+    def __get__(self, obj: Optional[nn.Module], objtype: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        frame = sys._getframe(1)
+        if frame.f_code is not _PROPAGATE_STEP or not _quantize_dynamic_runs(frame.f_back):
+            raise AttributeError("qconfig")
+        step = frame.f_locals
+        spec, prefix = step["qconfig_dict"], step["prefix"]
+        qconfig = spec.get(TORCH_CLASSES[type(obj)], step["qconfig_parent"])
+        qconfig = spec.get(type(obj), qconfig)
+        return spec.get(prefix, qconfig)
+
+
+def _install() -> None:
+    """Register rnnfast's classes with torch's dynamic quantization (idempotent)."""
+    _mappings.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS.update(DYNAMIC_QUANT_MODULE_MAPPINGS)
+    for cls in TORCH_CLASSES:
+        cls.qconfig = _QConfigBySpec()
+
+
+_install()
