@@ -50,6 +50,33 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   return seconds;
 }
 
+// out = bias + x w^T through the bfloat16 layers' input projection on AMX tiles (testing):
+// x [M, K] bfloat16 read as it is, w [N, K] float32 (rounded to bfloat16 when packed), bias
+// [N] float32 or None, out [M, N] float32; rows may be strided, columns contiguous.
+void step_gemm_bf16_rows(const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  TORCH_CHECK(rnnfast::cpu::step_gemm_bf16_amx(), "step_gemm_bf16_rows: needs AMX-BF16 tiles");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm_bf16_rows: 2-d tensors");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat,
+              "step_gemm_bf16_rows: x bfloat16, w and out float32");
+  TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1 && out.stride(1) == 1,
+              "step_gemm_bf16_rows: columns must be contiguous");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K && out.size(0) == M && out.size(1) == N,
+              "step_gemm_bf16_rows: shapes do not match");
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N,
+                "step_gemm_bf16_rows: bias [N] float32");
+    b = bias->const_data_ptr<float>();
+  }
+  const rnnfast::cpu::PackedWeight<float> pw(true, N, K, M, w.const_data_ptr<float>(), w.stride(0),
+                                             1, 0, 1);
+  pw.gemm_bf16(M, reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>()), x.stride(0),
+               b, out.data_ptr<float>(), out.stride(0));
+}
+
 // out = op(a) b (+ out with accumulate) through the blocked GEMM of the whole-sequence
 // products at any size (testing): a [M, K] or, with trans_a, [K, M]; b [K, N]; out
 // [M, N]; float32; rows may be strided, columns contiguous.
@@ -117,6 +144,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(the panel micro-kernel where the CPU kernel set has one; bf16_terms 1 or 2: operands rounded to "
         "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; testing). Returns the seconds per "
         "product over `repeats` runs (beta 0).");
+  m.def("_step_gemm_bf16_rows", &step_gemm_bf16_rows, pybind11::arg("x"), pybind11::arg("w"),
+        pybind11::arg("bias"), pybind11::arg("out"),
+        "out = bias + x @ w.T with x bfloat16 read as it is, on the AMX tiles of the bfloat16 "
+        "layers' input projection (testing; AMX CPUs only).");
   m.def("_step_gemm_bf16_amx", &rnnfast::cpu::step_gemm_bf16_amx,
         "Whether the bfloat16 layers' step products run on AMX tiles on this CPU.");
   m.def("_step_loop_load", &step_loop_load,

@@ -106,3 +106,55 @@ def test_amx_step_gemm_propagates_nan_and_inf():
     assert torch.all(out[0] == 40)
     assert torch.isnan(out[1]).all()
     assert torch.isnan(out[2]).all() or torch.isinf(out[2]).all()
+
+
+def test_amx_accumulate_columns_do_not_depend_on_the_others():
+    """With beta 1 a tile wholly inside C starts from C itself and an edge tile from a
+    staged copy; both add the products to the same start in the same order."""
+    gen = torch.Generator().manual_seed(12)
+    x, w = torch.randn(37, 200, generator=gen), torch.randn(90, 200, generator=gen)
+    c0 = torch.randn(37, 90, generator=gen)
+    full = c0.clone()
+    _C._step_gemm(x, w, True, 1.0, full, bf16_terms=1)
+    for lo, hi in [(0, 16), (16, 49), (49, 90), (5, 6), (3, 35)]:
+        part = c0[:, lo:hi].clone()
+        _C._step_gemm(x, w[lo:hi], True, 1.0, part, bf16_terms=1)
+        assert torch.equal(part, full[:, lo:hi]), (lo, hi)
+
+
+def _check_rows(M, N, K, bias, gen, x=None):
+    if x is None:
+        x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
+    w = torch.randn(N, K, generator=gen)
+    b = torch.randn(N, generator=gen) if bias else None
+    out = torch.full((M, N), float("nan"))
+    _C._step_gemm_bf16_rows(x, w, b, out)
+    xr, wk = x.double(), _bf16(w.t())
+    b64 = b.double() if bias else torch.zeros(N, dtype=torch.float64)
+    ref = xr @ wk + b64
+    bound = (K + 2) * U32 * (xr.abs() @ wk.abs() + b64.abs())
+    worst = ((out.double() - ref).abs() - bound).max().item()
+    assert worst <= 0, f"M={M} N={N} K={K} bias={bias}: error above the rounding bound by {worst:g}"
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_amx_bfloat16_rows_against_float64(bias):
+    """The input projection of the bfloat16 layers: x read as bfloat16, C started from the
+    bias row (broadcast) or zeros, at the tile edges."""
+    gen = torch.Generator().manual_seed(77)
+    for M, N, K in itertools.product([1, 16, 17, 33, 64, 70], [1, 16, 17, 48, 49, 100],
+                                     [1, 31, 32, 33, 300]):
+        _check_rows(M, N, K, bias, gen)
+
+
+def test_amx_bfloat16_rows_strided_and_split_invariant():
+    gen = torch.Generator().manual_seed(78)
+    xs = torch.randn(45, 140, generator=gen).to(torch.bfloat16)
+    _check_rows(45, 57, 128, True, gen, x=xs[:, 5:133])
+    x, w, b = xs[:, :100], torch.randn(90, 100, generator=gen), torch.randn(90, generator=gen)
+    full = torch.empty(45, 90)
+    _C._step_gemm_bf16_rows(x, w, b, full)
+    for lo, hi in [(0, 16), (16, 49), (49, 90), (7, 8)]:
+        part = torch.empty(45, hi - lo)
+        _C._step_gemm_bf16_rows(x, w[lo:hi], b[lo:hi].contiguous(), part)
+        assert torch.equal(part, full[:, lo:hi]), (lo, hi)

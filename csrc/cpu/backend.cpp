@@ -1,6 +1,7 @@
 // The CPU backend: the scratch of the executor (layer.h), allocated once per call.
 #include "backend.h"
 
+#include "bf16_gemm.h"
 #include "layer.h"
 
 namespace rnnfast {
@@ -15,7 +16,8 @@ T* ptr(const at::Tensor& t) {
 // The executor with its scratch; bf16: the products round their operands to bfloat16
 // (ForwardScratch::bf16).
 template <typename T>
-void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, bool bf16) {
+void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, bool bf16,
+                 const uint16_t* x16 = nullptr) {
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t B = a.seq->B, GH = spec.gates * a.H;
   const bool bias = a.b_ih != nullptr;
@@ -45,11 +47,13 @@ void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, 
                        .xbuf = ptr<T>(xbuf),
                        .chunk_steps = Tc,
                        .r = ptr<T>(r),
-                       .bf16 = bf16});
+                       .bf16 = bf16,
+                       .x16 = x16});
 }
 
 template <typename T>
-void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts, bool bf16) {
+void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts, bool bf16,
+                  const BackwardScratch<T>& given = {}) {
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t N = a.seq->N, B = a.seq->B, H = a.H, P = a.P;
   const bool gru = a.kind == core::CellKind::kGru, proj = a.w_hr != nullptr;
@@ -65,7 +69,11 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .dr = ptr<T>(dr),
                         .R = ptr<T>(R),
                         .DH = ptr<T>(DH),
-                        .bf16 = bf16});
+                        .bf16 = bf16,
+                        .x16 = given.x16,
+                        .w_ih16 = given.w_ih16,
+                        .y16 = given.y16,
+                        .hx16 = given.hx16});
 }
 
 }  // namespace
@@ -95,6 +103,9 @@ at::Tensor up(const at::BFloat16* p, at::IntArrayRef sizes) {
       .to(at::kFloat);
 }
 
+// The bit patterns of bfloat16 values.
+const uint16_t* bits(const at::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
+
 // Rounds a float32 result into its bfloat16 destination.
 void down(const at::Tensor& f, at::BFloat16* out) {
   if (out == nullptr || !f.defined() || f.numel() == 0) return;
@@ -111,7 +122,10 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
   const int64_t GH = core::cell_spec(a.kind).gates * H;
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
-  const at::Tensor x = up(a.x, {N, I}), w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  // On an AMX CPU the input projection reads x as it is (PackedWeight::gemm_bf16).
+  const bool amx = amx_bf16_usable();
+  const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I});
+  const at::Tensor w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
   const at::Tensor y = at::empty({N, P}, f32);
@@ -131,7 +145,7 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
                               .h = fptr(h),
                               .c = a.c,
                               .saved = {a.saved[0], a.saved[1]}};
-  run_forward<float>(f, f32, true);
+  run_forward<float>(f, f32, true, amx && a.x != nullptr ? bits(a.x) : nullptr);
   down(y, a.y);
   down(h, a.h);
 }
@@ -149,8 +163,11 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                        at::TensorOptions().dtype(at::kBFloat16))
              .to(at::kFloat, false, false, at::MemoryFormat::Contiguous);
   }
-  const at::Tensor x = up(a.x, {N, I}), hx = up(a.hx, {B, P});
-  const at::Tensor w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  // On an AMX CPU the whole-sequence products read x, W_ih, the outputs and hx as they are
+  // (bfloat16), so no float32 copies of x and W_ih are made.
+  const bool amx = amx_bf16_usable();
+  const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
+  const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), y = up(a.y, {N, P});
   const at::Tensor dh = up(a.dh, {B, P});
   const at::Tensor dx = a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
@@ -183,7 +200,14 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                                .db_ih = fptr(db_ih),
                                .db_hh = fptr(db_hh),
                                .dw_hr = fptr(dw_hr)};
-  run_backward<float>(f, f32, true);
+  BackwardScratch<float> given;
+  if (amx) {
+    given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
+    given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;
+    given.y16 = a.y != nullptr ? bits(a.y) : nullptr;
+    given.hx16 = a.hx != nullptr ? bits(a.hx) : nullptr;
+  }
+  run_backward<float>(f, f32, true, given);
   down(dh, a.dh);
   down(dx, a.dx);
   down(dw_ih, a.dw_ih);

@@ -151,18 +151,17 @@ void round_rows(int64_t M, int64_t K, const float* X, int64_t ldx, uint16_t* A, 
   }
 }
 
-// C[rows, cols] (+)= tmp[rows, cols] (tmp row stride ldt floats).
-inline void write_block(const float* tmp, int64_t ldt, int64_t rows, int64_t cols, bool accumulate,
-                        float* C, int64_t ldc) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* t = tmp + r * ldt;
-    float* c = C + r * ldc;
-    for (int64_t j = 0; j < cols; j += 16) {
-      const int64_t left = cols - j;
-      const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
-      __m512 v = _mm512_load_ps(t + j);
-      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, c + j));
-      _mm512_mask_storeu_ps(c + j, mask, v);
+// Rows of X that are bfloat16 already, copied into A (one term; zeros from K to Kp).
+void copy_rows_bf16(int64_t M, int64_t K, const uint16_t* X, int64_t ldx, uint16_t* A, int64_t Kp) {
+  for (int64_t m = 0; m < M; ++m) {
+    const uint16_t* x = X + m * ldx;
+    uint16_t* a = A + m * Kp;
+    for (int64_t k = 0; k < Kp; k += 32) {
+      const int64_t left = K - k;
+      const __mmask32 mask = left >= 32 ? __mmask32(0xffffffffu)
+                             : left > 0 ? __mmask32((1u << left) - 1u)
+                                        : __mmask32(0);
+      _mm512_storeu_si512(a + k, _mm512_maskz_loadu_epi16(mask, x + k));
     }
   }
 }
@@ -175,14 +174,33 @@ struct Operands {
   int64_t steps;       // k blocks of A: nkb, or 2 nkb with two terms (B block kb % nkb)
 };
 
+// Where one 16 x 16 C tile starts from and goes to: `src` (row stride src_ld bytes; 0
+// broadcasts one row) or zeros when src is nullptr; stored to `dst` (row stride dst_ld
+// bytes).
+struct TileIO {
+  const float* src;
+  int64_t src_ld;
+  float* dst;
+  int64_t dst_ld;
+};
+
+#define RNNFAST_TILE_INIT(n, io) \
+  do {                                                       \
+    if ((io).src != nullptr) {                               \
+      _tile_loadd(n, (io).src, (io).src_ld);                 \
+    } else {                                                 \
+      _tile_zero(n);                                         \
+    }                                                        \
+  } while (0)
+
 // A 32 x 32 block of C: tmm0..3 = C (rows 0-15 | 16-31) x (cols 0-15 | 16-31), tmm4/5 = A,
-// tmm6/7 = B.
-void block_2x2(const Operands& o, int64_t m0, int64_t j, float* tmp) {
+// tmm6/7 = B. io: the C tiles in that order.
+void block_2x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const int64_t sa = o.sa;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  RNNFAST_TILE_INIT(0, io[0]);
+  RNNFAST_TILE_INIT(1, io[1]);
+  RNNFAST_TILE_INIT(2, io[2]);
+  RNNFAST_TILE_INIT(3, io[3]);
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const uint16_t* a1 = a0 + kTileRows * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
@@ -198,17 +216,17 @@ void block_2x2(const Operands& o, int64_t m0, int64_t j, float* tmp) {
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
-  _tile_stored(0, tmp, 128);
-  _tile_stored(1, tmp + 16, 128);
-  _tile_stored(2, tmp + 16 * 32, 128);
-  _tile_stored(3, tmp + 16 * 32 + 16, 128);
+  _tile_stored(0, io[0].dst, io[0].dst_ld);
+  _tile_stored(1, io[1].dst, io[1].dst_ld);
+  _tile_stored(2, io[2].dst, io[2].dst_ld);
+  _tile_stored(3, io[3].dst, io[3].dst_ld);
 }
 
-// 32 x 16: tmm0/2 = C, tmm4/5 = A, tmm6 = B.
-void block_2x1(const Operands& o, int64_t m0, int64_t j, float* tmp) {
+// 32 x 16: tmm0/2 = C, tmm4/5 = A, tmm6 = B. io: rows 0-15, 16-31.
+void block_2x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const int64_t sa = o.sa;
-  _tile_zero(0);
-  _tile_zero(2);
+  RNNFAST_TILE_INIT(0, io[0]);
+  RNNFAST_TILE_INIT(2, io[1]);
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const uint16_t* a1 = a0 + kTileRows * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
@@ -220,16 +238,16 @@ void block_2x1(const Operands& o, int64_t m0, int64_t j, float* tmp) {
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(2, 5, 6);
   }
-  _tile_stored(0, tmp, 128);
-  _tile_stored(2, tmp + 16 * 32, 128);
+  _tile_stored(0, io[0].dst, io[0].dst_ld);
+  _tile_stored(2, io[1].dst, io[1].dst_ld);
 }
 
-// 16 x 48: tmm0..2 = C, tmm3 = A, tmm4..6 = B.
-void block_1x3(const Operands& o, int64_t m0, int64_t j, float* tmp) {
+// 16 x 48: tmm0..2 = C, tmm3 = A, tmm4..6 = B. io: cols 0-15, 16-31, 32-47.
+void block_1x3(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const int64_t sa = o.sa;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
+  RNNFAST_TILE_INIT(0, io[0]);
+  RNNFAST_TILE_INIT(1, io[1]);
+  RNNFAST_TILE_INIT(2, io[2]);
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   const char* b1 = b0 + o.nkb * kTileBytes;
@@ -244,16 +262,16 @@ void block_1x3(const Operands& o, int64_t m0, int64_t j, float* tmp) {
     _tile_dpbf16ps(1, 3, 5);
     _tile_dpbf16ps(2, 3, 6);
   }
-  _tile_stored(0, tmp, 192);
-  _tile_stored(1, tmp + 16, 192);
-  _tile_stored(2, tmp + 32, 192);
+  _tile_stored(0, io[0].dst, io[0].dst_ld);
+  _tile_stored(1, io[1].dst, io[1].dst_ld);
+  _tile_stored(2, io[2].dst, io[2].dst_ld);
 }
 
 // 16 x 32: tmm0/1 = C, tmm3 = A, tmm4/5 = B.
-void block_1x2(const Operands& o, int64_t m0, int64_t j, float* tmp) {
+void block_1x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const int64_t sa = o.sa;
-  _tile_zero(0);
-  _tile_zero(1);
+  RNNFAST_TILE_INIT(0, io[0]);
+  RNNFAST_TILE_INIT(1, io[1]);
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   const char* b1 = b0 + o.nkb * kTileBytes;
@@ -265,14 +283,14 @@ void block_1x2(const Operands& o, int64_t m0, int64_t j, float* tmp) {
     _tile_dpbf16ps(0, 3, 4);
     _tile_dpbf16ps(1, 3, 5);
   }
-  _tile_stored(0, tmp, 128);
-  _tile_stored(1, tmp + 16, 128);
+  _tile_stored(0, io[0].dst, io[0].dst_ld);
+  _tile_stored(1, io[1].dst, io[1].dst_ld);
 }
 
 // 16 x 16: tmm0 = C, tmm3 = A, tmm4 = B.
-void block_1x1(const Operands& o, int64_t m0, int64_t j, float* tmp) {
+void block_1x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const int64_t sa = o.sa;
-  _tile_zero(0);
+  RNNFAST_TILE_INIT(0, io[0]);
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
@@ -281,49 +299,146 @@ void block_1x1(const Operands& o, int64_t m0, int64_t j, float* tmp) {
     _tile_loadd(4, b0 + kb * kTileBytes, 64);
     _tile_dpbf16ps(0, 3, 4);
   }
-  _tile_stored(0, tmp, 64);
+  _tile_stored(0, io[0].dst, io[0].dst_ld);
+}
+
+#undef RNNFAST_TILE_INIT
+
+// The C tiles of one block. A tile wholly inside C starts from C itself (accumulate) or
+// from the bias row (broadcast by a zero row stride) and is stored straight to C; a tile
+// that crosses C's last row or column goes through a staging copy in `stage` (its part of
+// C or of the bias; what lies outside C is left as it is, since its results are dropped),
+// and only its part of C is written back. Either way
+// every element is acc = start + the products over k in ascending order: the same bits
+// whichever tiles a split makes full.
+class BlockTiles {
+ public:
+  BlockTiles(int64_t M, int64_t N, AmxInit init, const float* bias, float* C, int64_t ldc)
+      : M_(M), N_(N), init_(init), bias_(bias), C_(C), ldc_(ldc) {}
+
+  // The tiles of the block at rows [m0, m0 + 16 * tr), column tiles [j, j + tc).
+  const TileIO* prepare(int64_t m0, int64_t j, int tr, int tc) {
+    n_ = 0;
+    for (int r = 0; r < tr; ++r)
+      for (int c = 0; c < tc; ++c) {
+        const int64_t row = m0 + r * kTileRows, col = (j + c) * kTileCols;
+        const int64_t rows = std::min<int64_t>(kTileRows, M_ - row);
+        const int64_t cols = std::min<int64_t>(kTileCols, N_ - col);
+        Tile& t = tiles_[n_];
+        t.row = row;
+        t.col = col;
+        t.rows = rows;
+        t.cols = cols;
+        float* const c_at = C_ + row * ldc_ + col;
+        const bool full = rows == kTileRows && cols == kTileCols;
+        if (full) {
+          t.staged = false;
+          io_[n_] = {init_ == AmxInit::kAccumulate ? c_at
+                     : init_ == AmxInit::kBias     ? bias_ + col
+                                                   : nullptr,
+                     init_ == AmxInit::kAccumulate ? ldc_ * 4 : 0, c_at, ldc_ * 4};
+        } else {
+          // Only the rows and columns inside C are staged: the others' results are
+          // dropped, and no element depends on another's row or column.
+          t.staged = true;
+          float* s = stage_[n_];
+          if (init_ == AmxInit::kAccumulate) {
+            for (int64_t i = 0; i < rows; ++i)
+              std::memcpy(s + i * kTileCols, c_at + i * ldc_, sizeof(float) * cols);
+          } else if (init_ == AmxInit::kBias) {
+            for (int64_t i = 0; i < rows; ++i)
+              std::memcpy(s + i * kTileCols, bias_ + col, sizeof(float) * cols);
+          }
+          io_[n_] = {init_ == AmxInit::kZero ? nullptr : s, kTileCols * 4, s, kTileCols * 4};
+        }
+        ++n_;
+      }
+    return io_;
+  }
+
+  // Writes the staged tiles' parts of C.
+  void finish() {
+    for (int i = 0; i < n_; ++i) {
+      const Tile& t = tiles_[i];
+      if (!t.staged || t.rows <= 0 || t.cols <= 0) continue;
+      for (int64_t r = 0; r < t.rows; ++r)
+        std::memcpy(C_ + (t.row + r) * ldc_ + t.col, stage_[i] + r * kTileCols,
+                    sizeof(float) * t.cols);
+    }
+  }
+
+ private:
+  struct Tile {
+    int64_t row, col, rows, cols;
+    bool staged;
+  };
+  int64_t M_, N_;
+  AmxInit init_;
+  const float* bias_;
+  float* C_;
+  int64_t ldc_;
+  int n_ = 0;
+  Tile tiles_[4];
+  TileIO io_[4];
+  alignas(64) float stage_[4][kTileRows * kTileCols] = {};
+};
+
+void run_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const float* bias,
+                float* C, int64_t ldc) {
+  const int64_t nj = col_tiles(N);
+  BlockTiles bt(M, N, init, bias, C, ldc);
+  configure_tiles();
+  for (int64_t m0 = 0; m0 < M; m0 += 2 * kTileRows) {
+    const int64_t mrows = std::min<int64_t>(2 * kTileRows, M - m0);
+    if (mrows > kTileRows) {
+      int64_t j = 0;
+      for (; j + 2 <= nj; j += 2) {
+        block_2x2(o, m0, j, bt.prepare(m0, j, 2, 2));
+        bt.finish();
+      }
+      if (j < nj) {
+        block_2x1(o, m0, j, bt.prepare(m0, j, 2, 1));
+        bt.finish();
+      }
+    } else {
+      int64_t j = 0;
+      for (; j + 3 <= nj; j += 3) {
+        block_1x3(o, m0, j, bt.prepare(m0, j, 1, 3));
+        bt.finish();
+      }
+      if (j + 2 == nj) {
+        block_1x2(o, m0, j, bt.prepare(m0, j, 1, 2));
+        bt.finish();
+      } else if (j + 1 == nj) {
+        block_1x1(o, m0, j, bt.prepare(m0, j, 1, 1));
+        bt.finish();
+      }
+    }
+  }
+  _tile_release();
 }
 
 }  // namespace
 
 void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const float* X, int64_t ldx,
-                  bool accumulate, float* C, int64_t ldc, void* rows, int terms) {
+                  AmxInit init, const float* bias, float* C, int64_t ldc, void* rows, int terms) {
   if (M <= 0 || N <= 0) return;
-  const int64_t Kp = padded_k(K), nj = col_tiles(N), nkb = Kp / kTileK;
+  const int64_t Kp = padded_k(K), nkb = Kp / kTileK;
   uint16_t* A = static_cast<uint16_t*>(rows);
   round_rows(M, K, X, ldx, A, Kp, terms);
-  configure_tiles();
   const Operands o{A, static_cast<const char*>(tiles), Kp * terms * 2, nkb, nkb * terms};
-  alignas(64) float tmp[32 * 48];
-  for (int64_t m0 = 0; m0 < M; m0 += 2 * kTileRows) {
-    const int64_t mrows = std::min<int64_t>(2 * kTileRows, M - m0);
-    float* const c = C + m0 * ldc;
-    if (mrows > kTileRows) {
-      int64_t j = 0;
-      for (; j + 2 <= nj; j += 2) {
-        block_2x2(o, m0, j, tmp);
-        write_block(tmp, 32, mrows, std::min<int64_t>(32, N - j * 16), accumulate, c + j * 16, ldc);
-      }
-      if (j < nj) {
-        block_2x1(o, m0, j, tmp);
-        write_block(tmp, 32, mrows, N - j * 16, accumulate, c + j * 16, ldc);
-      }
-    } else {
-      int64_t j = 0;
-      for (; j + 3 <= nj; j += 3) {
-        block_1x3(o, m0, j, tmp);
-        write_block(tmp, 48, mrows, std::min<int64_t>(48, N - j * 16), accumulate, c + j * 16, ldc);
-      }
-      if (j + 2 == nj) {
-        block_1x2(o, m0, j, tmp);
-        write_block(tmp, 32, mrows, N - j * 16, accumulate, c + j * 16, ldc);
-      } else if (j + 1 == nj) {
-        block_1x1(o, m0, j, tmp);
-        write_block(tmp, 16, mrows, N - j * 16, accumulate, c + j * 16, ldc);
-      }
-    }
-  }
-  _tile_release();
+  run_blocks(M, N, o, init, bias, C, ldc);
+}
+
+void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uint16_t* X,
+                   int64_t ldx, AmxInit init, const float* bias, float* C, int64_t ldc,
+                   void* rows) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t Kp = padded_k(K), nkb = Kp / kTileK;
+  uint16_t* A = static_cast<uint16_t*>(rows);
+  copy_rows_bf16(M, K, X, ldx, A, Kp);
+  const Operands o{A, static_cast<const char*>(tiles), Kp * 2, nkb, nkb};
+  run_blocks(M, N, o, init, bias, C, ldc);
 }
 
 }  // namespace cpu
@@ -333,8 +448,10 @@ void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const floa
 
 namespace rnnfast {
 namespace cpu {
-void amx_gemm_f32(int64_t, int64_t, int64_t, const void*, const float*, int64_t, bool, float*,
-                  int64_t, void*, int) {}
+void amx_gemm_f32(int64_t, int64_t, int64_t, const void*, const float*, int64_t, AmxInit,
+                  const float*, float*, int64_t, void*, int) {}
+void amx_gemm_bf16(int64_t, int64_t, int64_t, const void*, const uint16_t*, int64_t, AmxInit,
+                   const float*, float*, int64_t, void*) {}
 }  // namespace cpu
 }  // namespace rnnfast
 

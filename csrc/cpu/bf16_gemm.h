@@ -1,7 +1,8 @@
 // bfloat16 products for the step loops on CPUs with AMX-BF16 tiles (float32 accumulation).
 //
-//   C[M, N] = bf16(X)[M, K] bf16(op(W))[K, N]          (accumulate = false; C is not read)
-//   C[M, N] = C + bf16(X)[M, K] bf16(op(W))[K, N]      (accumulate = true)
+//   C[M, N] = bf16(X)[M, K] bf16(op(W))[K, N]          (AmxInit::kZero; C is not read)
+//   C[M, N] = C + bf16(X)[M, K] bf16(op(W))[K, N]      (AmxInit::kAccumulate)
+//   C[M, N] = bias[N] + bf16(X)[M, K] bf16(op(W))[K, N] (AmxInit::kBias, the row repeated)
 //
 // bf16(v) rounds float32 to bfloat16, to nearest even: exact for values that are bfloat16
 // already (the layer's weights and inputs when the layer runs in bfloat16), the one rounding
@@ -10,7 +11,8 @@
 // about 2^-17), each multiplied by op(W): twice the work, for the gate gradients of
 // backward, whose rounding error would otherwise compound over the steps. Each
 // product is accumulated in float32 by the tile unit (TDPBF16PS: pairs of k multiplied
-// exactly and added in float32), the k blocks in ascending order, so every element of C
+// exactly and added in float32) onto the start value (0, C or the bias), the k blocks in
+// ascending order, so every element of C
 // depends only on its row of X and its column of op(W): the same bits however the rows or
 // columns are split across threads.
 //
@@ -47,9 +49,20 @@ int64_t amx_rows_bytes(int64_t M_max, int64_t K, int terms);
 // = op(W)[k][j * 16 + c]). `tiles` is 64-byte aligned, amx_packed_bytes(N, K) long.
 void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles);
 
-// The product (see above). `rows` is a 64-byte aligned buffer of amx_rows_bytes(M, K, terms).
+// How C starts before the products are added to it: zeros, C itself, or a bias row
+// bias[N] repeated on every row.
+enum class AmxInit { kZero, kAccumulate, kBias };
+
+// The product (see above), C = start + bf16(X) bf16(op(W)). `rows` is a 64-byte aligned
+// buffer of amx_rows_bytes(M, K, terms); bias is read with AmxInit::kBias only.
 void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const float* X, int64_t ldx,
-                  bool accumulate, float* C, int64_t ldc, void* rows, int terms);
+                  AmxInit init, const float* bias, float* C, int64_t ldc, void* rows, int terms);
+
+// The same with X bfloat16 already (bit patterns, row stride ldx values): one term, no
+// rounding, no float32 copy of X.
+void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uint16_t* X,
+                   int64_t ldx, AmxInit init, const float* bias, float* C, int64_t ldc,
+                   void* rows);
 
 }  // namespace cpu
 }  // namespace rnnfast

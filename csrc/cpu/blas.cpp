@@ -366,7 +366,8 @@ void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int
     if (amx_tiles_ != nullptr) {
       TORCH_CHECK((beta == 0.0f || beta == 1.0f) && M <= M_max_,
                   "rnnfast internal error: AMX GEMM takes beta 0 or 1 and at most M_max rows");
-      amx_gemm_f32(M, N_, K_, amx_tiles_, X, ldx, beta != 0.0f, C, ldc, amx_rows_, bf16_terms_);
+      amx_gemm_f32(M, N_, K_, amx_tiles_, X, ldx, beta != 0.0f ? AmxInit::kAccumulate : AmxInit::kZero,
+                   nullptr, C, ldc, amx_rows_, bf16_terms_);
       return;
     }
     if (panels_ != nullptr) {
@@ -380,6 +381,16 @@ void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int
   } else {
     cpu::gemm<T>(false, trans_w_, M, N_, K_, T(1), X, ldx, W_, ldw_, beta, C, ldc);
   }
+}
+
+template <typename T>
+void PackedWeight<T>::gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias,
+                                float* C, int64_t ldc) const {
+  TORCH_CHECK(amx_tiles_ != nullptr && M <= M_max_,
+              "rnnfast internal error: bfloat16 rows need the AMX tiles and at most M_max rows");
+  if (M <= 0 || N_ <= 0) return;
+  amx_gemm_bf16(M, N_, K_, amx_tiles_, X16, ldx, bias != nullptr ? AmxInit::kBias : AmxInit::kZero,
+                bias, C, ldc, amx_rows_);
 }
 
 template class PackedWeight<float>;

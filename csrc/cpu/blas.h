@@ -75,6 +75,13 @@ class PackedWeight {
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;
   void gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const;
+  // Whether the products run on AMX tiles (float32 with bf16_terms > 0 on an AMX CPU).
+  bool amx() const { return amx_tiles_ != nullptr; }
+  // Only where amx(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit patterns, row
+  // stride ldx), bias [N] repeated on every row, or no bias (nullptr). X16 is taken as it
+  // is (one term whatever bf16_terms says): no rounding and no float32 copy of X.
+  void gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias, float* C,
+                 int64_t ldc) const;
 
  private:
   bool trans_w_;

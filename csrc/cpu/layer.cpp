@@ -246,8 +246,25 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     const int64_t GHs = G * u.size();
     T* rec = gru ? w.rec + B * G * u.begin : nullptr;
     T* xp = w.xbuf + Tc * B * G * u.begin;
-    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H, w.bf16 ? 2 : 0);
+    // bfloat16: h_{t-1} as one bfloat16 term for the LSTM and GRU (their gates squash the
+    // rounding, whose error stays below torch.nn-bf16's), as two for the Elman RNN (whose
+    // state feeds back unsquashed by a gate: one term compounds beyond that).
+    const int h_terms = !w.bf16 ? 0 : a.kind == CellKind::kRnnTanh || a.kind == CellKind::kRnnRelu ? 2 : 1;
+    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H, h_terms);
     const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, a.w_ih + u.begin * I, I, G, H, w.bf16 ? 1 : 0);
+    // bfloat16 input on the tiles: the input projection reads x16 and starts from this
+    // thread's bias columns (gate by gate, as its scratch), with no float32 copies.
+    bool read_x16 = false;
+    std::vector<float> bias_u;
+    if constexpr (std::is_same_v<T, float>) {
+      read_x16 = w.x16 != nullptr && packed_ih.amx();
+      if (read_x16 && w.bias_x != nullptr) {
+        bias_u.resize(static_cast<size_t>(GHs));
+        for (int64_t gate = 0; gate < G; ++gate)
+          std::memcpy(bias_u.data() + gate * u.size(), w.bias_x + gate * H + u.begin,
+                      sizeof(float) * u.size());
+      }
+    }
     int cur = 0;
     int64_t chunk_lo = 0;  // first row of the current input-projection chunk
     for (int64_t step = 0; step < s.T; ++step) {
@@ -259,14 +276,20 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
         const int64_t t_lo = std::min(t_a, t_b), t_hi = std::max(t_a, t_b);
         chunk_lo = s.off[t_lo];
         const int64_t rows = s.off[t_hi] + s.bs[t_hi] - chunk_lo;
-        if (w.bias_x != nullptr) {
+        if constexpr (std::is_same_v<T, float>) {
+          if (read_x16) {
+            packed_ih.gemm_bf16(rows, w.x16 + chunk_lo * I, I, bias_u.empty() ? nullptr : bias_u.data(),
+                                xp, GHs);
+          }
+        }
+        if (!read_x16 && w.bias_x != nullptr) {
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t gate = 0; gate < G; ++gate)
               std::memcpy(xp + r * GHs + gate * u.size(), w.bias_x + gate * H + u.begin,
                           sizeof(T) * u.size());
         }
         const T beta = w.bias_x != nullptr ? T(1) : T(0);
-        packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
+        if (!read_x16) packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
       }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -449,12 +472,20 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       // bfloat16 layer: the products on bfloat16 copies (the gate gradients rounded once;
       // x, the outputs, the initial state and W_ih are bfloat16 values already).
       const at::Tensor dgx16 = bf16_copy(w.dgx, s.N, GH, GH);
+      // The layer's bfloat16 arguments as given (rows x cols), or a copy of the float32 ones.
+      const auto given = [](const uint16_t* p16, const float* p, int64_t rows, int64_t cols) {
+        if (p16 == nullptr || rows <= 0 || cols <= 0) return bf16_copy(p, rows, cols, cols);
+        return at::from_blob(const_cast<uint16_t*>(p16), {rows, cols},
+                             at::TensorOptions().dtype(at::kBFloat16));
+      };
       at::Tensor hprev16;
       if (s.uniform()) {
         // h_{t-1} of every row: hx for the first step's rows, else the output one step over.
         const int64_t B = s.B, shifted = s.N - B;
-        const at::Tensor hx16 = bf16_copy(a.hx, B, P, P);
-        const at::Tensor y16 = bf16_copy(a.y + (a.reverse ? B : 0) * P, shifted, P, P);
+        const int64_t y0 = (a.reverse ? B : 0) * P;
+        const at::Tensor hx16 = given(w.hx16, a.hx, B, P);
+        const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + y0 : nullptr,
+                                     a.y != nullptr ? a.y + y0 : nullptr, shifted, P);
         hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
       } else {
         hprev16 = bf16_copy(w.hprev, s.N, P, P);
@@ -465,9 +496,9 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       } else {
         sequence_gemm_bf16(dgx16.t(), hprev16, 0.0f, a.dw_hh, P);
       }
-      sequence_gemm_bf16(dgx16.t(), bf16_copy(a.x, s.N, a.I, a.I), 0.0f, a.dw_ih, a.I);
+      sequence_gemm_bf16(dgx16.t(), given(w.x16, a.x, s.N, a.I), 0.0f, a.dw_ih, a.I);
       if (a.dx != nullptr)
-        sequence_gemm_bf16(dgx16, bf16_copy(a.w_ih, GH, a.I, a.I), 0.0f, a.dx, a.I);
+        sequence_gemm_bf16(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), 0.0f, a.dx, a.I);
       if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
       bias_sums();
       return;

@@ -65,7 +65,11 @@ struct ForwardScratch {
   bool bf16 = false;          // the layer is bfloat16: on an AMX CPU its products run on the
                               //   tiles (PackedWeight's bf16 mode): the input projection
                               //   on x and W_ih as they are (bfloat16 values), the step
-                              //   product with h_{t-1} as a sum of two bfloat16 values
+                              //   product with h_{t-1} rounded to one bfloat16 value (LSTM,
+                              //   GRU) or as a sum of two (RNN)
+  const uint16_t* x16 = nullptr;  // [N, I] bf16 on an AMX CPU: the input as bfloat16 bit
+                                  //   patterns, which the input projection reads instead of
+                                  //   the layer's x (then nullptr: no float32 copy is made)
 };
 
 template <typename T>
@@ -82,6 +86,13 @@ struct BackwardScratch {
                        //   a sum of two bfloat16 values (PackedWeight's bf16 mode); the
                        //   whole-sequence products run on bfloat16 copies (dG rounded
                        //   once) through torch's bfloat16 GEMM (sequence_gemm_bf16)
+  // bf16 on an AMX CPU: the layer's bfloat16 arguments as they were given, which the
+  // whole-sequence products read instead of rounding float32 copies back (then the
+  // layer's x and w_ih are nullptr: no float32 copies are made).
+  const uint16_t* x16 = nullptr;     // [N, I]
+  const uint16_t* w_ih16 = nullptr;  // [G*H, I]
+  const uint16_t* y16 = nullptr;     // [N, P]
+  const uint16_t* hx16 = nullptr;    // [B, P]
 };
 
 template <typename T>
