@@ -12,7 +12,10 @@ from . import functional
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert
 from . import quantization  # registers the layers with torch's dynamic quantization
+from . import onnx  # registers the ONNX exporter's symbolic functions for rnnfast's operators
+from .onnx import OnnxExportError, onnx_translation_table
 from ._C import build_info
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
-           "functional", "ops", "quantization", "__version__"]
+           "functional", "ops", "onnx", "onnx_translation_table", "OnnxExportError",
+           "quantization", "__version__"]

@@ -159,6 +159,9 @@ class _RecurrentLayer(nn.RNNBase):
         batch_dim = 0 if self.batch_first else 1
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            if ops._onnx_dynamo():  # before torch.export trips over batch_sizes' values
+                from .onnx import refuse_packed
+                refuse_packed(self.mode)
             if batch_sizes.numel() == 0:  # torch.nn reads batch_sizes[0] first
                 raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
             self._check_packed_dtype(input)

@@ -133,6 +133,24 @@ def runs_composite(tensors: Sequence[Optional[Tensor]]) -> bool:
     return any(i.key() in _DIFFERENTIATING for i in stack)
 
 
+try:
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+except ImportError:  # another torch version: the public test below
+    _onnx_flags = None
+
+
+def _onnx_dynamo() -> bool:
+    """Whether ``torch.onnx.export(..., dynamo=True)`` is capturing this call (with any of
+    its capture strategies): then the layers emit the standard ONNX nodes (rnnfast/onnx.py)."""
+    if _namespace != "rnnfast":
+        return False
+    if _onnx_flags is not None:
+        # The dynamo exporter's own flag: the TorchScript-based exporter sets another, and
+        # torch.onnx.is_in_onnx_export() reads as False to the exporter's strict capture.
+        return bool(_onnx_flags._is_onnx_exporting)
+    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
 def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -297,6 +315,10 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
+    if _onnx_dynamo():
+        from .onnx import dynamo_lstm_layer
+        return dynamo_lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                 reverse)
     if _traced():  # need_workspace decided in the traced graph, at run time
         from ._torchscript import traced_lstm_layer
         return traced_lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
@@ -328,6 +350,9 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     Returns:
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
+    if _onnx_dynamo():
+        from .onnx import dynamo_gru_layer
+        return dynamo_gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
     if _traced():
         from ._torchscript import traced_gru_layer
         return traced_gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
@@ -359,6 +384,10 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if _onnx_dynamo():
+        from .onnx import dynamo_rnn_layer
+        return dynamo_rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                                nonlinearity == "relu")
     if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
         return reference.rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                                    nonlinearity)
