@@ -36,11 +36,18 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return _SCALAR_NAMES.get(dtype, str(dtype))
 
 
+def _autocast(input: Tensor) -> bool:
+    """Whether autocast is on for ``input``'s device: then, as in torch.nn, the input and
+    states need not have the weights' dtype (the operators' autocast kernels cast them,
+    rnnfast/autocast.py)."""
+    return torch.is_autocast_enabled(input.device.type)
+
+
 def _check_state_like(weight: Tensor, input: Tensor, states: tuple[Tensor, ...]) -> None:
-    """States must match the weights' dtype and the input's device, and the input the
-    weights' device (torch's wording)."""
+    """States must match the weights' dtype (unless autocast is on) and the input's device,
+    and the input the weights' device (torch's wording)."""
     for t in states:
-        if t.dtype != weight.dtype:
+        if t.dtype != weight.dtype and not _autocast(input):
             raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
                                f"{_dtype_name(t.dtype)} and {_dtype_name(weight.dtype)}")
         if t.device != input.device:
@@ -280,7 +287,7 @@ class LSTM(_RecurrentLayer):
     def _check_packed_dtype(self, input: Tensor) -> None:
         # torch.nn.LSTM does not check a packed input in Python; its kernel's matmul does.
         weight = self._flat()[0]
-        if input.dtype != weight.dtype:
+        if input.dtype != weight.dtype and not _autocast(input):
             raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
                                f"{_dtype_name(input.dtype)} and {_dtype_name(weight.dtype)}")
 
@@ -471,7 +478,7 @@ class _RecurrentCell(nn.RNNCellBase):
                 states = tuple(t.unsqueeze(0) for t in states)
         if not torch.jit.is_tracing():  # traced, these would be constants (the operator checks)
             self._check_cell_sizes(input, states)
-        if input.dtype != self.weight_ih.dtype:
+        if input.dtype != self.weight_ih.dtype and not _autocast(input):
             raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
                                f"{_dtype_name(input.dtype)} and "
                                f"{_dtype_name(self.weight_ih.dtype)}")
@@ -500,8 +507,8 @@ class LSTMCell(_RecurrentCell):
         """One step; same inputs, outputs and errors as :meth:`torch.nn.LSTMCell.forward`."""
         input, (h, c), is_batched = self._prepare(input, hx)
         if ops.runs_kernels(input):
-            _, h, c = ops.lstm_layer(input.unsqueeze(0), h, c, self.weight_ih, self.weight_hh,
-                                     self.bias_ih, self.bias_hh)
+            h, c = ops.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
+                                 self.bias_hh)
         else:
             h, c = torch._VF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh,
                                        self.bias_ih, self.bias_hh)

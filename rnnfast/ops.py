@@ -46,9 +46,9 @@ import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
-from . import reference
+from . import autocast, reference
 
-__all__ = ["lstm_layer", "gru_layer", "rnn_layer", "runs_kernels"]
+__all__ = ["lstm_layer", "lstm_cell", "gru_layer", "rnn_layer", "runs_kernels"]
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -289,6 +289,8 @@ def _register(ns: str) -> None:
     torch.library.register_autograd(f"{ns}::rnn_forward", _rnn_backward,
                                     setup_context=_rnn_setup_context)
 
+    autocast.register(ns)  # AutocastCPU/AutocastCUDA kernels of the forward operators
+
 
 _register("rnnfast")
 
@@ -331,6 +333,30 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, need_workspace)
     return out, hy, cy
 
+
+
+def lstm_cell(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None
+              ) -> tuple[Tensor, Tensor]:
+    """One LSTM step (``rnnfast.LSTMCell``): :func:`lstm_layer` over one time step.
+
+    Args:
+        input: (B, I). hx: (B, H). cx: (B, H). w_ih, w_hh, b_ih, b_hh: torch.nn.LSTMCell's.
+
+    Returns:
+        ``(h', c')``, each (B, H).
+
+    Under CPU autocast the step runs in the packed form (one step of B rows): torch.nn's
+    LSTMCell keeps the cell state's dtype there, like a packed torch.nn.LSTM, where a
+    padded one runs oneDNN's layer whole in bfloat16; the operator's autocast rule tells
+    the two apart by the form (rnnfast/autocast.py).
+    """
+    if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        batch_sizes = torch.tensor([input.shape[0]], dtype=torch.int64)
+        _, h, c = lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
+    else:
+        _, h, c = lstm_layer(input.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return h, c
 
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
