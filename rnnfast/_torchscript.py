@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence
 
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -92,6 +92,12 @@ def traced_gru_layer(*args) -> Tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------- script: layers
+
+def _torch_runs(input: Tensor) -> bool:
+    """Whether torch's implementation runs ``input`` (no rnnfast kernel: float16 on the
+    CPU), as :func:`rnnfast.ops.runs_kernels` decides in eager mode."""
+    return input.device.type == "cpu" and input.dtype == torch.float16
+
 
 def _stack(mode: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], weights: List[Tensor],
            has_bias: bool, has_proj: bool, num_layers: int, bidirectional: bool, dropout: float,
@@ -189,6 +195,17 @@ class _ScriptableLSTM(LSTM):
 
     def _run_script(self, input: Tensor, hx: Tuple[Tensor, Tensor],
                     batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if _torch_runs(input):  # as rnnfast.ops.runs_kernels: torch's implementation
+            states = [hx[0], hx[1]]
+            if batch_sizes is None:
+                result = _VF.lstm(input, states, self._flat_weights, self.bias,
+                                  self.num_layers, float(self.dropout), self.training,
+                                  self.bidirectional, self.batch_first)
+            else:
+                result = _VF.lstm(input, batch_sizes, states, self._flat_weights, self.bias,
+                                  self.num_layers, float(self.dropout), self.training,
+                                  self.bidirectional)
+            return result[0], (result[1], result[2])
         output, h_n, c_n = _run_padded(
             "LSTM", input, hx[0], hx[1], self._flat_weights, self.bias, self.proj_size > 0,
             self.num_layers, self.bidirectional, float(self.dropout), self.training,
@@ -258,6 +275,25 @@ class _OneStateScriptable:
                     ) -> Tuple[Tensor, Tensor]:
         if self.mode != "GRU" and self.mode != "RNN_TANH" and self.mode != "RNN_RELU":
             raise ValueError(f"Unknown mode {self.mode}")
+        if _torch_runs(input):  # as rnnfast.ops.runs_kernels: torch's implementation
+            args = (self._flat_weights, self.bias, self.num_layers, float(self.dropout),
+                    self.training, self.bidirectional)
+            if self.mode == "GRU":
+                if batch_sizes is None:
+                    result = _VF.gru(input, hx, *args, self.batch_first)
+                else:
+                    result = _VF.gru(input, batch_sizes, hx, *args)
+            elif self.mode == "RNN_TANH":
+                if batch_sizes is None:
+                    result = _VF.rnn_tanh(input, hx, *args, self.batch_first)
+                else:
+                    result = _VF.rnn_tanh(input, batch_sizes, hx, *args)
+            else:
+                if batch_sizes is None:
+                    result = _VF.rnn_relu(input, hx, *args, self.batch_first)
+                else:
+                    result = _VF.rnn_relu(input, batch_sizes, hx, *args)
+            return result[0], result[1]
         output, h_n, _ = _run_padded(
             self.mode, input, hx, None, self._flat_weights, self.bias, False, self.num_layers,
             self.bidirectional, float(self.dropout), self.training, self.batch_first,
@@ -403,8 +439,12 @@ class _ScriptableLSTMCell(LSTMCell):
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
-        _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh,
-                             self.bias_ih, self.bias_hh, None, None, False)
+        if _torch_runs(input):
+            h, c = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                 self.bias_hh)
+        else:
+            _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih,
+                                 self.weight_hh, self.bias_ih, self.bias_hh, None, None, False)
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
@@ -432,8 +472,12 @@ class _ScriptableGRUCell(GRUCell):
                              device=input.device)
         else:
             hx = hx.unsqueeze(0) if not is_batched else hx
-        _, h = gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                         self.bias_hh, None, False)
+        if _torch_runs(input):
+            h = _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                             self.bias_hh)
+        else:
+            _, h = gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh,
+                             self.bias_ih, self.bias_hh, None, False)
         return h if is_batched else h.squeeze(0)
 
 
@@ -461,8 +505,16 @@ class _ScriptableRNNCell(RNNCell):
                              device=input.device)
         else:
             hx = hx.unsqueeze(0) if not is_batched else hx
-        _, h = rnn_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                         self.bias_hh, None, False, self.nonlinearity == "relu")
+        if _torch_runs(input):
+            if self.nonlinearity == "tanh":
+                h = _VF.rnn_tanh_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                      self.bias_hh)
+            else:
+                h = _VF.rnn_relu_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                      self.bias_hh)
+        else:
+            _, h = rnn_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh,
+                             self.bias_ih, self.bias_hh, None, False, self.nonlinearity == "relu")
         return h if is_batched else h.squeeze(0)
 
 
