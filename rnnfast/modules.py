@@ -174,7 +174,9 @@ class _RecurrentLayer(nn.RNNBase):
             self._check_packed_dtype(input)
             if hx is None:
                 self.check_input(input, batch_sizes)
-                max_batch_size = int(batch_sizes[0])
+                # traced: the batch size stays data in the graph (as torch.nn's)
+                max_batch_size = (batch_sizes[0] if torch.jit.is_tracing()
+                                  else int(batch_sizes[0]))
                 hx = self._as_hx(self._zero_states(input, max_batch_size))
             else:
                 # torch.nn permutes the given state first, then checks it.
