@@ -169,7 +169,8 @@ class _RecurrentLayer(nn.RNNBase):
             if ops._onnx_dynamo():  # before torch.export trips over batch_sizes' values
                 from .onnx import refuse_packed
                 refuse_packed(self.mode)
-            if batch_sizes.numel() == 0:  # torch.nn reads batch_sizes[0] first
+            # torch.nn reads batch_sizes[0] first (not while tracing: a constant there)
+            if not torch.jit.is_tracing() and batch_sizes.numel() == 0:
                 raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
             self._check_packed_dtype(input)
             if hx is None:
