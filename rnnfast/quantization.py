@@ -170,9 +170,12 @@ class _QConfigBySpec:
         frame = sys._getframe(1)
         if frame.f_code is not _PROPAGATE_STEP or not _quantize_dynamic_runs(frame.f_back):
             raise AttributeError("qconfig")
+        torch_class = TORCH_CLASSES.get(type(obj))
+        if torch_class is None:  # a subclass: matched by its own type only, as in torch
+            raise AttributeError("qconfig")
         step = frame.f_locals
         spec, prefix = step["qconfig_dict"], step["prefix"]
-        qconfig = spec.get(TORCH_CLASSES[type(obj)], step["qconfig_parent"])
+        qconfig = spec.get(torch_class, step["qconfig_parent"])
         qconfig = spec.get(type(obj), qconfig)
         return spec.get(prefix, qconfig)
 

@@ -159,6 +159,24 @@ def test_float16_dynamic_quantization():
     assert torch.equal(q_fast.lstm(y)[0], q_ref.lstm(y)[0])
 
 
+def test_subclasses_are_matched_by_their_own_type():
+    """torch matches specs by exact type: a subclass of nn.LSTM is not quantized by
+    {nn.LSTM}; neither is a subclass of rnnfast.LSTM."""
+    class TorchSub(nn.LSTM):
+        pass
+
+    class FastSub(rnnfast.LSTM):
+        pass
+
+    class Holder(nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.lstm = cls(4, 6)
+
+    for cls in (TorchSub, FastSub):
+        assert type(quantize_dynamic(Holder(cls), {nn.LSTM, rnnfast.LSTM}).lstm) is cls
+
+
 def test_layer_without_bias_fails_as_torch_does():
     """torch's from_float asserts on bias=False; the same error, not a silent float layer."""
     class NoBias(nn.Module):
