@@ -17,7 +17,7 @@ T* ptr(const at::Tensor& t) {
 // (ForwardScratch::bf16).
 template <typename T>
 void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, bool bf16,
-                 const uint16_t* x16 = nullptr) {
+                 const ForwardScratch<T>& given = {}) {
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t B = a.seq->B, GH = spec.gates * a.H;
   const bool bias = a.b_ih != nullptr;
@@ -48,7 +48,9 @@ void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, 
                        .chunk_steps = Tc,
                        .r = ptr<T>(r),
                        .bf16 = bf16,
-                       .x16 = x16});
+                       .x16 = given.x16,
+                       .w_ih16 = given.w_ih16,
+                       .w_hh16 = given.w_hh16});
 }
 
 template <typename T>
@@ -122,10 +124,13 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
   const int64_t GH = core::cell_spec(a.kind).gates * H;
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
-  // On an AMX CPU the input projection reads x as it is (PackedWeight::gemm_bf16).
-  const bool amx = amx_bf16_usable();
+  // On an AMX CPU the input projection reads x as it is (PackedWeight::gemm_bf16), and the
+  // weights are packed into the tiles from their bfloat16 values (without input, I = 0,
+  // the float32 path takes W_ih).
+  const bool amx = amx_bf16_usable(), amx_ih = amx && I > 0;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I});
-  const at::Tensor w_ih = up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  const at::Tensor w_ih = amx_ih ? at::Tensor() : up(a.w_ih, {GH, I});
+  const at::Tensor w_hh = amx ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
   const at::Tensor y = at::empty({N, P}, f32);
@@ -145,7 +150,13 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
                               .h = fptr(h),
                               .c = a.c,
                               .saved = {a.saved[0], a.saved[1]}};
-  run_forward<float>(f, f32, true, amx && a.x != nullptr ? bits(a.x) : nullptr);
+  ForwardScratch<float> given;
+  if (amx) {
+    given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
+    given.w_ih16 = amx_ih ? bits(a.w_ih) : nullptr;
+    given.w_hh16 = bits(a.w_hh);
+  }
+  run_forward<float>(f, f32, true, given);
   down(y, a.y);
   down(h, a.h);
 }

@@ -93,6 +93,27 @@ void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles
   }
 }
 
+void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
+                        int64_t group_stride, void* tiles) {
+  const int64_t nj = col_tiles(N), nkb = padded_k(K) / kTileK;
+  uint16_t* out = static_cast<uint16_t*>(tiles);
+  for (int64_t j = 0; j < nj; ++j) {
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      uint16_t* t = out + (j * nkb + kb) * (kTileBytes / 2);
+      for (int64_t c = 0; c < kTileCols; ++c) {
+        const int64_t n = j * kTileCols + c;
+        const uint16_t* w =
+            n < N ? W + ((n / per_group) * group_stride + n % per_group) * ldw : nullptr;
+        for (int64_t r = 0; r < kTileRows; ++r)
+          for (int64_t e = 0; e < 2; ++e) {
+            const int64_t k = kb * kTileK + 2 * r + e;
+            t[r * 32 + 2 * c + e] = w != nullptr && k < K ? w[k] : uint16_t(0);
+          }
+      }
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace rnnfast
 

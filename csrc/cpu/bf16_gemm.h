@@ -49,6 +49,12 @@ int64_t amx_rows_bytes(int64_t M_max, int64_t K, int terms);
 // = op(W)[k][j * 16 + c]). `tiles` is 64-byte aligned, amx_packed_bytes(N, K) long.
 void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles);
 
+// Packs op(W) = W^T into B tiles straight from bfloat16 W (bit patterns, row stride ldw):
+// column n of op(W) is row (n / per_group) * group_stride + n % per_group of W (the
+// grouped rows of PackedWeight; per_group = N and any stride for plain W^T).
+void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
+                        int64_t group_stride, void* tiles);
+
 // How C starts before the products are added to it: zeros, C itself, or a bias row
 // bias[N] repeated on every row.
 enum class AmxInit { kZero, kAccumulate, kBias };

@@ -71,6 +71,11 @@ class PackedWeight {
  public:
   PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
                int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0);
+  // float32 on an AMX CPU (amx_bf16_usable()) only, with N, K, M_max > 0: op(W) = W^T of
+  // bfloat16 W16 (bit patterns; grouped rows as above), packed into the tiles as it is, with
+  // no float32 copy. amx() is then true.
+  PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_t* W16, int64_t ldw,
+               int64_t groups, int64_t group_stride, int bf16_terms);
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;

@@ -250,8 +250,17 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     // rounding, whose error stays below torch.nn-bf16's), as two for the Elman RNN (whose
     // state feeds back unsquashed by a gate: one term compounds beyond that).
     const int h_terms = !w.bf16 ? 0 : a.kind == CellKind::kRnnTanh || a.kind == CellKind::kRnnRelu ? 2 : 1;
-    const PackedWeight<T> packed(true, GHs, P, B, a.w_hh + u.begin * P, P, G, H, h_terms);
-    const PackedWeight<T> packed_ih(true, GHs, I, Tc * B, a.w_ih + u.begin * I, I, G, H, w.bf16 ? 1 : 0);
+    // (bfloat16 weights on the tiles are packed from the layer's bfloat16 values.)
+    const bool w16 = std::is_same_v<T, float> && w.w_hh16 != nullptr && GHs > 0 && B > 0;
+    const T* const w_hh = a.w_hh != nullptr ? a.w_hh + u.begin * P : nullptr;
+    const T* const w_ih = a.w_ih != nullptr ? a.w_ih + u.begin * I : nullptr;
+    const PackedWeight<T> packed =
+        w16 ? PackedWeight<T>(GHs, P, B, w.w_hh16 + u.begin * P, P, G, H, h_terms)
+            : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms);
+    const PackedWeight<T> packed_ih =
+        w16 && w.w_ih16 != nullptr
+            ? PackedWeight<T>(GHs, I, Tc * B, w.w_ih16 + u.begin * I, I, G, H, 1)
+            : PackedWeight<T>(true, GHs, I, Tc * B, w_ih, I, G, H, w.bf16 ? 1 : 0);
     // bfloat16 input on the tiles: the input projection reads x16 and starts from this
     // thread's bias columns (gate by gate, as its scratch), with no float32 copies.
     bool read_x16 = false;

@@ -70,6 +70,8 @@ struct ForwardScratch {
   const uint16_t* x16 = nullptr;  // [N, I] bf16 on an AMX CPU: the input as bfloat16 bit
                                   //   patterns, which the input projection reads instead of
                                   //   the layer's x (then nullptr: no float32 copy is made)
+  const uint16_t* w_ih16 = nullptr;  // [G*H, I] and [G*H, P]: the same for the weights,
+  const uint16_t* w_hh16 = nullptr;  //   packed into the tiles as they are (I > 0)
 };
 
 template <typename T>
