@@ -17,8 +17,14 @@ concatenated as ``[Wb, Rb]``. Sequence length and batch stay dynamic.
   ``torch.export.export`` run outside the ONNX exporter) exports with
   ``custom_translation_table=rnnfast.onnx_translation_table()`` (onnxscript functions).
 
+``PackedSequence`` input exports with ``dynamo=False`` for unidirectional layers: torch's
+exporter replaces the packed data by the padded tensor and the batch sizes by the lengths
+(``sequence_lens``), as it does for torch.nn's layers.
+
 Not expressible, refused with :class:`OnnxExportError` at export time: LSTM with
-``proj_size > 0`` (the ONNX LSTM node has no projection) and ``PackedSequence`` input.
+``proj_size > 0`` (the ONNX LSTM node has no projection); a bidirectional layer on a
+``PackedSequence`` with ``dynamo=False``, and any layer on a ``PackedSequence`` with
+``dynamo=True``.
 """
 from __future__ import annotations
 
@@ -48,14 +54,16 @@ def _refuse(kind: str, has_proj: bool, packed: bool) -> None:
             "torch.export / torch.jit.trace / torch.jit.script instead.")
     if packed:
         raise OnnxExportError(
-            f"rnnfast: cannot export {kind} run on a PackedSequence to ONNX. Export the "
-            "model on the padded tensor instead (the ONNX node then runs every sequence to "
-            "the padded length), or deploy it with torch.jit.script, which keeps "
-            "PackedSequence input.")
+            f"rnnfast: torch.onnx.export(..., dynamo=True) cannot export {kind} run on a "
+            "PackedSequence (torch.export cannot capture it; torch.nn's layers fail there "
+            "too). Export with dynamo=False instead (a unidirectional layer's packed input "
+            "becomes the ONNX node's sequence_lens), or export the model on the padded "
+            "tensor, or deploy it with torch.jit.script, which keeps PackedSequence input.")
 
 
 def refuse_packed(kind: str) -> None:
-    """Raise :class:`OnnxExportError`: a layer run on a PackedSequence does not export."""
+    """Raise :class:`OnnxExportError`: the dynamo exporter cannot take a layer run on a
+    PackedSequence."""
     _refuse(kind, False, True)
 
 
@@ -133,8 +141,18 @@ def dynamo_rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
 # --------------------------------------------------------------------------- dynamo=False
 
 def _symbolic_node(g: Any, kind: str, input: Any, states: list, w_ih: Any, w_hh: Any,
-                   b_ih: Any, b_hh: Any, reverse: Any, attrs: dict) -> list:
+                   b_ih: Any, b_hh: Any, batch_sizes: Any, reverse: Any, attrs: dict) -> list:
     from torch.onnx import symbolic_helper as sh
+
+    reverse = sh._parse_arg(reverse, "b")
+    packed = not sh._is_none(batch_sizes)
+    if packed and reverse:
+        raise OnnxExportError(
+            f"rnnfast: cannot export a bidirectional {kind} run on a PackedSequence to ONNX "
+            "(torch's exporter turns packed input into sequence_lens for one node per "
+            "layer; rnnfast's two directions are two nodes). Export the model on the "
+            "padded tensor instead, or deploy it with torch.jit.script, which keeps "
+            "PackedSequence input.")
 
     sizes = sh._get_tensor_sizes(w_hh)
     if not sizes or sizes[0] is None or sizes[1] is None:
@@ -155,9 +173,11 @@ def _symbolic_node(g: Any, kind: str, input: Any, states: list, w_ih: Any, w_hh:
     else:
         inputs.append(sh._unsqueeze_helper(
             g, g.op("Concat", reorder(b_ih), reorder(b_hh), axis_i=0), [0]))
-    inputs.append(_missing(g))  # sequence_lens
+    # A packed input: torch's exporter replaces the packed data by the padded tensor and
+    # batch_sizes by the lengths (its PackPadded pass), as for torch.nn's layers.
+    inputs.append(batch_sizes if packed else _missing(g))  # sequence_lens
     inputs += [sh._unsqueeze_helper(g, s, [0]) for s in states]
-    direction = "reverse" if sh._parse_arg(reverse, "b") else "forward"
+    direction = "reverse" if reverse else "forward"
     outs = g.op(kind, *inputs, outputs=1 + len(states), hidden_size_i=hidden,
                 direction_s=direction, **attrs)
     return [sh._squeeze_helper(g, outs[0], [1])] + [sh._squeeze_helper(g, s, [0])
@@ -180,28 +200,26 @@ def _lstm_symbolic(g, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, 
                    need_workspace):
     from torch.onnx import symbolic_helper as sh
 
-    _refuse("LSTM", not sh._is_none(w_hr), not sh._is_none(batch_sizes))
-    out, hy, cy = _symbolic_node(g, "LSTM", input, [hx, cx], w_ih, w_hh, b_ih, b_hh, reverse,
-                                 {})
+    _refuse("LSTM", not sh._is_none(w_hr), False)
+    out, hy, cy = _symbolic_node(g, "LSTM", input, [hx, cx], w_ih, w_hh, b_ih, b_hh,
+                                 batch_sizes, reverse, {})
     return out, hy, cy, _empty(g), _empty(g)
 
 
 def _gru_symbolic(g, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
     from torch.onnx import symbolic_helper as sh
 
-    _refuse("GRU", False, not sh._is_none(batch_sizes))
-    out, hy = _symbolic_node(g, "GRU", input, [hx], w_ih, w_hh, b_ih, b_hh, reverse,
-                             {"linear_before_reset_i": 1})
+    out, hy = _symbolic_node(g, "GRU", input, [hx], w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                             reverse, {"linear_before_reset_i": 1})
     return out, hy, _empty(g)
 
 
 def _rnn_symbolic(g, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, relu):
     from torch.onnx import symbolic_helper as sh
 
-    _refuse("RNN", False, not sh._is_none(batch_sizes))
     activation = "Relu" if sh._parse_arg(relu, "b") else "Tanh"
-    out, hy = _symbolic_node(g, "RNN", input, [hx], w_ih, w_hh, b_ih, b_hh, reverse,
-                             {"activations_s": [activation]})
+    out, hy = _symbolic_node(g, "RNN", input, [hx], w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                             reverse, {"activations_s": [activation]})
     return out, hy
 
 

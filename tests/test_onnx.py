@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
 
@@ -267,19 +267,72 @@ def test_projection_is_refused_by_name(dynamo):
 
 
 class _Packed(nn.Module):
-    def __init__(self):
+    """pack_padded_sequence -> layer -> pad_packed_sequence; returns the padded output and
+    the final hidden state."""
+
+    def __init__(self, lib, kind: str, **kwargs):
         super().__init__()
-        self.rnn = rnnfast.GRU(4, 5)
+        self.rnn = getattr(lib, kind)(4, 5, batch_first=True, **kwargs)
 
-    def forward(self, x, lengths):
-        _, h = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
-        return h
+    def forward(self, x, lengths, *state):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        if len(state) == 0:
+            y, h = self.rnn(packed)
+        elif len(state) == 1:
+            y, h = self.rnn(packed, state[0])
+        else:
+            y, h = self.rnn(packed, (state[0], state[1]))
+        y, _ = pad_packed_sequence(y, batch_first=True)
+        return (y,) + (tuple(h) if isinstance(h, tuple) else (h,))
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
-def test_packed_sequence_is_refused_by_name(dynamo):
+def _packed_inputs(t: int, b: int, states: int, layers: int) -> tuple:
+    lengths = torch.randint(1, t + 1, (b,))
+    lengths[b // 2] = t  # the padded output is as long as the longest sequence
+    return (torch.randn(b, t, 4), lengths) + tuple(torch.randn(layers, b, 5)
+                                                   for _ in range(states))
+
+
+@pytest.mark.parametrize("kind,kwargs,with_state", [
+    ("LSTM", dict(num_layers=2), True),
+    ("GRU", dict(num_layers=2), False),
+    ("RNN", dict(nonlinearity="relu"), True),
+], ids=["lstm-state", "gru", "rnn-relu-state"])
+def test_packed_sequence_legacy_becomes_sequence_lens(kind, kwargs, with_state):
+    """As for torch.nn's layers, torch's exporter turns the packed input of unidirectional
+    layers into the padded tensor and the nodes' sequence_lens."""
+    ref = _Packed(nn, kind, **kwargs).eval()
+    fast = _Packed(rnnfast, kind, **kwargs).eval()
+    fast.load_state_dict(ref.state_dict())
+    states = (2 if kind == "LSTM" else 1) if with_state else 0
+    layers = kwargs.get("num_layers", 1)
+    inputs = _packed_inputs(EXPORT_T, EXPORT_B, states, layers)
+    names = [f"in{i}" for i in range(len(inputs))]
+    axes = [{0: "B", 1: "T"}, {0: "B"}] + [{1: "B"}] * states
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fast, inputs, f, dynamo=False, input_names=names,
+                          dynamic_axes=dict(zip(names, axes)))
+    proto = onnx.load_from_string(f.getvalue())
+    _check_nodes(proto, kind, layers)
+    assert all(n.input[4] for n in proto.graph.node if n.op_type == kind)  # sequence_lens
+    for t, b in RUN_SHAPES:
+        inputs = _packed_inputs(t, b, states, layers)
+        with torch.no_grad():
+            want = ref(*inputs)
+        got = _run(proto, inputs)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(torch.from_numpy(g), w, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("dynamo,bidirectional", [(False, True), (True, False)],
+                         ids=["legacy-bidirectional", "dynamo"])
+def test_packed_sequence_refusals_name_the_feature(dynamo, bidirectional):
+    model = _Packed(rnnfast, "GRU", bidirectional=bidirectional).eval()
     with pytest.raises(Exception) as info:
-        _export_plain(_Packed().eval(), (torch.randn(5, 2, 4), torch.tensor([5, 3])), dynamo)
+        _export_plain(model, _packed_inputs(5, 2, 0, 1), dynamo)
     _assert_refusal(info.value, "PackedSequence")
 
 
