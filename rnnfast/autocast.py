@@ -4,11 +4,16 @@ Under autocast an rnnfast layer or cell returns the dtypes torch.nn's returns. t
 autocast lists (``aten/src/ATen/autocast_mode.cpp``) do not name ``lstm``, ``gru`` or
 ``rnn_tanh``/``rnn_relu`` themselves, so torch.nn's dtypes follow from what runs inside:
 
-* **CUDA**: cuDNN's whole-layer operator (``_cudnn_rnn``, cast by autocast) and, without
-  cuDNN, the fused cells (``_thnn_fused_lstm_cell``/``_thnn_fused_gru_cell``) and
-  ``lstm_cell``/``gru_cell``/``rnn_tanh_cell``/``rnn_relu_cell`` are on the
-  lower-precision list: every layer and cell computes and returns the autocast dtype
-  (float16 by default). rnnfast's rule: all floating arguments to that dtype.
+* **CUDA**: the fused cells (``_thnn_fused_lstm_cell``/``_thnn_fused_gru_cell``, used
+  without cuDNN) and ``lstm_cell``/``gru_cell``/``rnn_tanh_cell``/``rnn_relu_cell`` are
+  on the lower-precision list, and cuDNN's whole-layer operator ``_cudnn_rnn`` has its
+  own autocast wrapper (``aten/src/ATen/cudnn/AutocastRNN.cpp``): every layer and cell
+  computes and returns the autocast dtype, float16 by default. rnnfast's rule: all
+  floating arguments to that dtype. One difference is kept on purpose: torch's cuDNN
+  wrapper casts to float16 whatever the autocast dtype, so under
+  ``torch.autocast("cuda", dtype=torch.bfloat16)`` torch.nn's layers (not its cells)
+  return float16, where rnnfast's return the bfloat16 asked for (float16's range is what
+  bfloat16 autocast is chosen to avoid).
 * **CPU**: only the matrix products (``linear``, ``mm``...) and oneDNN's LSTM layer
   (``mkldnn_rnn_layer``) are on the lower-precision list; the elementwise state update
   runs in the promoted dtype of the products (bfloat16) and the incoming state. Hence,
