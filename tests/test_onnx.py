@@ -244,6 +244,30 @@ def test_translation_table_for_exported_programs(kind):
             torch.testing.assert_close(torch.from_numpy(g), w, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_unbatched_input(dynamo):
+    ref = nn.LSTM(4, 5, num_layers=2, bidirectional=True).eval()
+    fast = rnnfast.LSTM(4, 5, num_layers=2, bidirectional=True).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            proto = torch.onnx.export(fast, (x,), dynamo=True, verbose=False,
+                                      dynamic_shapes=({0: torch.export.Dim("T")},)).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(fast, (x,), f, dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "T"}})
+            proto = onnx.load_from_string(f.getvalue())
+    _check_nodes(proto, "LSTM", 4)
+    x = torch.randn(9, 4)
+    with torch.no_grad():
+        out, (h, c) = ref(x)
+    for g, w in zip(_run(proto, (x,)), (out, h, c)):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=ATOL, rtol=0)
+
+
 def test_plain_rnn_is_one_node_per_layer_not_unrolled():
     """torch.nn.RNN's dynamo export unrolls the time loop; rnnfast's is an RNN node, and
     the graph does not grow with the sequence length."""
