@@ -34,8 +34,10 @@ work, both installed when ``rnnfast`` is imported:
 Plain ``RNN``: torch has no dynamic quantized ``nn.RNN`` (it is not in torch's mapping, so
 ``quantize_dynamic(model, {nn.RNN})`` leaves a torch.nn.RNN in float without a word), and
 rnnfast mirrors that: an ``rnnfast.RNN`` stays in float too. ``RNNCell`` is quantized, as
-torch's is. Layers without bias, or LSTMs with ``proj_size``, get whatever torch's
-``from_float`` gives the torch.nn module (an ``AssertionError`` for ``bias=False``).
+torch's is. Layers without bias get what torch's ``from_float`` gives the torch.nn module (an
+``AssertionError``). An LSTM with ``proj_size`` is refused with a ``RuntimeError`` that says
+to leave it in float: torch's dynamic quantized LSTM has no projection, and torch.nn's
+such LSTM quantizes to a module that fails when run.
 """
 from __future__ import annotations
 
@@ -122,6 +124,12 @@ class _TorchDynamicQuantized:
         if type(mod) is not cls._FLOAT_MODULE:
             raise AssertionError(f"{cls.__name__}.from_float only works for "
                                  f"{cls._FLOAT_MODULE.__module__}.{cls._FLOAT_MODULE.__name__}")
+        if getattr(mod, "proj_size", 0) > 0:
+            raise RuntimeError(
+                "Dynamic quantization of an LSTM with proj_size > 0 is not supported: torch's "
+                "dynamic quantized LSTM has no projection (torch.nn's such LSTM quantizes to a "
+                "module that fails when run). Leave this layer in float: name it out of the "
+                "quantize_dynamic spec (e.g. a set of module names, or a qconfig of None for it).")
         return cls._TORCH_QUANTIZED.from_float(
             to_torch(mod), use_precomputed_fake_quant=use_precomputed_fake_quant)
 

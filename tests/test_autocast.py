@@ -14,8 +14,9 @@ roundings in different places and orders (a weight gradient sums T*B products of
 factors, so its error scales with the sum of the terms' magnitudes, not with the result),
 so the bound is relative to torch.nn's own error: rnnfast's largest error must not exceed
 twice torch.nn's largest error, or 2u times the tensor's largest magnitude (the bfloat16
-rounding of the result and of one operand) where torch.nn's happens to be smaller. Where rnnfast computes in float32 (the state dtype: the
-GRU, the packed LSTM, the cells but the RNN's), its error is also checked to be float32's.
+rounding of the result and of one operand) where torch.nn's happens to be smaller.
+Where rnnfast computes in float32 (the state dtype: the GRU, the packed LSTM, the cells but
+the RNN's), its error is also checked to be float32's.
 """
 from __future__ import annotations
 

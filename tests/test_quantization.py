@@ -193,6 +193,25 @@ def test_layer_without_bias_fails_as_torch_does():
     assert errors[0] == errors[1] == "mod.bias must be True"
 
 
+def test_projection_is_refused_by_name():
+    """torch.nn's LSTM with proj_size quantizes to a module that fails when run; rnnfast
+    refuses at quantization time, naming the feature and the way out (leave it in float)."""
+    class Proj(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(4, 6, proj_size=3)
+            self.gru = nn.GRU(3, 5)
+
+    ref, fast = pair(Proj)
+    with pytest.raises(RuntimeError, match="proj_size > 0 is not supported"):
+        quantize_dynamic(fast, {nn.LSTM})
+    q_ref = quantize_dynamic(ref, {nn.LSTM})
+    with pytest.raises(RuntimeError):  # torch.nn's quantized projection LSTM cannot run
+        q_ref.lstm(torch.randn(5, 2, 4))
+    q_fast = quantize_dynamic(fast, {"gru"})  # the way out: leave the LSTM in float
+    assert type(q_fast.lstm) is rnnfast.LSTM and type(q_fast.gru) is nnqd.GRU
+
+
 def test_qconfig_attribute_exists_only_during_quantize_dynamic():
     """Outside quantize_dynamic, qconfig propagation (static prepare, QAT) sees rnnfast's
     classes as themselves: a spec naming torch.nn's class does not reach them."""
