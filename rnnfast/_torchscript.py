@@ -442,6 +442,13 @@ class _ScriptableLSTMCell(LSTMCell):
         if _torch_runs(input):
             h, c = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                  self.bias_hh)
+        elif input.device.type == "cpu":
+            # One step of B rows in the packed form, as rnnfast.ops.lstm_cell runs it under
+            # CPU autocast (where torch.nn's LSTMCell keeps the state's dtype): the same
+            # arithmetic as the padded form, and the same autocast rule as eager mode.
+            batch_sizes = torch.full([1], input.size(0), dtype=torch.int64)
+            _, h, c = lstm_layer(input, hx[0], hx[1], self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh, None, batch_sizes, False)
         else:
             _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih,
                                  self.weight_hh, self.bias_ih, self.bias_hh, None, None, False)

@@ -255,3 +255,25 @@ def test_script_float16_cpu_runs_torch_implementation(name, fast_cls, torch_cls,
     ref = ref.half()
     x = x.half()
     torch.testing.assert_close(scripted(x), ref(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name,fast_cls,torch_cls,kwargs", [LAYERS[0], LAYERS[4], LAYERS[6]]
+                         + CELLS, ids=[x[0] for x in [LAYERS[0], LAYERS[4], LAYERS[6]] + CELLS])
+def test_script_under_cpu_autocast_matches_eager(name, fast_cls, torch_cls, kwargs):
+    """Under CPU autocast a scripted module gives torch.nn's dtype and eager rnnfast's
+    values."""
+    if fast_cls in (rnnfast.LSTMCell, rnnfast.GRUCell, rnnfast.RNNCell):
+        fast, ref = _pair(fast_cls, torch_cls, kwargs, 4, 5)
+        x = torch.randn(3, 4)
+    else:
+        fast, ref = _layer_pair(fast_cls, torch_cls, kwargs)
+        x = _seq(ref, 5, 3)
+    scripted = torch.jit.script(fast_cls(4, 5, **kwargs) if fast_cls in
+                                (rnnfast.LSTMCell, rnnfast.GRUCell, rnnfast.RNNCell)
+                                else fast_cls(4, 5, 2, **kwargs))
+    scripted.load_state_dict(ref.state_dict())
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        got, eager, want = scripted(x), fast(x), ref(x)
+    first = (lambda r: r[0]) if isinstance(want, tuple) else (lambda r: r)
+    assert first(got).dtype == first(want).dtype
+    torch.testing.assert_close(got, eager, atol=0, rtol=0)
