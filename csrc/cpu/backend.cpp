@@ -50,7 +50,8 @@ void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, 
                        .bf16 = bf16,
                        .x16 = given.x16,
                        .w_ih16 = given.w_ih16,
-                       .w_hh16 = given.w_hh16});
+                       .w_hh16 = given.w_hh16,
+                       .y16 = given.y16});
 }
 
 template <typename T>
@@ -133,7 +134,10 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const at::Tensor w_hh = amx ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
-  const at::Tensor y = at::empty({N, P}, f32);
+  // LSTM and GRU on an AMX CPU write their bfloat16 output straight from each step; the
+  // RNN's pointwise pass writes h_t into its output rows (also its saved buffer), in float32.
+  const bool y16 = amx && a.kind != core::CellKind::kRnnTanh && a.kind != core::CellKind::kRnnRelu;
+  const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
   core::LayerForward<float> f{.kind = a.kind,
                               .seq = a.seq,
                               .reverse = a.reverse,
@@ -155,6 +159,7 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = amx_ih ? bits(a.w_ih) : nullptr;
     given.w_hh16 = bits(a.w_hh);
+    if (y16) given.y16 = reinterpret_cast<uint16_t*>(a.y);
   }
   run_forward<float>(f, f32, true, given);
   down(y, a.y);

@@ -441,6 +441,22 @@ void run_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const flo
 
 }  // namespace
 
+void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
+                     int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = src + r * ld_src;
+    uint16_t* y = dst + r * ld_dst;
+    for (int64_t k = 0; k < cols; k += 16) {
+      const int64_t left = cols - k;
+      const __mmask16 mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+      const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + k));
+      __m256i bits;
+      std::memcpy(&bits, &h, sizeof(bits));
+      _mm256_mask_storeu_epi16(y + k, mask, bits);
+    }
+  }
+}
+
 void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const float* X, int64_t ldx,
                   AmxInit init, const float* bias, float* C, int64_t ldc, void* rows, int terms) {
   if (M <= 0 || N <= 0) return;
@@ -473,6 +489,7 @@ void amx_gemm_f32(int64_t, int64_t, int64_t, const void*, const float*, int64_t,
                   const float*, float*, int64_t, void*, int) {}
 void amx_gemm_bf16(int64_t, int64_t, int64_t, const void*, const uint16_t*, int64_t, AmxInit,
                    const float*, float*, int64_t, void*) {}
+void bf16_round_rows(int64_t, int64_t, const float*, int64_t, uint16_t*, int64_t) {}
 }  // namespace cpu
 }  // namespace rnnfast
 

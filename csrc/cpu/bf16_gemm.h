@@ -55,6 +55,12 @@ void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles
 void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
                         int64_t group_stride, void* tiles);
 
+// dst[r, c] = bf16(src[r, c]) for rows x cols float32 values (row strides in values),
+// rounded to nearest even by the CPU's AVX512-BF16 conversion (as the A tiles are); only
+// where amx_bf16_usable().
+void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
+                     int64_t ld_dst);
+
 // How C starts before the products are added to it: zeros, C itself, or a bias row
 // bias[N] repeated on every row.
 enum class AmxInit { kZero, kAccumulate, kBias };

@@ -16,6 +16,7 @@
 #include <omp.h>
 #endif
 
+#include "bf16_gemm.h"
 #include "blas.h"
 
 namespace rnnfast {
@@ -335,7 +336,12 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
         sync.barrier();  // every unit of r_t is written
         gemm<T>(false, true, b, p.size(), H, T(1), w.r, H, a.w_hr + p.begin * H, H, T(0),
                 hout + p.begin, P);
-        copy_rows(a.y + row * P + p.begin, P, hout + p.begin, P, b, p.size());
+        if (w.y16 == nullptr) copy_rows(a.y + row * P + p.begin, P, hout + p.begin, P, b, p.size());
+      }
+      if constexpr (std::is_same_v<T, float>) {
+        // bfloat16 output: this thread's columns of y_t = h_t, rounded once.
+        if (w.y16 != nullptr && p.size() > 0)
+          bf16_round_rows(b, p.size(), hout + p.begin, P, w.y16 + row * P + p.begin, P);
       }
       // Rows whose sequence ends here: their final state is h_t.
       const int64_t n_next = step + 1 < s.T ? s.bs[s.time_at(step + 1, a.reverse)] : 0;
