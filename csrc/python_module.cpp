@@ -50,29 +50,43 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   return seconds;
 }
 
-// out = bias + x w^T through the bfloat16 layers' input projection on AMX tiles (testing):
-// x [M, K] bfloat16 read as it is, w [N, K] float32 (rounded to bfloat16 when packed), bias
-// [N] float32 or None, out [M, N] float32; rows may be strided, columns contiguous.
+// out = bias + x op(w) through the bfloat16 layers' input projection on AMX tiles (testing):
+// x [M, K] bfloat16 read as it is; w float32 [N, K] (op(w) = w^T, rounded to bfloat16 when
+// packed), or bfloat16 [R, K] packed as it is, op(w)'s N columns being `groups` blocks of
+// N / groups rows of w, block g from row g * group_stride; bias [N] float32 or None; out
+// [M, N] float32; rows may be strided, columns contiguous.
 void step_gemm_bf16_rows(const at::Tensor& x, const at::Tensor& w,
-                         const std::optional<at::Tensor>& bias, at::Tensor& out) {
+                         const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t groups,
+                         int64_t group_stride) {
   TORCH_CHECK(rnnfast::cpu::step_gemm_bf16_amx(), "step_gemm_bf16_rows: needs AMX-BF16 tiles");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm_bf16_rows: 2-d tensors");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kFloat &&
+  const bool w16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && (w16 || w.scalar_type() == at::kFloat) &&
                   out.scalar_type() == at::kFloat,
-              "step_gemm_bf16_rows: x bfloat16, w and out float32");
+              "step_gemm_bf16_rows: x bfloat16, w bfloat16 or float32, out float32");
   TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1 && out.stride(1) == 1,
               "step_gemm_bf16_rows: columns must be contiguous");
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  TORCH_CHECK(w.size(1) == K && out.size(0) == M && out.size(1) == N,
-              "step_gemm_bf16_rows: shapes do not match");
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
+  TORCH_CHECK(groups >= 1 && N % groups == 0 && (w16 || (groups == 1 && w.size(0) == N)) &&
+                  (groups - 1) * group_stride + N / groups <= w.size(0),
+              "step_gemm_bf16_rows: bad groups");
+  TORCH_CHECK(w.size(1) == K && out.size(0) == M, "step_gemm_bf16_rows: shapes do not match");
+  TORCH_CHECK(M > 0 && N > 0 && K > 0, "step_gemm_bf16_rows: empty product");
   const float* b = nullptr;
   if (bias.has_value()) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N,
                 "step_gemm_bf16_rows: bias [N] float32");
     b = bias->const_data_ptr<float>();
   }
-  const rnnfast::cpu::PackedWeight<float> pw(true, N, K, M, w.const_data_ptr<float>(), w.stride(0),
+  const auto pack = [&] {
+    if (w16)
+      return rnnfast::cpu::PackedWeight<float>(
+          N, K, M, reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()), w.stride(0),
+          groups, group_stride, 1);
+    return rnnfast::cpu::PackedWeight<float>(true, N, K, M, w.const_data_ptr<float>(), w.stride(0),
                                              1, 0, 1);
+  };
+  const rnnfast::cpu::PackedWeight<float> pw = pack();
   pw.gemm_bf16(M, reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>()), x.stride(0),
                b, out.data_ptr<float>(), out.stride(0));
 }
@@ -145,9 +159,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; testing). Returns the seconds per "
         "product over `repeats` runs (beta 0).");
   m.def("_step_gemm_bf16_rows", &step_gemm_bf16_rows, pybind11::arg("x"), pybind11::arg("w"),
-        pybind11::arg("bias"), pybind11::arg("out"),
+        pybind11::arg("bias"), pybind11::arg("out"), pybind11::arg("groups") = 1,
+        pybind11::arg("group_stride") = 0,
         "out = bias + x @ w.T with x bfloat16 read as it is, on the AMX tiles of the bfloat16 "
-        "layers' input projection (testing; AMX CPUs only).");
+        "layers' input projection; a bfloat16 w is packed as it is, its rows grouped as the "
+        "step loops group a thread's gate rows (testing; AMX CPUs only).");
   m.def("_step_gemm_bf16_amx", &rnnfast::cpu::step_gemm_bf16_amx,
         "Whether the bfloat16 layers' step products run on AMX tiles on this CPU.");
   m.def("_step_loop_load", &step_loop_load,

@@ -158,3 +158,23 @@ def test_amx_bfloat16_rows_strided_and_split_invariant():
         part = torch.empty(45, hi - lo)
         _C._step_gemm_bf16_rows(x, w[lo:hi], b[lo:hi].contiguous(), part)
         assert torch.equal(part, full[:, lo:hi]), (lo, hi)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4])
+def test_amx_bfloat16_weight_packed_as_it_is(groups):
+    """W packed into the tiles from its bfloat16 values (the layers' weights): op(W)'s
+    columns are `groups` blocks of rows of W, block g from row g * stride (a thread's rows
+    of every gate), against the same product on a float32 copy of those rows; K and N at
+    and off the tile edges, odd row strides."""
+    gen = torch.Generator().manual_seed(79 + groups)
+    for per, K, M in itertools.product([1, 5, 16, 20, 37], [1, 24, 32, 40, 64, 97], [1, 17, 40]):
+        stride = per + 3
+        w16 = torch.randn(groups * stride, K + 1, generator=gen).to(torch.bfloat16)[:, 1:]
+        x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
+        b = torch.randn(groups * per, generator=gen)
+        rows = [g * stride + i for g in range(groups) for i in range(per)]
+        got = torch.empty(M, groups * per)
+        _C._step_gemm_bf16_rows(x, w16, b, got, groups=groups, group_stride=stride)
+        want = torch.empty(M, groups * per)
+        _C._step_gemm_bf16_rows(x, w16[rows].float().contiguous(), b, want)
+        assert torch.equal(got, want), (per, K, M)

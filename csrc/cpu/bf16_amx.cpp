@@ -93,26 +93,25 @@ void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles
   }
 }
 
-void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
-                        int64_t group_stride, void* tiles) {
-  const int64_t nj = col_tiles(N), nkb = padded_k(K) / kTileK;
-  uint16_t* out = static_cast<uint16_t*>(tiles);
-  for (int64_t j = 0; j < nj; ++j) {
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      uint16_t* t = out + (j * nkb + kb) * (kTileBytes / 2);
-      for (int64_t c = 0; c < kTileCols; ++c) {
-        const int64_t n = j * kTileCols + c;
-        const uint16_t* w =
-            n < N ? W + ((n / per_group) * group_stride + n % per_group) * ldw : nullptr;
-        for (int64_t r = 0; r < kTileRows; ++r)
-          for (int64_t e = 0; e < 2; ++e) {
-            const int64_t k = kb * kTileK + 2 * r + e;
-            t[r * 32 + 2 * c + e] = w != nullptr && k < K ? w[k] : uint16_t(0);
-          }
+namespace {
+
+// One B tile (column tile j, k block kb) of op(W) = grouped W^T from bfloat16 W, element by
+// element (the tiles at N's and K's edges, and very large W).
+[[maybe_unused]] void pack_bf16_tile_scalar(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
+                           int64_t group_stride, int64_t j, int64_t kb, uint16_t* t) {
+  for (int64_t c = 0; c < kTileCols; ++c) {
+    const int64_t n = j * kTileCols + c;
+    const uint16_t* w =
+        n < N ? W + ((n / per_group) * group_stride + n % per_group) * ldw : nullptr;
+    for (int64_t r = 0; r < kTileRows; ++r)
+      for (int64_t e = 0; e < 2; ++e) {
+        const int64_t k = kb * kTileK + 2 * r + e;
+        t[r * 32 + 2 * c + e] = w != nullptr && k < K ? w[k] : uint16_t(0);
       }
-    }
   }
 }
+
+}  // namespace
 
 }  // namespace cpu
 }  // namespace rnnfast
@@ -441,6 +440,38 @@ void run_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const flo
 
 }  // namespace
 
+// A tile wholly inside W: row r of the tile is the r-th pair of k of the tile's 16
+// columns, one 32-bit gather (the pair) per row.
+void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
+                        int64_t group_stride, void* tiles) {
+  const int64_t nj = col_tiles(N), nkb = padded_k(K) / kTileK;
+  uint16_t* out = static_cast<uint16_t*>(tiles);
+  for (int64_t j = 0; j < nj; ++j) {
+    // Offsets (in bfloat16 values) of the tile's columns from the first one.
+    alignas(64) int32_t off[kTileCols];
+    const int64_t n0 = j * kTileCols;
+    const int64_t row0 = (n0 / per_group) * group_stride + n0 % per_group;
+    bool gather = n0 + kTileCols <= N;
+    for (int64_t c = 0; c < kTileCols && gather; ++c) {
+      const int64_t n = n0 + c;
+      const int64_t d = ((n / per_group) * group_stride + n % per_group - row0) * ldw;
+      gather = d + K < (int64_t(1) << 31);
+      off[c] = static_cast<int32_t>(d);
+    }
+    const __m512i idx = _mm512_load_si512(off);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      uint16_t* t = out + (j * nkb + kb) * (kTileBytes / 2);
+      if (!gather || (kb + 1) * kTileK > K) {
+        pack_bf16_tile_scalar(N, K, W, ldw, per_group, group_stride, j, kb, t);
+        continue;
+      }
+      const uint16_t* base = W + row0 * ldw + kb * kTileK;
+      for (int64_t r = 0; r < kTileRows; ++r)
+        _mm512_storeu_si512(t + r * 32, _mm512_i32gather_epi32(idx, base + 2 * r, 2));
+    }
+  }
+}
+
 void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -490,6 +521,7 @@ void amx_gemm_f32(int64_t, int64_t, int64_t, const void*, const float*, int64_t,
 void amx_gemm_bf16(int64_t, int64_t, int64_t, const void*, const uint16_t*, int64_t, AmxInit,
                    const float*, float*, int64_t, void*) {}
 void bf16_round_rows(int64_t, int64_t, const float*, int64_t, uint16_t*, int64_t) {}
+void amx_pack_bf16_rows(int64_t, int64_t, const uint16_t*, int64_t, int64_t, int64_t, void*) {}
 }  // namespace cpu
 }  // namespace rnnfast
 
