@@ -46,7 +46,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
-from . import autocast, reference
+from . import autocast, reference, vmap
 
 __all__ = ["lstm_layer", "lstm_cell", "gru_layer", "rnn_layer", "runs_kernels"]
 
@@ -290,6 +290,7 @@ def _register(ns: str) -> None:
                                     setup_context=_rnn_setup_context)
 
     autocast.register(ns)  # AutocastCPU/AutocastCUDA kernels of the forward operators
+    vmap.register(ns)  # batching rules of the forward operators
 
 
 _register("rnnfast")
