@@ -7,12 +7,12 @@ Both run rnnfast's own operators (``torch.ops.rnnfast.*``), not torch.nn's kerne
   that decision as a constant (and ``torch.jit.trace``'s check, which re-runs the function
   in another grad mode, failed on it), so while tracing the layers call the scripted
   per-layer functions below, which make the decision inside the graph, at run time.
-* **Script.** ``rnnfast.LSTM`` & co. define ``__prepare_scriptable__``: ``torch.jit.script``
-  compiles a twin of the module (same ``Parameter`` objects, same attributes) whose class
-  derives from the rnnfast class and adds a TorchScript-compilable ``forward`` (torch.nn's
-  input handling, with the layer loop calling the rnnfast operators). In eager mode the
-  twin's ``forward`` is the rnnfast class's own, so a model in which ``torch.jit.script``
-  replaced a submodule by its twin (torch does so in place) behaves as before.
+* **Script.** rnnfast's layers and cells derive from the classes below, whose methods are
+  the TorchScript path: torch.nn's input handling, with the loop over layers and directions
+  calling rnnfast's operators. Their ``forward`` runs the eager code unless scripted. A
+  layer scripted on its own is compiled as a twin with one ``forward`` for tensor input
+  (:func:`scriptable`), since a scripted module whose forward is overloaded has no
+  ``forward`` to call.
 
 This module must stay TorchScript-compilable: no ``from __future__ import annotations``,
 ``typing`` annotations only.
@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence
 
-from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "traced_lstm_layer", "traced_gru_layer",
+           "LSTMScript", "OneStateScript", "LSTMCellScript", "GRUCellScript", "RNNCellScript",
            "scriptable"]
 
 
@@ -159,31 +158,9 @@ def _run_padded(mode: str, input: Tensor, hx: Tensor, cx: Optional[Tensor],
     return output, h_n, c_n
 
 
-class _ScriptableLSTM(LSTM):
-    """rnnfast.LSTM with a TorchScript-compilable forward (torch.nn.LSTM's input handling,
-    rnnfast's operators)."""
-
-    def _get_name(self) -> str:
-        return "LSTM"
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        pass
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
-        pass
-
-    def forward(self, input, hx=None):  # noqa: F811
-        """Eager: :meth:`rnnfast.LSTM.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return LSTM.forward(self, input, hx)
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        else:
-            return self._forward_tensor(input, hx)
+class LSTMScript:
+    """The TorchScript path of rnnfast.LSTM (a base class of it): torch.nn.LSTM's input
+    handling, rnnfast's operators. rnnfast.LSTM.forward calls it when scripted."""
 
     def _zeros(self, input: Tensor, batch: int) -> Tuple[Tensor, Tensor]:
         layers = self.num_layers * (2 if self.bidirectional else 1)
@@ -250,21 +227,9 @@ class _ScriptableLSTM(LSTM):
         return output, hidden
 
 
-class _ScriptableTopLSTM(_ScriptableLSTM):
-    """The twin of an rnnfast.LSTM scripted on its own: one ``forward``, for tensor input
-    (a scripted module whose forward is overloaded has no ``forward`` to call; a scripted
-    torch.nn.LSTM has none either)."""
-
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        """Eager: :meth:`rnnfast.LSTM.forward`. Scripted: tensor input."""
-        if not torch.jit.is_scripting():
-            return LSTM.forward(self, input, hx)
-        return self._forward_tensor(input, hx)
-
-
-class _OneStateScriptable:
-    """The scripted computation of rnnfast.GRU and RNN (one state)."""
+class OneStateScript:
+    """The TorchScript path of rnnfast.GRU and RNN (base class of both); their forward
+    calls it when scripted."""
 
     def _zeros(self, input: Tensor, batch: int) -> Tensor:
         layers = self.num_layers * (2 if self.bidirectional else 1)
@@ -340,89 +305,14 @@ class _OneStateScriptable:
         return output, hidden
 
 
-class _ScriptableGRU(_OneStateScriptable, GRU):
-    """rnnfast.GRU with a TorchScript-compilable forward."""
-
-    def _get_name(self) -> str:
-        return "GRU"
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        pass
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
-                ) -> Tuple[PackedSequence, Tensor]:
-        pass
-
-    def forward(self, input, hx=None):  # noqa: F811
-        """Eager: :meth:`rnnfast.GRU.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return GRU.forward(self, input, hx)
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        else:
-            return self._forward_tensor(input, hx)
-
-
-class _ScriptableTopGRU(_ScriptableGRU):
-    """The twin of an rnnfast.GRU scripted on its own: one ``forward``, for tensor input."""
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """Eager: :meth:`rnnfast.GRU.forward`. Scripted: tensor input."""
-        if not torch.jit.is_scripting():
-            return GRU.forward(self, input, hx)
-        return self._forward_tensor(input, hx)
-
-
-class _ScriptableRNN(_OneStateScriptable, RNN):
-    """rnnfast.RNN with a TorchScript-compilable forward."""
-
-    def _get_name(self) -> str:
-        return "RNN"
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        pass
-
-    @torch._jit_internal._overload_method  # noqa: F811
-    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
-                ) -> Tuple[PackedSequence, Tensor]:
-        pass
-
-    def forward(self, input, hx=None):  # noqa: F811
-        """Eager: :meth:`rnnfast.RNN.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return RNN.forward(self, input, hx)
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        else:
-            return self._forward_tensor(input, hx)
-
-
-class _ScriptableTopRNN(_ScriptableRNN):
-    """The twin of an rnnfast.RNN scripted on its own: one ``forward``, for tensor input."""
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """Eager: :meth:`rnnfast.RNN.forward`. Scripted: tensor input."""
-        if not torch.jit.is_scripting():
-            return RNN.forward(self, input, hx)
-        return self._forward_tensor(input, hx)
-
-
 # --------------------------------------------------------------------- script: cells
 
-class _ScriptableLSTMCell(LSTMCell):
-    """rnnfast.LSTMCell with a TorchScript-compilable forward."""
+class LSTMCellScript:
+    """The TorchScript path of rnnfast.LSTMCell (a base class of it); its forward calls it
+    when scripted."""
 
-    def _get_name(self) -> str:
-        return "LSTMCell"
-
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tensor]:
-        """Eager: :meth:`rnnfast.LSTMCell.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return LSTMCell.forward(self, input, hx)
+    def _script_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]
+                        ) -> Tuple[Tensor, Tensor]:
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -457,16 +347,11 @@ class _ScriptableLSTMCell(LSTMCell):
         return h, c
 
 
-class _ScriptableGRUCell(GRUCell):
-    """rnnfast.GRUCell with a TorchScript-compilable forward."""
+class GRUCellScript:
+    """The TorchScript path of rnnfast.GRUCell (a base class of it); its forward calls it
+    when scripted."""
 
-    def _get_name(self) -> str:
-        return "GRUCell"
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        """Eager: :meth:`rnnfast.GRUCell.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return GRUCell.forward(self, input, hx)
+    def _script_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -488,16 +373,11 @@ class _ScriptableGRUCell(GRUCell):
         return h if is_batched else h.squeeze(0)
 
 
-class _ScriptableRNNCell(RNNCell):
-    """rnnfast.RNNCell with a TorchScript-compilable forward."""
+class RNNCellScript:
+    """The TorchScript path of rnnfast.RNNCell (a base class of it); its forward calls it
+    when scripted."""
 
-    def _get_name(self) -> str:
-        return "RNNCell"
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        """Eager: :meth:`rnnfast.RNNCell.forward`. Scripted: the same computation, compiled."""
-        if not torch.jit.is_scripting():
-            return RNNCell.forward(self, input, hx)
+    def _script_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -525,11 +405,6 @@ class _ScriptableRNNCell(RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
-_TWINS = {LSTM: _ScriptableLSTM, GRU: _ScriptableGRU, RNN: _ScriptableRNN,
-          LSTMCell: _ScriptableLSTMCell, GRUCell: _ScriptableGRUCell, RNNCell: _ScriptableRNNCell}
-_TOP_TWINS = {LSTM: _ScriptableTopLSTM, GRU: _ScriptableTopGRU, RNN: _ScriptableTopRNN}
-
-
 def _scripted_on_its_own() -> bool:
     """Whether ``torch.jit.script`` was called on this module itself rather than on a model
     containing it: torch's preparation pass (``call_prepare_scriptable_func_impl``) starts
@@ -545,23 +420,55 @@ def _scripted_on_its_own() -> bool:
     return False
 
 
-def scriptable(module: torch.nn.Module) -> torch.nn.Module:
-    """The twin of an rnnfast layer or cell that ``torch.jit.script`` compiles.
+def _top_lstm_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                      ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """Eager: :meth:`rnnfast.LSTM.forward`. Scripted: tensor input."""
+    if not torch.jit.is_scripting():
+        return type(self).__mro__[1].forward(self, input, hx)
+    return self._forward_tensor(input, hx)
 
-    It shares the module's ``Parameter`` objects, buffers and attributes (a shallow copy
-    with its own parameter, buffer and submodule dictionaries) and its class derives from
-    the module's, adding a compilable ``forward``. Inside a model, a layer's twin has
-    torch.nn's two overloads (tensor and ``PackedSequence`` input); a layer scripted on its
-    own gets one ``forward`` for tensor input, so that the scripted layer can be called.
-    Modules of other classes (subclasses a user wrote) are returned unchanged.
+
+def _top_one_state_forward(self, input: Tensor, hx: Optional[Tensor] = None
+                           ) -> Tuple[Tensor, Tensor]:
+    """Eager: :meth:`rnnfast.GRU.forward` / :meth:`rnnfast.RNN.forward`. Scripted: tensor
+    input."""
+    if not torch.jit.is_scripting():
+        return type(self).__mro__[1].forward(self, input, hx)
+    return self._forward_tensor(input, hx)
+
+
+_top_classes: dict = {}
+
+
+def _top_class(cls: type) -> type:
+    """The class of a layer scripted on its own: ``cls`` with one ``forward``, for tensor
+    input (a scripted module whose forward is overloaded, as torch.nn's and rnnfast's
+    layers' are, has no ``forward`` to call)."""
+    if cls not in _top_classes:
+        forward = _top_lstm_forward if cls.__name__ == "LSTM" else _top_one_state_forward
+        _top_classes[cls] = type(cls.__name__, (cls,), {
+            "forward": forward, "__module__": __name__,
+            "__qualname__": f"_ScriptedOnItsOwn{cls.__name__}"})
+    return _top_classes[cls]
+
+
+def scriptable(module: torch.nn.Module) -> torch.nn.Module:
+    """What ``torch.jit.script`` compiles for an rnnfast layer or cell.
+
+    rnnfast's layers and cells are themselves scriptable: their forward has torch.nn's
+    overloads (tensor and ``PackedSequence`` input for the layers) and, when scripted, runs
+    the TorchScript path of this module, which calls rnnfast's operators. So inside a model
+    the module is compiled as it is. A layer scripted on its own is compiled as a twin
+    (a shallow copy sharing its ``Parameter`` objects and attributes) whose class adds one
+    ``forward`` for tensor input, since torch leaves a module with an overloaded forward
+    without a callable ``forward``. The module passed in is never changed.
     """
-    twin_cls = _TWINS.get(type(module))
-    if twin_cls is None:
+    from .modules import _RecurrentLayer
+
+    if not isinstance(module, _RecurrentLayer) or not _scripted_on_its_own():
         return module
-    if type(module) in _TOP_TWINS and _scripted_on_its_own():
-        twin_cls = _TOP_TWINS[type(module)]
     twin = copy.copy(module)
     for name in ("_parameters", "_buffers", "_modules"):
         twin.__dict__[name] = dict(module.__dict__[name])
-    twin.__class__ = twin_cls
+    twin.__class__ = _top_class(type(module))
     return twin

@@ -13,8 +13,8 @@ The few class-specific helpers (state-shape checks, state permutation for unsort
 packed batches) are torch.nn's own functions, so checks and messages are the same
 by construction.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: TorchScript reads the annotations of the
+# layers' overloaded forward as objects.
 from typing import Optional, Union, overload
 
 import torch
@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional, ops
+# The TorchScript paths of the layers and cells (their forward runs them when scripted).
+from ._torchscript import (GRUCellScript, LSTMCellScript, LSTMScript, OneStateScript,
+                           RNNCellScript)
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -228,13 +231,13 @@ class _RecurrentLayer(nn.RNNBase):
         return f"{self.mode}: Expected input to be 2D or 3D, got {dim}D instead"
 
     def __prepare_scriptable__(self) -> nn.Module:
-        """What ``torch.jit.script`` compiles: a twin with a scriptable forward that runs
-        rnnfast's operators (rnnfast/_torchscript.py)."""
+        """What ``torch.jit.script`` compiles: the layer itself, or, scripted on its own, a
+        twin with one forward for tensor input (rnnfast/_torchscript.py)."""
         from ._torchscript import scriptable
         return scriptable(self)
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(LSTMScript, _RecurrentLayer):
     r"""Multi-layer LSTM, a drop-in replacement for :class:`torch.nn.LSTM`.
 
     Args:
@@ -307,22 +310,29 @@ class LSTM(_RecurrentLayer):
         return None
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
     def forward(self, input, hx=None):
         """Run the LSTM; same inputs, outputs and errors as :meth:`torch.nn.LSTM.forward`."""
-        return super().forward(input, hx)
+        if not torch.jit.is_scripting():
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):  # scripted (rnnfast/_torchscript.py)
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
 
     def _torch_fn(self):
         return torch._VF.lstm
 
 
-class GRU(_RecurrentLayer):
+class GRU(OneStateScript, _RecurrentLayer):
     r"""Multi-layer GRU, a drop-in replacement for :class:`torch.nn.GRU`.
 
     PyTorch's GRU variant: gates r, z, n with the reset gate applied after the
@@ -345,21 +355,28 @@ class GRU(_RecurrentLayer):
         super().__init__("GRU", *args, **kwargs)
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
                 ) -> tuple[PackedSequence, Tensor]: ...
 
     def forward(self, input, hx=None):
         """Run the GRU; same inputs, outputs and errors as :meth:`torch.nn.GRU.forward`."""
-        return super().forward(input, hx)
+        if not torch.jit.is_scripting():
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):  # scripted (rnnfast/_torchscript.py)
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
 
     def _torch_fn(self):
         return torch._VF.gru
 
 
-class RNN(_RecurrentLayer):
+class RNN(OneStateScript, _RecurrentLayer):
     r"""Multi-layer Elman RNN, a drop-in replacement for :class:`torch.nn.RNN`.
 
     ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu with
@@ -397,15 +414,22 @@ class RNN(_RecurrentLayer):
         return f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
                 ) -> tuple[PackedSequence, Tensor]: ...
 
     def forward(self, input, hx=None):
         """Run the RNN; same inputs, outputs and errors as :meth:`torch.nn.RNN.forward`."""
-        return super().forward(input, hx)
+        if not torch.jit.is_scripting():
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):  # scripted (rnnfast/_torchscript.py)
+            return self._forward_packed(input, hx)
+        else:
+            return self._forward_tensor(input, hx)
 
     def _functional_options(self) -> dict:
         return {"nonlinearity": self.nonlinearity}
@@ -421,12 +445,6 @@ class _RecurrentCell(nn.RNNCellBase):
 
     _name = ""
     _num_states = 1
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        """What ``torch.jit.script`` compiles: a twin with a scriptable forward that runs
-        rnnfast's operators (rnnfast/_torchscript.py)."""
-        from ._torchscript import scriptable
-        return scriptable(self)
 
     def _check_cell_inputs(self, input: Tensor, hx) -> None:
         if input.dim() not in (1, 2):
@@ -489,7 +507,7 @@ class _RecurrentCell(nn.RNNCellBase):
         return input, states, is_batched
 
 
-class LSTMCell(_RecurrentCell):
+class LSTMCell(LSTMCellScript, _RecurrentCell):
     r"""An LSTM cell, a drop-in replacement for :class:`torch.nn.LSTMCell`.
 
     Args:
@@ -508,6 +526,12 @@ class LSTMCell(_RecurrentCell):
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, Tensor]:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.LSTMCell.forward`."""
+        if not torch.jit.is_scripting():
+            return self._eager_forward(input, hx)
+        return self._script_forward(input, hx)  # rnnfast/_torchscript.py
+
+    def _eager_forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]]
+                       ) -> tuple[Tensor, Tensor]:
         input, (h, c), is_batched = self._prepare(input, hx)
         if ops.runs_kernels(input):
             h, c = ops.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
@@ -520,7 +544,7 @@ class LSTMCell(_RecurrentCell):
         return h, c
 
 
-class GRUCell(_RecurrentCell):
+class GRUCell(GRUCellScript, _RecurrentCell):
     r"""A GRU cell, a drop-in replacement for :class:`torch.nn.GRUCell`.
 
     Args:
@@ -537,6 +561,11 @@ class GRUCell(_RecurrentCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.GRUCell.forward`."""
+        if not torch.jit.is_scripting():
+            return self._eager_forward(input, hx)
+        return self._script_forward(input, hx)  # rnnfast/_torchscript.py
+
+    def _eager_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
         input, (h,), is_batched = self._prepare(input, hx)
         if ops.runs_kernels(input):
             _, h = ops.gru_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
@@ -547,7 +576,7 @@ class GRUCell(_RecurrentCell):
         return h if is_batched else h.squeeze(0)
 
 
-class RNNCell(_RecurrentCell):
+class RNNCell(RNNCellScript, _RecurrentCell):
     r"""An Elman RNN cell, a drop-in replacement for :class:`torch.nn.RNNCell`.
 
     Args:
@@ -567,6 +596,11 @@ class RNNCell(_RecurrentCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.RNNCell.forward`."""
+        if not torch.jit.is_scripting():
+            return self._eager_forward(input, hx)
+        return self._script_forward(input, hx)  # rnnfast/_torchscript.py
+
+    def _eager_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         input, (h,), is_batched = self._prepare(input, hx)

@@ -146,6 +146,7 @@ def test_trace_cell(name, fast_cls, torch_cls, kwargs):
 def test_script_layer(name, fast_cls, torch_cls, kwargs):
     fast, ref = _layer_pair(fast_cls, torch_cls, kwargs)
     scripted = torch.jit.script(fast)
+    assert type(fast) is fast_cls  # scripting a layer on its own leaves it as it was
     assert _calls_rnnfast(scripted, OP_NAMES[fast_cls])
     ran = _ran_ops(lambda: scripted(_seq(ref, 3, 2)))
     assert OP_NAMES[fast_cls] in ran and not any(n.startswith("aten::" + name[:3]) for n in ran)
@@ -219,10 +220,9 @@ def test_script_model_containing_layers():
         want = ref(x, lengths)
         _close(scripted(x, lengths), want)
         _close(loaded(x, lengths), want)
-        # torch.jit.script swaps submodules for their scriptable twins in place (torch's
-        # preparation pass); the eager model keeps working with the same parameters.
         _close(fast(x, lengths), want)
-    assert isinstance(fast.lstm, rnnfast.LSTM)
+    # Scripting leaves the eager model as it was: same classes, same parameters.
+    assert type(fast.lstm) is rnnfast.LSTM and type(fast.cell) is rnnfast.LSTMCell
     for name, p in fast.named_parameters():
         assert p is params[name]
 
