@@ -76,7 +76,12 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .x16 = given.x16,
                         .w_ih16 = given.w_ih16,
                         .y16 = given.y16,
-                        .hx16 = given.hx16});
+                        .hx16 = given.hx16,
+                        .dgx16 = given.dgx16,
+                        .dgh16 = given.dgh16,
+                        .dx16 = given.dx16,
+                        .dw_ih16 = given.dw_ih16,
+                        .dw_hh16 = given.dw_hh16});
 }
 
 }  // namespace
@@ -180,14 +185,21 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
              .to(at::kFloat, false, false, at::MemoryFormat::Contiguous);
   }
   // On an AMX CPU the whole-sequence products read x, W_ih, the outputs and hx as they are
-  // (bfloat16), so no float32 copies of x and W_ih are made.
+  // (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded once by the
+  // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
+  // on unpacked input (its step loop reads its own cell states; the products read y as is).
   const bool amx = amx_bf16_usable();
+  const bool lstm = a.kind == core::CellKind::kLstm, gru = a.kind == core::CellKind::kGru;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
   const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
-  const at::Tensor w_hr = up(a.w_hr, {P, H}), y = up(a.y, {N, P});
+  const at::Tensor w_hr = up(a.w_hr, {P, H});
+  const at::Tensor y = amx && lstm && a.seq->uniform() ? at::Tensor() : up(a.y, {N, P});
   const at::Tensor dh = up(a.dh, {B, P});
-  const at::Tensor dx = a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
-  const at::Tensor dw_ih = at::empty({GH, I}, f32), dw_hh = at::empty({GH, P}, f32);
+  const at::Tensor dx = !amx && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
+  const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
+  const at::Tensor dw_hh = amx ? at::Tensor() : at::empty({GH, P}, f32);
+  const at::Tensor dgx16 = amx ? at::empty({N, GH}, opts.dtype(at::kBFloat16)) : at::Tensor();
+  const at::Tensor dgh16 = amx && gru ? at::empty({N, H}, opts.dtype(at::kBFloat16)) : at::Tensor();
   const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor dw_hr = a.dw_hr != nullptr ? at::empty({P, H}, f32) : at::Tensor();
@@ -222,6 +234,12 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;
     given.y16 = a.y != nullptr ? bits(a.y) : nullptr;
     given.hx16 = a.hx != nullptr ? bits(a.hx) : nullptr;
+    given.dgx16 = dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr()) : nullptr;
+    given.dgh16 = dgh16.defined() && dgh16.numel() > 0 ? static_cast<uint16_t*>(dgh16.data_ptr())
+                                                       : nullptr;
+    given.dx16 = reinterpret_cast<uint16_t*>(a.dx);
+    given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
+    given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);
   }
   run_backward<float>(f, f32, true, given);
   down(dh, a.dh);

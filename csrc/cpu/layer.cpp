@@ -380,11 +380,13 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     const Range p = proj ? split(P, nt, tid) : u;
     // This thread's columns of W_hh [G*H, |p|], packed once from the weight itself
     // (GRU: the r,z rows and the n rows apart, for the two parts of dGh).
+    // bfloat16: dG_t as one bfloat16 term for the LSTM and GRU, two for the RNN (as forward).
+    const int dg_terms = !w.bf16 ? 0 : a.kind == CellKind::kRnnTanh || a.kind == CellKind::kRnnRelu ? 2 : 1;
     const PackedWeight<T> packed(false, p.size(), gru ? H_rz : GH, s.B, a.w_hh + p.begin, P, 1, 0,
-                                 w.bf16 ? 2 : 0);
+                                 dg_terms);
     std::optional<PackedWeight<T>> packed_n;
     if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P, 1, 0,
-                              w.bf16 ? 2 : 0);
+                              dg_terms);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
@@ -434,6 +436,18 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
                           u.begin,
                           u.end};
       kernel(st, 0, b);
+      if constexpr (std::is_same_v<T, float>) {
+        // bfloat16 gate gradients for the whole-sequence products: this thread's units.
+        if (w.dgx16 != nullptr && u.size() > 0) {
+          const int64_t G = GH / H;
+          for (int64_t g = 0; g < G; ++g)
+            bf16_round_rows(b, u.size(), w.dgx + row * GH + g * H + u.begin, GH,
+                            w.dgx16 + row * GH + g * H + u.begin, GH);
+          if (gru)
+            bf16_round_rows(b, u.size(), w.dgh + row * H + u.begin, H, w.dgh16 + row * H + u.begin,
+                            H);
+        }
+      }
       sync.barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
@@ -486,12 +500,29 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     if (w.bf16 && step_gemm_bf16_amx()) {
       // bfloat16 layer: the products on bfloat16 copies (the gate gradients rounded once;
       // x, the outputs, the initial state and W_ih are bfloat16 values already).
-      const at::Tensor dgx16 = bf16_copy(w.dgx, s.N, GH, GH);
       // The layer's bfloat16 arguments as given (rows x cols), or a copy of the float32 ones.
       const auto given = [](const uint16_t* p16, const float* p, int64_t rows, int64_t cols) {
         if (p16 == nullptr || rows <= 0 || cols <= 0) return bf16_copy(p, rows, cols, cols);
         return at::from_blob(const_cast<uint16_t*>(p16), {rows, cols},
                              at::TensorOptions().dtype(at::kBFloat16));
+      };
+      const at::Tensor dgx16 = given(w.dgx16, w.dgx, s.N, GH);
+      // C = A16 B16 into the bfloat16 gradient dst16 (rounded once by the GEMM), else into
+      // the float32 one.
+      const auto product = [](const at::Tensor& A16, const at::Tensor& B16, uint16_t* dst16,
+                              float* dst, int64_t ldc) {
+        if (dst16 == nullptr) {
+          sequence_gemm_bf16(A16, B16, 0.0f, dst, ldc);
+          return;
+        }
+        at::Tensor out = at::from_blob(dst16, {A16.size(0), B16.size(1)},
+                                       at::TensorOptions().dtype(at::kBFloat16));
+        if (out.numel() == 0) return;
+        if (A16.size(1) == 0) {
+          out.zero_();
+        } else {
+          at::mm_out(out, A16, B16);
+        }
       };
       at::Tensor hprev16;
       if (s.uniform()) {
@@ -506,14 +537,16 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         hprev16 = bf16_copy(w.hprev, s.N, P, P);
       }
       if (gru) {
-        sequence_gemm_bf16(dgx16.narrow(1, 0, H_rz).t(), hprev16, 0.0f, a.dw_hh, P);
-        sequence_gemm_bf16(bf16_copy(w.dgh, s.N, H, H).t(), hprev16, 0.0f, a.dw_hh + H_rz * P, P);
+        product(dgx16.narrow(1, 0, H_rz).t(), hprev16, w.dw_hh16, a.dw_hh, P);
+        product(given(w.dgh16, w.dgh, s.N, H).t(), hprev16,
+                w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
+                a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr, P);
       } else {
-        sequence_gemm_bf16(dgx16.t(), hprev16, 0.0f, a.dw_hh, P);
+        product(dgx16.t(), hprev16, w.dw_hh16, a.dw_hh, P);
       }
-      sequence_gemm_bf16(dgx16.t(), given(w.x16, a.x, s.N, a.I), 0.0f, a.dw_ih, a.I);
-      if (a.dx != nullptr)
-        sequence_gemm_bf16(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), 0.0f, a.dx, a.I);
+      product(dgx16.t(), given(w.x16, a.x, s.N, a.I), w.dw_ih16, a.dw_ih, a.I);
+      if (a.dx != nullptr || w.dx16 != nullptr)
+        product(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), w.dx16, a.dx, a.I);
       if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
       bias_sums();
       return;

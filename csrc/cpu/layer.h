@@ -98,6 +98,15 @@ struct BackwardScratch {
   const uint16_t* w_ih16 = nullptr;  // [G*H, I]
   const uint16_t* y16 = nullptr;     // [N, P]
   const uint16_t* hx16 = nullptr;    // [B, P]
+  // bf16 on an AMX CPU: the gate gradients rounded to bfloat16 once, in each step by the
+  // thread that wrote them (what the whole-sequence products read; else a copy is made
+  // after the loop), and the bfloat16 gradients that those products write straight (the
+  // layer's dx, dw_ih, dw_hh are then nullptr).
+  uint16_t* dgx16 = nullptr;    // [N, G*H]
+  uint16_t* dgh16 = nullptr;    // [N, H] GRU
+  uint16_t* dx16 = nullptr;     // [N, I] or nullptr (no input gradient)
+  uint16_t* dw_ih16 = nullptr;  // [G*H, I]
+  uint16_t* dw_hh16 = nullptr;  // [G*H, P]
 };
 
 template <typename T>
