@@ -6,15 +6,14 @@ from __future__ import annotations
 import io
 import warnings
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 ATOL = 2e-5
 EXPORT_T, EXPORT_B = 5, 3
