@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <cstdlib>
+#include <type_traits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -118,6 +118,8 @@ void lstm_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 
 template <typename T>
 void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  using L = typename LanesFor<T>::type;
+  using V = typename L::V;
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   with_flag(s.r != nullptr, [&](auto proj) {
     constexpr bool kProj = decltype(proj)::value;  // also write r = o * tanh(c_t)
@@ -136,13 +138,20 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
       T* __restrict dout = di + 3 * H;
       T* __restrict r = kProj ? s.r + j * H : nullptr;
 #pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
-        T dck = dc[k];
-        T rk;
-        cell::lstm_backward_unit<T, FastAct>(gi[k], gf[k], gg[k], go[k], c[k], cp[k], dr[k],
-                                              dck, di[k], df[k], dg[k], dout[k], rk);
-        dc[k] = dck;
-        if constexpr (kProj) r[k] = rk;
+      for (int64_t k = k0; k < k1; k += L::kWidth) {
+        const auto mk = L::mask(k1 - k);
+        V dck = L::load(dc + k, mk);
+        V dik, dfk, dgk, dok, rk;
+        cell::lstm_backward_unit<V, typename L::Act>(
+            L::load(gi + k, mk), L::load(gf + k, mk), L::load(gg + k, mk), L::load(go + k, mk),
+            L::load(c + k, mk), L::load(cp + k, mk), L::load(dr + k, mk), dck, dik, dfk, dgk, dok,
+            rk);
+        L::store(dc + k, dck, mk);
+        L::store(di + k, dik, mk);
+        L::store(df + k, dfk, mk);
+        L::store(dg + k, dgk, mk);
+        L::store(dout + k, dok, mk);
+        if constexpr (kProj) L::store(r + k, rk, mk);
       }
     }
   });
@@ -151,6 +160,8 @@ void lstm_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // ----------------------------------------------------------------- GRU
 template <typename T>
 void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  using L = typename LanesFor<T>::type;
+  using V = typename L::V;
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1, n = k1 - k0;
   with_flag(s.gx != nullptr, [&](auto save) {
     constexpr bool kSave = decltype(save)::value;  // also write r, z, n, hn to s.gx
@@ -163,17 +174,21 @@ void gru_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
                                                 // bh[k - k0 + g * H]
       T* __restrict og = kSave ? s.gx + j * s.ld + k0 : nullptr;
 #pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t k = k0; k < k1; k += L::kWidth) {
         const int64_t m = k - k0;
-        T r = xi[m], z = xi[m + n], nn = xi[m + 2 * n];
-        const T hn = ri[m + 2 * n] + bh[m + 2 * H];
-        h[k] = cell::gru_forward_unit<T, FastAct>(r, z, nn, ri[m] + bh[m],
-                                                   ri[m + n] + bh[m + H], hn, hp[k]);
+        const auto mk = L::mask(k1 - k);
+        V r = L::load(xi + m, mk), z = L::load(xi + m + n, mk), nn = L::load(xi + m + 2 * n, mk);
+        const V hn = L::load(ri + m + 2 * n, mk) + L::load(bh + m + 2 * H, mk);
+        L::store(h + k,
+                 cell::gru_forward_unit<V, typename L::Act>(
+                     r, z, nn, L::load(ri + m, mk) + L::load(bh + m, mk),
+                     L::load(ri + m + n, mk) + L::load(bh + m + H, mk), hn, L::load(hp + k, mk)),
+                 mk);
         if constexpr (kSave) {
-          og[m] = r;
-          og[m + H] = z;
-          og[m + 2 * H] = nn;
-          og[m + 3 * H] = hn;
+          L::store(og + m, r, mk);
+          L::store(og + m + H, z, mk);
+          L::store(og + m + 2 * H, nn, mk);
+          L::store(og + m + 3 * H, hn, mk);
         }
       }
       if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
@@ -207,6 +222,9 @@ void gru_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // ----------------------------------------------------------------- RNN
 template <typename T, bool Relu>
 void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
+  // tanh in the set's lanes where it has them; relu is a comparison the compiler vectorises.
+  using L = std::conditional_t<Relu, ScalarLanes<T>, typename LanesFor<T>::type>;
+  using V = typename L::V;
   const int64_t H = s.H, k0 = s.k0, k1 = s.k1;
   with_flag(s.rec != nullptr, [&](auto separate) {
     constexpr bool kRec = decltype(separate)::value;  // add rec (else xin holds the sum)
@@ -216,12 +234,13 @@ void rnn_fwd(const FwdStep<T>& s, int64_t row_begin, int64_t row_end) {
       T* __restrict g = s.gx + j * s.ld;  // the layer output
       T* __restrict h = s.h + j * H;
 #pragma GCC ivdep
-      for (int64_t k = k0; k < k1; ++k) {
-        T pre = xi[k - k0];
-        if constexpr (kRec) pre += ri[k - k0];
-        const T v = cell::rnn_forward_unit<T, FastAct, Relu>(pre);
-        g[k] = v;
-        h[k] = v;
+      for (int64_t k = k0; k < k1; k += L::kWidth) {
+        const auto mk = L::mask(k1 - k);
+        V pre = L::load(xi + k - k0, mk);
+        if constexpr (kRec) pre += L::load(ri + k - k0, mk);
+        const V v = cell::rnn_forward_unit<V, typename L::Act, Relu>(pre);
+        L::store(g + k, v, mk);
+        L::store(h + k, v, mk);
       }
       if (s.y != nullptr) copy_units(s.y + j * H, h, k0, k1);
     }
