@@ -60,8 +60,10 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t N = a.seq->N, B = a.seq->B, H = a.H, P = a.P;
   const bool gru = a.kind == core::CellKind::kGru, proj = a.w_hr != nullptr;
-  const at::Tensor dgx = at::empty({N, spec.gates * H}, opts);
-  const at::Tensor dgh = gru ? at::empty({N, H}, opts) : at::Tensor();
+  // With bfloat16 gate gradients (given.dgx16) the float32 ones of two steps suffice.
+  const int64_t dg_rows = given.dgx16 != nullptr ? 2 * B : N;
+  const at::Tensor dgx = at::empty({dg_rows, spec.gates * H}, opts);
+  const at::Tensor dgh = gru ? at::empty({dg_rows, H}, opts) : at::Tensor();
   const at::Tensor hprev = a.seq->uniform() ? at::Tensor() : at::empty({N, P}, opts);
   const at::Tensor dr = proj ? at::empty({B, H}, opts) : at::Tensor();
   const at::Tensor R = proj ? at::empty({N, H}, opts) : at::Tensor();
@@ -237,6 +239,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.dgx16 = dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr()) : nullptr;
     given.dgh16 = dgh16.defined() && dgh16.numel() > 0 ? static_cast<uint16_t*>(dgh16.data_ptr())
                                                        : nullptr;
+    if (given.dgx16 == nullptr) given.dgh16 = nullptr;  // (no rows: nothing to keep)
     given.dx16 = reinterpret_cast<uint16_t*>(a.dx);
     given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
     given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);

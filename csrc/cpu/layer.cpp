@@ -78,6 +78,52 @@ void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
   });
 }
 
+// Sums of columns over rows that arrive a block at a time (a step's rows), in a fixed
+// order: each block summed row by row into a leaf, leaves combined as a binary counter
+// combines carries (the pairwise tree over blocks), so rounding grows with a block's rows
+// plus log2 of the blocks, not with all rows; the order depends on nothing but the blocks.
+template <typename T>
+class BlockCascade {
+ public:
+  BlockCascade(int64_t cols, int64_t max_blocks) : cols_(cols) {
+    int levels = 1;
+    while ((int64_t(1) << levels) <= max_blocks) ++levels;
+    level_.assign(static_cast<size_t>(levels * cols), T(0));
+    used_.assign(static_cast<size_t>(levels), false);
+    leaf_.assign(static_cast<size_t>(cols), T(0));
+  }
+  // The next block's sums, zeroed: add its rows, then push().
+  T* leaf() {
+    std::fill(leaf_.begin(), leaf_.end(), T(0));
+    return leaf_.data();
+  }
+  void push() {
+    T* __restrict s = leaf_.data();
+    size_t l = 0;
+    for (; used_[l]; ++l) {
+      const T* __restrict p = level_.data() + l * cols_;
+      for (int64_t k = 0; k < cols_; ++k) s[k] = p[k] + s[k];
+      used_[l] = false;
+    }
+    std::copy(s, s + cols_, level_.data() + l * cols_);
+    used_[l] = true;
+  }
+  void sum(T* __restrict out) const {
+    std::fill(out, out + cols_, T(0));
+    for (size_t l = 0; l < used_.size(); ++l) {
+      if (!used_[l]) continue;
+      const T* __restrict p = level_.data() + l * cols_;
+      for (int64_t k = 0; k < cols_; ++k) out[k] = p[k] + out[k];
+    }
+  }
+
+ private:
+  int64_t cols_;
+  std::vector<T> level_;
+  std::vector<bool> used_;
+  std::vector<T> leaf_;
+};
+
 // [begin, end) of a thread's share of n items, in blocks of `align` (a cache line
 // of floats) so that threads never write the same line.
 struct Range {
@@ -387,11 +433,20 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     std::optional<PackedWeight<T>> packed_n;
     if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P, 1, 0,
                               dg_terms);
+    // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn, the bias gradients of
+    // this thread's columns (gate by gate, then the GRU's n part of dGh) summed here.
+    const bool step_rows = w.dgx16 != nullptr;
+    const int64_t G = GH / std::max<int64_t>(H, 1), nu = u.size();
+    const bool sum_bias = step_rows && a.db_ih != nullptr;
+    std::optional<BlockCascade<T>> bias_cascade;
+    if (sum_bias) bias_cascade.emplace((G + (gru ? 1 : 0)) * nu, s.T);
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
       if (b == 0) continue;
       const int64_t row = s.off[t];
+      T* const dgx_t = step_rows ? w.dgx + (step % 2) * s.B * GH : w.dgx + row * GH;
+      T* const dgh_t = !gru ? nullptr : step_rows ? w.dgh + (step % 2) * s.B * H : w.dgh + row * H;
       // dL/dh_t gains the output's gradient (this thread's columns).
       if (a.dy != nullptr) {
         for (int64_t j = 0; j < b; ++j) {
@@ -428,8 +483,8 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
                           n_prev,
                           proj ? w.dr : a.dh,
                           a.dc,
-                          w.dgx + row * GH,
-                          gru ? w.dgh + row * H : nullptr,
+                          dgx_t,
+                          dgh_t,
                           proj ? w.R + row * H : nullptr,
                           H,
                           ld,
@@ -438,21 +493,49 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       kernel(st, 0, b);
       if constexpr (std::is_same_v<T, float>) {
         // bfloat16 gate gradients for the whole-sequence products: this thread's units.
-        if (w.dgx16 != nullptr && u.size() > 0) {
-          const int64_t G = GH / H;
+        if (step_rows && nu > 0) {
           for (int64_t g = 0; g < G; ++g)
-            bf16_round_rows(b, u.size(), w.dgx + row * GH + g * H + u.begin, GH,
-                            w.dgx16 + row * GH + g * H + u.begin, GH);
-          if (gru)
-            bf16_round_rows(b, u.size(), w.dgh + row * H + u.begin, H, w.dgh16 + row * H + u.begin,
-                            H);
+            bf16_round_rows(b, nu, dgx_t + g * H + u.begin, GH, w.dgx16 + row * GH + g * H + u.begin,
+                            GH);
+          if (gru) bf16_round_rows(b, nu, dgh_t + u.begin, H, w.dgh16 + row * H + u.begin, H);
         }
+      }
+      if (sum_bias && nu > 0) {
+        T* const leaf = bias_cascade->leaf();
+        for (int64_t g = 0; g < G; ++g) {
+          T* __restrict l = leaf + g * nu;
+          for (int64_t j = 0; j < b; ++j) {
+            const T* __restrict v = dgx_t + j * GH + g * H + u.begin;
+            for (int64_t k = 0; k < nu; ++k) l[k] += v[k];
+          }
+        }
+        if (gru) {
+          T* __restrict l = leaf + G * nu;
+          for (int64_t j = 0; j < b; ++j) {
+            const T* __restrict v = dgh_t + j * H + u.begin;
+            for (int64_t k = 0; k < nu; ++k) l[k] += v[k];
+          }
+        }
+        bias_cascade->push();
       }
       sync.barrier();  // every unit of dG_t is written
       // dL/dh_{t-1} = dGh_t W_hh (+ the GRU's direct path, left in dh by the kernel),
       // for this thread's columns.
-      packed.gemm(b, w.dgx + row * GH, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
-      if (gru) packed_n->gemm(b, w.dgh + row * H, H, T(1), a.dh + p.begin, P);
+      packed.gemm(b, dgx_t, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
+      if (gru) packed_n->gemm(b, dgh_t, H, T(1), a.dh + p.begin, P);
+    }
+    if (sum_bias && nu > 0) {
+      // This thread's columns of the bias gradients (db_hh: db_ih's, or the GRU's n part of
+      // dGh after its r and z parts, which are db_ih's).
+      std::vector<T> sums(static_cast<size_t>((G + (gru ? 1 : 0)) * nu));
+      bias_cascade->sum(sums.data());
+      for (int64_t g = 0; g < G; ++g) {
+        std::copy(sums.data() + g * nu, sums.data() + (g + 1) * nu, a.db_ih + g * H + u.begin);
+        if (a.db_hh != nullptr && (!gru || g < 2))
+          std::copy(sums.data() + g * nu, sums.data() + (g + 1) * nu, a.db_hh + g * H + u.begin);
+      }
+      if (gru && a.db_hh != nullptr)
+        std::copy(sums.data() + G * nu, sums.data() + (G + 1) * nu, a.db_hh + 2 * H + u.begin);
     }
   });
 
@@ -506,7 +589,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         return at::from_blob(const_cast<uint16_t*>(p16), {rows, cols},
                              at::TensorOptions().dtype(at::kBFloat16));
       };
-      const at::Tensor dgx16 = given(w.dgx16, w.dgx, s.N, GH);
+      const at::Tensor dgx16 = given(w.dgx16, w.dgx, s.N, GH);  // (dgx: all N rows if no dgx16)
       // C = A16 B16 into the bfloat16 gradient dst16 (rounded once by the GEMM), else into
       // the float32 one.
       const auto product = [](const at::Tensor& A16, const at::Tensor& B16, uint16_t* dst16,
@@ -548,7 +631,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       if (a.dx != nullptr || w.dx16 != nullptr)
         product(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), w.dx16, a.dx, a.I);
       if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
-      bias_sums();
+      if (w.dgx16 == nullptr) bias_sums();  // else summed in the loop
       return;
     }
   }

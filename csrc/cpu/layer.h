@@ -79,9 +79,9 @@ struct ForwardScratch {
 
 template <typename T>
 struct BackwardScratch {
-  T* dgx = nullptr;    // [N, G*H] the gate gradients (input side)
+  T* dgx = nullptr;    // [N, G*H] the gate gradients (input side); [2, B, G*H] with dgx16
   T* dgh = nullptr;    // [N, H] GRU: the n gate's recurrent-side gradient (its r and z parts
-                       //   equal dgx's), else nullptr
+                       //   equal dgx's), else nullptr; [2, B, H] with dgx16
   T* hprev = nullptr;  // [N, P] h_{t-1} of every row (packed input with shrinking batches
                        //   only), else nullptr
   T* dr = nullptr;     // [B, H] LSTM with projection: dL/d(o tanh c_t) of a step
@@ -102,6 +102,9 @@ struct BackwardScratch {
   // thread that wrote them (what the whole-sequence products read; else a copy is made
   // after the loop), and the bfloat16 gradients that those products write straight (the
   // layer's dx, dw_ih, dw_hh are then nullptr).
+  // With dgx16, dgx and dgh hold only two steps' rows ([2, B, G*H] and [2, B, H], used in
+  // turn: a step's product reads them while the next step's pointwise pass writes the other)
+  // and the bias gradients are summed in the loop (no [N, G*H] float32 buffer).
   uint16_t* dgx16 = nullptr;    // [N, G*H]
   uint16_t* dgh16 = nullptr;    // [N, H] GRU
   uint16_t* dx16 = nullptr;     // [N, I] or nullptr (no input gradient)
