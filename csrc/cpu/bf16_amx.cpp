@@ -408,7 +408,25 @@ void run_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const flo
   const int64_t nj = col_tiles(N);
   BlockTiles bt(M, N, init, bias, C, ldc);
   configure_tiles();
-  for (int64_t m0 = 0; m0 < M; m0 += 2 * kTileRows) {
+  // Whole 32-row blocks with the column pairs outermost: a pair's B tiles (2 K / 32 KiB) come
+  // from memory once per call and stay in cache for every row block, where rows outermost
+  // would stream all of op(W) once per 32 rows (a large W, beyond L2, from L3 or DRAM each
+  // time). Each block's arithmetic is the same either way.
+  const int64_t m_full = M / (2 * kTileRows) * (2 * kTileRows);
+  {
+    int64_t j = 0;
+    for (; j + 2 <= nj; j += 2)
+      for (int64_t m0 = 0; m0 < m_full; m0 += 2 * kTileRows) {
+        block_2x2(o, m0, j, bt.prepare(m0, j, 2, 2));
+        bt.finish();
+      }
+    if (j < nj)
+      for (int64_t m0 = 0; m0 < m_full; m0 += 2 * kTileRows) {
+        block_2x1(o, m0, j, bt.prepare(m0, j, 2, 1));
+        bt.finish();
+      }
+  }
+  for (int64_t m0 = m_full; m0 < M; m0 += 2 * kTileRows) {  // the last rows, fewer than 32
     const int64_t mrows = std::min<int64_t>(2 * kTileRows, M - m0);
     if (mrows > kTileRows) {
       int64_t j = 0;
