@@ -141,9 +141,9 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const at::Tensor w_hh = amx ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
-  // LSTM and GRU on an AMX CPU write their bfloat16 output straight from each step; the
-  // RNN's pointwise pass writes h_t into its output rows (also its saved buffer), in float32.
-  const bool y16 = amx && a.kind != core::CellKind::kRnnTanh && a.kind != core::CellKind::kRnnRelu;
+  // On an AMX CPU the bfloat16 output is written straight from each step's h_t (backward
+  // reads it as it is, or up-converts it).
+  const bool y16 = amx;
   const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
   core::LayerForward<float> f{.kind = a.kind,
                               .seq = a.seq,

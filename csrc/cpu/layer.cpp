@@ -367,7 +367,10 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
                           gru ? rec : nullptr,
                           GHs,
                           w.bias_h,
-                          gbuf != nullptr ? gbuf + row * ld : nullptr,
+                          // (an RNN writing bfloat16 output keeps h_t in hout only)
+                          rnn && w.y16 != nullptr ? hout
+                          : gbuf != nullptr       ? gbuf + row * ld
+                                                  : nullptr,
                           hin,
                           proj ? w.r : hout,
                           a.c,

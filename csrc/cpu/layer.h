@@ -72,7 +72,7 @@ struct ForwardScratch {
                                   //   the layer's x (then nullptr: no float32 copy is made)
   const uint16_t* w_ih16 = nullptr;  // [G*H, I] and [G*H, P]: the same for the weights,
   const uint16_t* w_hh16 = nullptr;  //   packed into the tiles as they are (I > 0)
-  uint16_t* y16 = nullptr;  // [N, P] LSTM, GRU bf16 on an AMX CPU: the output, written as
+  uint16_t* y16 = nullptr;  // [N, P] bf16 on an AMX CPU: the output, written as
                             //   bfloat16 straight from each step's h_t (the layer's y is then
                             //   nullptr: no float32 output is made)
 };
