@@ -52,7 +52,8 @@ where results go:
   threads and this command line; the speedup grid; every cell) and docs/results/cpu-<kernelset>.png;
   the same grid with --dtypes bfloat16 writes docs/results/cpu-<kernelset>-bfloat16.md/.png;
   with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
-  (every layer and mode), docs/results/load-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
+  (every layer and mode), docs/results/load-cpu-<kernelset>.md; with --onnx (every layer, both
+  exporters, default sizes and --min-time), docs/results/onnx-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
   (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512; avx512-amx where the bfloat16 layers run on AMX tiles). Any other run (a subset of
   --layers/--modes/--shapes/--dtypes, --quick, --device cuda, --memory-repeat > 1, a layer rnnfast
   lacks) writes the same files to bench_results/ instead, so it never overwrites docs/results.
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, torch.nn and rnnfast, float32, and each one's slowdown (bench/load.py); "
                         "shapes S,M,B1,B4 unless --shapes; honours --layers, --modes, --threads, --seed, "
                         "--json, --out, --no-docs")
+    p.add_argument("--onnx", action="store_true",
+                   help="instead of the timing run: a small model (Linear -> 2-layer layer -> Linear; T=50, B=8, "
+                        "I=32, H=64) exported to ONNX from torch.nn and from rnnfast, each export checked in ONNX "
+                        "Runtime against torch.nn's eager output, then both timed in ONNX Runtime (median, "
+                        "intra_op_num_threads = --threads) (bench/onnx_speed.py); honours --layers, --exporters, "
+                        "--quick, --min-time, --threads, --seed, --json, --out, --no-docs")
+    p.add_argument("--exporters", type=_csv, default=None,
+                   help="with --onnx: comma list of legacy (dynamo=False), dynamo (dynamo=True) (default: both)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -328,6 +337,63 @@ def _load_main(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _onnx_main(args: argparse.Namespace, command: str) -> int:
+    """``--onnx``: torch.nn's and rnnfast's exports of a small model in ONNX Runtime (no plot)."""
+    from . import onnx_speed  # noqa: PLC0415 - needs onnx and onnxruntime, which only this mode uses
+
+    exporters = list(args.exporters or onnx_speed.EXPORTERS)
+    bad = [e for e in exporters if e not in onnx_speed.EXPORTERS]
+    if bad:
+        log(f"error: unknown exporter {bad[0]!r}; use {','.join(onnx_speed.EXPORTERS)}")
+        return 64
+    try:
+        import onnx  # noqa: F401,PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError as e:
+        log(f"skipping --onnx: {e.name or e} is not installed (pip install onnx onnxscript onnxruntime)")
+        return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    plan, rc = _plan_or_exit(args, "measure")
+    if plan is None:
+        return rc
+    sizes = onnx_speed.QUICK_SIZES if args.quick else onnx_speed.DEFAULT_SIZES
+    min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 0.75)
+    default = (not args.quick and args.min_time is None and set(exporters) == set(onnx_speed.EXPORTERS)
+               and {s.key for s in plan.specs} == {s.key for s in LAYERS})
+    out_dir = report.output_dir(args.out, default and not args.no_docs)
+    info = machine_info("cpu")
+    info["torch_threads"] = torch.get_num_threads()
+    info["onnxruntime"] = ort.__version__
+    info["command"] = command
+    info["run"] = (f"ONNX Runtime {ort.__version__}, CPU execution provider, intra_op_num_threads "
+                   f"{args.threads if args.threads > 0 else 'default'}; layers "
+                   f"{','.join(s.key for s in plan.specs)}; exporters {','.join(exporters)}; "
+                   f"T={sizes.T}, B={sizes.B}, I={sizes.I}, H={sizes.H}" + ("; quick" if args.quick else ""))
+    info["load_start"] = load_average()
+    log(format_machine(info))
+    log(f"results go to {_show(out_dir)}/")
+    t0 = time.perf_counter()
+    results = onnx_speed.measure_onnx(plan.specs, exporters, sizes, threads=args.threads, seed=args.seed,
+                                      warmup=args.warmup if args.warmup is not None else (2 if args.quick else 5),
+                                      repeats=args.repeats if args.repeats is not None else (3 if args.quick else 20),
+                                      min_time=min_time, log=log)
+    info["load_end"] = load_average()
+    caption = onnx_speed.onnx_caption(sizes, args.threads, ort.__version__)
+    table, summary = onnx_speed.format_onnx_table(results), onnx_speed.onnx_summary(results)
+    print()
+    print(table)
+    print()
+    print(summary + f"; {time.perf_counter() - t0:.0f}s")
+    md = report.write_text(out_dir / (report.onnx_stem(info) + ".md"),
+                           report.format_onnx_markdown(info, caption, table, summary))
+    log(f"wrote {_show(md)}")
+    if args.json:
+        _write_json(args.json, {"args": vars(args), "machine": info, "sizes": dataclasses.asdict(sizes),
+                                "results": [dataclasses.asdict(r) for r in results]})
+    return 1 if any(r.status in ("FAILED", "ERROR") for r in results) else 0
+
+
 def _progress(i: int, n: int, r: CellResult, elapsed: float) -> str:
     if r.status == "ok":
         tgt = "" if r.target is None else f", target {r.target:.1f}x {'met' if r.target_met else 'NOT met'}"
@@ -350,6 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _memory_main(args, command)
     if args.under_load:
         return _load_main(args, command)
+    if args.onnx:
+        return _onnx_main(args, command)
     quick = args.quick
     repeats = args.repeats if args.repeats is not None else (3 if quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if quick else 2)

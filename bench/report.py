@@ -24,7 +24,8 @@ from .util import fmt, markdown_table
 __all__ = [
     "DOCS_RESULTS", "SCRATCH_DIR", "output_dir", "results_stem", "memory_stem", "format_table",
     "format_speedup_table", "format_summary", "format_memory_table", "memory_caption", "memory_summary",
-    "format_results_markdown", "format_memory_markdown", "load_stem", "format_load_markdown", "write_text",
+    "format_results_markdown", "format_memory_markdown", "load_stem", "format_load_markdown", "onnx_stem",
+    "format_onnx_markdown", "write_text",
 ]
 
 #: Where a full-grid CPU run writes its results: ``docs/results`` of the source tree.
@@ -307,6 +308,19 @@ def format_load_markdown(results: Sequence[Any], info: Dict[str, Any], table: st
             "alone. \"rnnfast one-thread loops\": of rnnfast's step loops beside the busy process, how "
             "many its load monitor ran on one thread (docs/design.md, threads under load).",
             "", table, "", summary + "."]
+    return "\n".join(out) + "\n"
+
+
+def onnx_stem(info: Dict[str, Any]) -> str:
+    """File name (without extension) of an ``--onnx`` run's results: ``onnx-cpu-<kernelset>``."""
+    return "onnx-cpu-" + _slug(results_key(info))
+
+
+def format_onnx_markdown(info: Dict[str, Any], caption: str, table: str, summary: str) -> str:
+    """The results file of an ``--onnx`` run (``onnx-cpu-<kernelset>.md``)."""
+    out = _header(f"rnnfast vs torch.nn exported to ONNX, run in ONNX Runtime, CPU, `{kernel_set(info)}` kernels",
+                  info)
+    out += ["", caption, "", table, "", summary + "."]
     return "\n".join(out) + "\n"
 
 
