@@ -57,7 +57,9 @@ UBSAN_RT="$(${CXX:-g++} -print-file-name=libubsan.so)"
 PY_ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}"
 
 step "sanitizer self-test: a poisoned read inside rnnfast must be reported and fail"
-if ASAN_OPTIONS="$PY_ASAN_OPTIONS" LD_PRELOAD="$ASAN_RT $UBSAN_RT" "$PYTHON" -W ignore \
+# (The generic kernel set: its pointwise passes read b_hh with plain loads, which ASan
+# instruments; the AVX-512 set's masked vector loads are intrinsics ASan does not see.)
+if RNNFAST_CPU_ISA=generic ASAN_OPTIONS="$PY_ASAN_OPTIONS" LD_PRELOAD="$ASAN_RT $UBSAN_RT" "$PYTHON" -W ignore \
     .ci/sanitizer_ops.py "$BUILD/librnnfast.so" --canary > "$BUILD-canary.log" 2>&1; then
   cat "$BUILD-canary.log"; echo "the canary ran clean: the sanitizers are not active"; exit 1
 fi
