@@ -33,51 +33,6 @@ void copy_rows(T* out, int64_t ld_out, const T* src, int64_t ld_src, int64_t row
   for (int64_t i = 0; i < rows; ++i) std::memcpy(out + i * ld_out, src + i * ld_src, sizeof(T) * cols);
 }
 
-// out[k] = sum_i m[i * ld + k], per column block, by cascade summation: rows in leaves
-// of kLeaf summed in order, leaves combined as a binary counter combines carries (the
-// pairwise tree over leaves). Rounding error grows with kLeaf + log2(rows / kLeaf), not
-// with rows as a plain running sum's does; the order is fixed: deterministic.
-template <typename T>
-void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
-  constexpr int64_t kBlock = 64, kLeaf = 32;
-  constexpr int kLevels = 48;  // 2^48 leaves of 32 rows: more rows than memory holds
-  const int64_t nblocks = (cols + kBlock - 1) / kBlock;
-  // Threads only when each gets real work (~32K additions): a thread team for a tiny
-  // reduction costs more than the reduction, badly so on a loaded machine.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
-  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
-    T level[kLevels][kBlock];
-    bool used[kLevels];
-    T leaf[kBlock];
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
-      std::fill(used, used + kLevels, false);
-      for (int64_t i0 = 0; i0 < rows; i0 += kLeaf) {
-        T* __restrict s = leaf;
-        for (int64_t k = 0; k < n; ++k) s[k] = T(0);
-        for (int64_t i = i0; i < std::min(rows, i0 + kLeaf); ++i) {
-          const T* __restrict row = m + i * ld + k0;
-          for (int64_t k = 0; k < n; ++k) s[k] += row[k];
-        }
-        int l = 0;
-        for (; used[l]; ++l) {  // carry: merge equal-sized partial sums
-          const T* __restrict p = level[l];
-          for (int64_t k = 0; k < n; ++k) s[k] = p[k] + s[k];
-          used[l] = false;
-        }
-        std::copy(s, s + n, level[l]);
-        used[l] = true;
-      }
-      T* __restrict o = out + k0;
-      for (int64_t k = 0; k < n; ++k) o[k] = T(0);
-      for (int l = 0; l < kLevels; ++l) {
-        if (!used[l]) continue;
-        for (int64_t k = 0; k < n; ++k) o[k] = level[l][k] + o[k];
-      }
-    }
-  });
-}
-
 // Sums of columns over rows that arrive a block at a time (a step's rows), in a fixed
 // order: each block summed row by row into a leaf, leaves combined as a binary counter
 // combines carries (the pairwise tree over blocks), so rounding grows with a block's rows
@@ -123,6 +78,34 @@ class BlockCascade {
   std::vector<bool> used_;
   std::vector<T> leaf_;
 };
+
+// out[k] = sum_i m[i * ld + k], per column block, by cascade summation: rows in leaves
+// of kLeaf summed in order, leaves combined by BlockCascade (the pairwise tree over
+// leaves). Rounding error grows with kLeaf + log2(rows / kLeaf), not with rows as a plain
+// running sum's does; the order is fixed: deterministic.
+template <typename T>
+void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
+  constexpr int64_t kBlock = 64, kLeaf = 32;
+  const int64_t nblocks = (cols + kBlock - 1) / kBlock;
+  // Threads only when each gets real work (~32K additions): a thread team for a tiny
+  // reduction costs more than the reduction, badly so on a loaded machine.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
+  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
+      BlockCascade<T> cascade(n, (rows + kLeaf - 1) / kLeaf);
+      for (int64_t i0 = 0; i0 < rows; i0 += kLeaf) {
+        T* __restrict s = cascade.leaf();
+        for (int64_t i = i0; i < std::min(rows, i0 + kLeaf); ++i) {
+          const T* __restrict row = m + i * ld + k0;
+          for (int64_t k = 0; k < n; ++k) s[k] += row[k];
+        }
+        cascade.push();
+      }
+      cascade.sum(out + k0);
+    }
+  });
+}
 
 // [begin, end) of a thread's share of n items, in blocks of `align` (a cache line
 // of floats) so that threads never write the same line.
