@@ -19,6 +19,7 @@ This module must stay TorchScript-compilable: no ``from __future__ import annota
 """
 import copy
 import sys
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -79,15 +80,21 @@ def _script(fn):
     return _scripted[fn]
 
 
-def traced_lstm_layer(*args) -> Tuple[Tensor, Tensor, Tensor]:
+def traced_lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                      b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                      batch_sizes: Optional[Tensor], reverse: bool
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`lstm_layer` as a scripted function, for ``torch.jit.trace`` to record as a
     call (so ``need_workspace`` is computed in the traced graph)."""
-    return _script(lstm_layer)(*args)
+    return _script(lstm_layer)(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                               reverse)
 
 
-def traced_gru_layer(*args) -> Tuple[Tensor, Tensor]:
+def traced_gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                     b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                     batch_sizes: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
     """:func:`gru_layer` as a scripted function, for ``torch.jit.trace``."""
-    return _script(gru_layer)(*args)
+    return _script(gru_layer)(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
 
 
 # --------------------------------------------------------------------- script: layers
@@ -405,18 +412,35 @@ class RNNCellScript:
         return h if is_batched else h.squeeze(0)
 
 
+_PREPARE_PASS = "call_prepare_scriptable_func_impl"
+_warned_no_pass = False
+
+
 def _scripted_on_its_own() -> bool:
     """Whether ``torch.jit.script`` was called on this module itself rather than on a model
     containing it: torch's preparation pass (``call_prepare_scriptable_func_impl``) starts
-    with an empty memo and fills it as it descends. False when that cannot be told."""
+    with an empty memo and fills it as it descends. False, with a warning (once), when that
+    pass is not found in the calling frames (another torch, or a direct call of
+    ``__prepare_scriptable__``)."""
+    global _warned_no_pass
     frame = sys._getframe(1)
     for _ in range(4):  # scriptable <- __prepare_scriptable__ <- torch's pass
         if frame is None:
-            return False
-        if frame.f_code.co_name == "call_prepare_scriptable_func_impl":
+            break
+        if frame.f_code.co_name == _PREPARE_PASS:
             memo = frame.f_locals.get("memo")
-            return isinstance(memo, dict) and len(memo) == 0
+            if isinstance(memo, dict):
+                return len(memo) == 0
+            break
         frame = frame.f_back
+    if not _warned_no_pass:
+        _warned_no_pass = True
+        warnings.warn(
+            f"rnnfast: torch.jit.script's preparation pass ({_PREPARE_PASS}, with its memo) "
+            "was not found among the calling frames, so rnnfast cannot tell whether a layer "
+            "is scripted on its own; it is compiled as it is, and a layer scripted on its own "
+            "then has no callable forward (script a module that contains it instead).",
+            UserWarning, stacklevel=3)
     return False
 
 
@@ -445,7 +469,7 @@ def _top_class(cls: type) -> type:
     input (a scripted module whose forward is overloaded, as torch.nn's and rnnfast's
     layers' are, has no ``forward`` to call)."""
     if cls not in _top_classes:
-        forward = _top_lstm_forward if cls.__name__ == "LSTM" else _top_one_state_forward
+        forward = _top_lstm_forward if issubclass(cls, LSTMScript) else _top_one_state_forward
         _top_classes[cls] = type(cls.__name__, (cls,), {
             "forward": forward, "__module__": __name__,
             "__qualname__": f"_ScriptedOnItsOwn{cls.__name__}"})
@@ -461,11 +485,15 @@ def scriptable(module: torch.nn.Module) -> torch.nn.Module:
     the module is compiled as it is. A layer scripted on its own is compiled as a twin
     (a shallow copy sharing its ``Parameter`` objects and attributes) whose class adds one
     ``forward`` for tensor input, since torch leaves a module with an overloaded forward
-    without a callable ``forward``. The module passed in is never changed.
+    without a callable ``forward``. Only a layer whose forward is rnnfast's own gets a twin:
+    a subclass that defines its own ``forward`` is compiled as it is, with that forward.
+    The module passed in is never changed.
     """
-    from .modules import _RecurrentLayer
+    from .modules import GRU, LSTM, RNN
 
-    if not isinstance(module, _RecurrentLayer) or not _scripted_on_its_own():
+    if type(module).forward not in (LSTM.forward, GRU.forward, RNN.forward):
+        return module
+    if not _scripted_on_its_own():
         return module
     twin = copy.copy(module)
     for name in ("_parameters", "_buffers", "_modules"):

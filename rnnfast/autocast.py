@@ -51,17 +51,15 @@ tracing). The backward operators need none: they receive the forward's dtypes.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from . import reference
+from . import _registry, reference
 
 __all__ = ["autocast_dtypes", "register"]
-
-# Library handles: a registration lives as long as its Library object.
-_LIBRARIES: list = []
 
 #: Positions in the forward operators' arguments (csrc/core/schemas.h).
 _HX, _LSTM_CX, _LSTM_W_HR, _LSTM_BATCH_SIZES = 1, 2, 7, 8
@@ -149,12 +147,22 @@ def _kernel(ns: str, op: Any, kind: str, device_type: str, key: Any) -> Callable
 
 def register(ns: str) -> None:
     """Register the autocast kernels (CPU and CUDA) of namespace ``ns``'s forward
-    operators (``rnnfast``, or the emulator's ``rnnfast_emu``)."""
-    lib = torch.library.Library(ns, "IMPL")
-    _LIBRARIES.append(lib)
-    for kind in ("lstm", "gru", "rnn"):
-        name = f"{kind}_forward"
-        op = getattr(getattr(torch.ops, ns), name).default
+    operators (``rnnfast``, or the emulator's ``rnnfast_emu``).
+
+    The registration reads torch internals (dispatch keys, Python-dispatcher kernels); if a
+    torch lacks one, rnnfast still imports, without autocast kernels, and says so: under
+    ``torch.autocast`` the layers then need inputs, states and weights of one dtype."""
+    try:
+        _register(ns)
+    except (AttributeError, ImportError, TypeError) as error:
+        warnings.warn(f"rnnfast: autocast kernels of the {ns} operators not registered "
+                      f"({type(error).__name__}: {error}); under torch.autocast rnnfast's "
+                      "layers and cells will not cast their arguments.", UserWarning)
+
+
+def _register(ns: str) -> None:
+    lib = _registry.library(ns)
+    for kind, name, op in _registry.forward_ops(ns):
         for device_type in ("cpu", "cuda"):
             key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
             key = getattr(torch._C.DispatchKey, key_name)

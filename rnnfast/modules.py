@@ -28,6 +28,12 @@ from ._torchscript import (GRUCellScript, LSTMCellScript, LSTMScript, OneStateSc
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
+# TorchScript's overload registration for methods (torch.nn's layers use it for their
+# tensor/PackedSequence forward). A torch without it still imports rnnfast; scripting a
+# layer then fails with TorchScript's own error about the overloaded forward.
+_overload_method = getattr(getattr(torch, "_jit_internal", None), "_overload_method",
+                           lambda fn: fn)
+
 _SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
                  torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
                  torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
@@ -169,7 +175,7 @@ class _RecurrentLayer(nn.RNNBase):
         batch_dim = 0 if self.batch_first else 1
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            if ops._onnx_dynamo():  # before torch.export trips over batch_sizes' values
+            if ops._onnx_dynamo(input):  # before torch.export trips over batch_sizes' values
                 from .onnx import refuse_packed
                 refuse_packed(self.mode)
             # torch.nn reads batch_sizes[0] first (not while tracing: a constant there)
@@ -310,12 +316,12 @@ class LSTM(LSTMScript, _RecurrentLayer):
         return None
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
 
@@ -355,11 +361,11 @@ class GRU(OneStateScript, _RecurrentLayer):
         super().__init__("GRU", *args, **kwargs)
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
                 ) -> tuple[PackedSequence, Tensor]: ...
 
@@ -414,11 +420,11 @@ class RNN(OneStateScript, _RecurrentLayer):
         return f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
 
     @overload
-    @torch._jit_internal._overload_method
+    @_overload_method
     def forward(self, input: PackedSequence, hx: Optional[Tensor] = None
                 ) -> tuple[PackedSequence, Tensor]: ...
 

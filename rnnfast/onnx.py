@@ -207,8 +207,6 @@ def _lstm_symbolic(g, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, 
 
 
 def _gru_symbolic(g, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
-    from torch.onnx import symbolic_helper as sh
-
     out, hy = _symbolic_node(g, "GRU", input, [hx], w_ih, w_hh, b_ih, b_hh, batch_sizes,
                              reverse, {"linear_before_reset_i": 1})
     return out, hy, _empty(g)

@@ -39,24 +39,22 @@ Each has a ``*_backward`` operator (the hand-written BPTT); see ``csrc/ops.h``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import importlib
+import warnings
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnnfast.*)
-from . import autocast, reference, vmap
+from . import _registry, autocast, reference, vmap
 
 __all__ = ["lstm_layer", "lstm_cell", "gru_layer", "rnn_layer", "runs_kernels"]
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-#: torch.func transforms under which the fused operators cannot run (see runs_composite).
-_DIFFERENTIATING = (torch._C._functorch.TransformType.Jvp,
-                    torch._C._functorch.TransformType.Grad)
-
 #: The cell-kind table of ``csrc/core/cells.h``: gates, the buffers forward saves
 #: (name, columns in units of H), bias gradients. The fake kernels take their shapes
 #: from it, so the C++ operators and the fakes cannot disagree.
@@ -102,12 +100,113 @@ def _saved_fakes(kind: str, input: Tensor, batch_sizes: Optional[Tensor], hidden
             for _name, cols in CELL_SPECS[kind]["saved"]]
 
 
+# ---------------------------------------------------------------------- private torch APIs
+# Each is looked up once and guarded: a torch that renames one loses only what reads it
+# (with a warning when that is used), never ``import rnnfast``.
+
+def _lookup(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except (AttributeError, ImportError):
+        return None
+
+
+_functorch = _lookup(lambda: torch._C._functorch)
+#: The innermost torch.func transform (None when none is active), and the whole stack.
+_peek_transforms = _lookup(lambda: _functorch.peek_interpreter_stack)
+_transform_stack = _lookup(lambda: _functorch.get_interpreter_stack)
+_JVP = _lookup(lambda: _functorch.TransformType.Jvp)
+_GRAD = _lookup(lambda: _functorch.TransformType.Grad)
+_SEES_TRANSFORMS = None not in (_peek_transforms, _transform_stack, _JVP, _GRAD)
+if _peek_transforms is None:
+    def _peek_transforms() -> Any:  # noqa: F811  (without it, the detailed checks always run)
+        return True
+#: The dynamo-based ONNX exporter's flag (``torch.onnx.export(..., dynamo=True)``), and the
+#: TorchScript-based exporter's. Both are process-wide, not per thread.
+def _with(module: str, attribute: str) -> Any:
+    """Module ``module`` if it has ``attribute`` (read later, on each call)."""
+    found = importlib.import_module(module)
+    getattr(found, attribute)
+    return found
+
+
+_onnx_flags = _lookup(lambda: _with("torch.onnx._internal.exporter._flags",
+                                    "_is_onnx_exporting"))
+_onnx_globals = _lookup(lambda: _with("torch.onnx._globals", "GLOBALS").GLOBALS)
+#: The tensor types a torch.export capture runs Python code on (instead of real tensors).
+_CAPTURE_TYPES = tuple(t for t in (
+    _lookup(lambda: _with("torch._subclasses.fake_tensor", "FakeTensor").FakeTensor),
+    _lookup(lambda: _with("torch._subclasses.functional_tensor",
+                          "FunctionalTensor").FunctionalTensor),
+) if t is not None)
+_get_dispatch_mode = _lookup(lambda: torch._C._get_dispatch_mode)
+_CAPTURE_MODES = _lookup(lambda: (torch._C._TorchDispatchModeKey.FAKE,
+                                  torch._C._TorchDispatchModeKey.PROXY))
+_is_tracing = torch.jit.is_tracing  # torch.jit's public test (torch._C._is_tracing inside)
+_c_is_tracing = _lookup(lambda: torch._C._is_tracing) or _is_tracing
+_is_dynamo_compiling = _lookup(lambda: torch.compiler.is_dynamo_compiling) or (
+    torch.compiler.is_compiling)
+
+
+def _onnx_exporting() -> bool:
+    """Whether ``torch.onnx.export(..., dynamo=True)`` runs somewhere in this process."""
+    if _onnx_flags is not None:
+        return bool(_onnx_flags._is_onnx_exporting)
+    # Another torch: the public test, which the TorchScript-based exporter sets too.
+    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+def _legacy_onnx_exporting() -> bool:
+    """Whether the TorchScript-based exporter (``dynamo=False``) runs."""
+    if _onnx_globals is not None:
+        return bool(_onnx_globals.in_onnx_export)
+    return torch.onnx.is_in_onnx_export()
+
+
+# ------------------------------------------------------------------------ which code runs
+
+_KERNELS, _ONNX, _TRACE, _COMPOSITE = range(4)
+
+
+def _path(input: Tensor, tensors: Sequence[Optional[Tensor]]) -> int:
+    """What a layer call runs: rnnfast's fused operators (``_KERNELS``), standard ONNX nodes
+    (``_ONNX``, :func:`_onnx_dynamo`), the scripted per-layer functions (``_TRACE``,
+    :func:`_traced`) or the plain-torch reference (``_COMPOSITE``, :func:`runs_composite`).
+
+    An ordinary eager call pays one cheap test, which holds whenever any of the detailed
+    checks could answer otherwise: a TorchDynamo trace, a ``torch.jit.trace``, an ONNX
+    export anywhere in the process, an open forward-AD level, a ``torch.func`` transform.
+    (A non-strict ``torch.export`` runs Python code eagerly on fake tensors: the same
+    tests apply.)"""
+    # TorchDynamo folds its own test to True (it cannot trace some of the others); in eager
+    # mode the rest are C functions and attribute reads.
+    if not (_is_dynamo_compiling() or _fwad._current_level >= 0
+            or _peek_transforms() is not None or _c_is_tracing()
+            or (_onnx_exporting() if _onnx_flags is None else _onnx_flags._is_onnx_exporting)):
+        return _KERNELS
+    if _onnx_dynamo(input):
+        return _ONNX
+    if _traced():
+        return _TRACE
+    if runs_composite(tensors):
+        return _COMPOSITE
+    return _KERNELS
+
+
 def _traced() -> bool:
     """Whether ``torch.jit.trace`` (not the ONNX exporter's trace) records this call:
     then the layers call scripted functions that decide ``need_workspace`` in the graph
     (a constant there would be the trace-time grad mode's)."""
-    return (torch.jit.is_tracing() and _namespace == "rnnfast"
-            and not torch.onnx.is_in_onnx_export())
+    return _is_tracing() and _namespace == "rnnfast" and not _legacy_onnx_exporting()
+
+
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def runs_composite(tensors: Sequence[Optional[Tensor]]) -> bool:
@@ -117,38 +216,62 @@ def runs_composite(tensors: Sequence[Optional[Tensor]]) -> bool:
     ``torch.autograd.forward_ad`` dual level), or a differentiating ``torch.func``
     transform is active (``jvp``, ``jacfwd``, ``hessian``; ``grad``, ``vjp``, ``jacrev``).
 
-    The operators have no forward-mode formula, and torch runs the autograd formula of an
-    operator defined in C++ only under ordinary autograd, not under ``torch.func``'s grad
-    transforms. Every other call (``vmap`` included) pays two cheap checks and runs the
-    operators; so does everything ``torch.compile`` traces.
+    The operators have no forward-mode formula (they refuse a tangent), and torch runs the
+    autograd formula of an operator defined in C++ only under ordinary autograd, not under
+    ``torch.func``'s grad transforms. Under the reverse transforms the layers therefore run
+    a Python loop over the time steps; the first such call warns.
+
+    While ``torch.compile`` traces, only the forward-AD level is read (``torch.func.jvp``
+    opens one; torch.compile cannot trace the transform stack): inside an open level the
+    traced code is the reference, elsewhere the operators.
     """
-    if torch.compiler.is_compiling():
-        return False
+    if _is_dynamo_compiling():
+        return _fwad._current_level >= 0
     if _fwad._current_level >= 0 and any(
             t is not None and _fwad.unpack_dual(t).tangent is not None for t in tensors):
         return True
-    if torch._C._functorch.peek_interpreter_stack() is None:
+    if not _SEES_TRANSFORMS:
+        _warn_once("transforms", "rnnfast: this torch has no torch._C._functorch interpreter "
+                   "stack API, so rnnfast cannot tell whether a torch.func transform is "
+                   "active; the fused operators run, and torch.func.grad/vjp/jacrev through "
+                   "them may fail or be wrong. Use ordinary autograd (backward()).")
         return False
-    stack = torch._C._functorch.get_interpreter_stack()
-    return any(i.key() in _DIFFERENTIATING for i in stack)
+    if _peek_transforms() is None:
+        return False
+    keys = {i.key() for i in _transform_stack()}
+    if _JVP in keys:
+        return True
+    if _GRAD in keys:
+        _warn_once("grad", "rnnfast: under torch.func.grad/vjp/jacrev rnnfast's layers and "
+                   "cells run rnnfast.reference's plain-torch code (a Python loop over the "
+                   "time steps, much slower than the fused kernels): torch runs the "
+                   "operators' autograd formula only under ordinary autograd. For speed, "
+                   "use loss.backward() or torch.autograd.grad.")
+        return True
+    return False
 
 
-try:
-    from torch.onnx._internal.exporter import _flags as _onnx_flags
-except ImportError:  # another torch version: the public test below
-    _onnx_flags = None
-
-
-def _onnx_dynamo() -> bool:
+def _onnx_dynamo(input: Tensor) -> bool:
     """Whether ``torch.onnx.export(..., dynamo=True)`` is capturing this call (with any of
-    its capture strategies): then the layers emit the standard ONNX nodes (rnnfast/onnx.py)."""
-    if _namespace != "rnnfast":
+    its capture strategies): then the layers emit the standard ONNX nodes (rnnfast/onnx.py).
+
+    The exporter's flag is process-wide, so it is not enough: the call must also be the
+    capture's own, a TorchDynamo trace (strict capture) or Python code run on fake or
+    functional tensors under a dispatch mode (non-strict capture). A call on real tensors
+    (another thread running the model meanwhile) runs the operators: symbolic ONNX nodes
+    on real tensors return placeholders."""
+    if _namespace != "rnnfast" or not _onnx_exporting():
         return False
-    if _onnx_flags is not None:
-        # The dynamo exporter's own flag: the TorchScript-based exporter sets another, and
-        # torch.onnx.is_in_onnx_export() reads as False to the exporter's strict capture.
-        return bool(_onnx_flags._is_onnx_exporting)
-    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    if _is_dynamo_compiling():
+        return True
+    return isinstance(input, _CAPTURE_TYPES) or _capture_mode()
+
+
+def _capture_mode() -> bool:
+    """Whether a fake-tensor or proxy (make_fx) dispatch mode is active in this thread."""
+    if _get_dispatch_mode is None or _CAPTURE_MODES is None:
+        return False
+    return any(_get_dispatch_mode(key) is not None for key in _CAPTURE_MODES)
 
 
 def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
@@ -185,6 +308,49 @@ def _grad_fakes(kind: str, input: Tensor, states: Sequence[Tensor], w_ih: Tensor
             *(s.new_empty(s.shape) for s in states), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape),
             *(input.new_empty(bias_shape) for _ in range(CELL_SPECS[kind]["num_bias_grads"])))
+
+
+_autograd_impl = _lookup(lambda: _with("torch._library.autograd", "make_autograd_impl"))
+
+
+def _refuse_tangents(op: Any, args: tuple) -> None:
+    """Raise if forward-mode AD reaches a fused operator with a tangent: it has no
+    forward-mode rule, and without this check its outputs would carry no tangent (zero)."""
+    if _fwad._current_level < 0:
+        return
+    for a in args:
+        if isinstance(a, Tensor) and _fwad.unpack_dual(a).tangent is not None:
+            raise RuntimeError(
+                f"rnnfast's fused operators have no forward-mode AD rule; {op} was called "
+                "with a forward-mode tangent (torch.func.jvp/jacfwd/hessian or "
+                "torch.autograd.forward_ad). rnnfast's layers, cells and rnnfast.ops "
+                "functions switch to differentiable plain-torch code (rnnfast.reference) "
+                "under forward AD, in eager mode and under torch.compile: call those, not "
+                "torch.ops.rnnfast.* directly, a TorchScript module or an exported program.")
+
+
+def _register_autograd(ns: str, name: str, backward: Callable, setup_context: Callable
+                       ) -> None:
+    """``torch.library.register_autograd`` for ``ns::name``, with the forward-mode refusal
+    (:func:`_refuse_tangents`) in front of torch's autograd kernel."""
+    if not hasattr(_autograd_impl, "Info"):
+        # Another torch: torch's own registration, without the refusal.
+        _warn_once("refusal", "rnnfast: torch._library.autograd not found; rnnfast's "
+                   "operators cannot refuse forward-mode tangents (called directly under "
+                   "forward AD they return zero tangents).")
+        torch.library.register_autograd(f"{ns}::{name}", backward,
+                                        setup_context=setup_context)
+        return
+    op = getattr(getattr(torch.ops, ns), name).default
+    kernel = _autograd_impl.make_autograd_impl(op, _autograd_impl.Info(backward,
+                                                                        setup_context))
+
+    def autograd_kernel(keyset: Any, *args: Any) -> Any:  # (no keyword-only arguments)
+        if _fwad._current_level >= 0:
+            _refuse_tangents(op, args)
+        return kernel(keyset, *args)
+
+    _registry.library(ns).impl(name, autograd_kernel, "Autograd", with_keyset=True)
 
 
 def _register(ns: str) -> None:
@@ -227,8 +393,7 @@ def _register(ns: str) -> None:
         return _input_grads(ctx, grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias,
                             grad_bias, grad_w_hr if w_hr is not None else None)
 
-    torch.library.register_autograd(f"{ns}::lstm_forward", _lstm_backward,
-                                    setup_context=_lstm_setup_context)
+    _register_autograd(ns, "lstm_forward", _lstm_backward, _lstm_setup_context)
 
     # ------------------------------------------------------------------- GRU
     @torch.library.register_fake(f"{ns}::gru_forward")
@@ -258,8 +423,7 @@ def _register(ns: str) -> None:
             grad_b_ih = grad_b_hh = None
         return _input_grads(ctx, grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
 
-    torch.library.register_autograd(f"{ns}::gru_forward", _gru_backward,
-                                    setup_context=_gru_setup_context)
+    _register_autograd(ns, "gru_forward", _gru_backward, _gru_setup_context)
 
     # ------------------------------------------------------------------- RNN
     @torch.library.register_fake(f"{ns}::rnn_forward")
@@ -286,8 +450,7 @@ def _register(ns: str) -> None:
         grad_bias = grad_bias if ctx.has_bias else None
         return _input_grads(ctx, grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, grad_bias)
 
-    torch.library.register_autograd(f"{ns}::rnn_forward", _rnn_backward,
-                                    setup_context=_rnn_setup_context)
+    _register_autograd(ns, "rnn_forward", _rnn_backward, _rnn_setup_context)
 
     autocast.register(ns)  # AutocastCPU/AutocastCUDA kernels of the forward operators
     vmap.register(ns)  # batching rules of the forward operators
@@ -318,15 +481,16 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
-    if _onnx_dynamo():
+    path = _path(input, (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+    if path == _ONNX:
         from .onnx import dynamo_lstm_layer
         return dynamo_lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                  reverse)
-    if _traced():  # need_workspace decided in the traced graph, at run time
+    if path == _TRACE:  # need_workspace decided in the traced graph, at run time
         from ._torchscript import traced_lstm_layer
         return traced_lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                  reverse)
-    if runs_composite((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)):
+    if path == _COMPOSITE:
         return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                     reverse)
     need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
@@ -353,11 +517,32 @@ def lstm_cell(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
     the two apart by the form (rnnfast/autocast.py).
     """
     if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        batch_sizes = torch.tensor([input.shape[0]], dtype=torch.int64)
-        _, h, c = lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes)
+        _, h, c = lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                             batch_sizes=_one_step(input))
     else:
         _, h, c = lstm_layer(input.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh)
     return h, c
+
+
+_ONE_STEP: dict = {}
+
+
+def _one_step(input: Tensor) -> Tensor:
+    """``batch_sizes`` of one step of ``input.size(0)`` rows (CPU int64, shape (1,)).
+
+    Traced or compiled, made from ``input.size(0)`` in the graph (the batch stays dynamic);
+    in an ordinary eager call, one cached tensor per batch size (never written)."""
+    if (torch.compiler.is_compiling() or _is_tracing()
+            or _peek_transforms() is not None):
+        return torch.full((1,), input.size(0), dtype=torch.int64)
+    rows = input.size(0)
+    cached = _ONE_STEP.get(rows)
+    if cached is None:
+        if len(_ONE_STEP) >= 64:
+            _ONE_STEP.clear()
+        with torch.inference_mode(False):  # usable outside inference mode too
+            cached = _ONE_STEP[rows] = torch.full((1,), rows, dtype=torch.int64)
+    return cached
 
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -377,13 +562,14 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     Returns:
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
-    if _onnx_dynamo():
+    path = _path(input, (input, hx, w_ih, w_hh, b_ih, b_hh))
+    if path == _ONNX:
         from .onnx import dynamo_gru_layer
         return dynamo_gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-    if _traced():
+    if path == _TRACE:
         from ._torchscript import traced_gru_layer
         return traced_gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-    if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
+    if path == _COMPOSITE:
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
     need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh))
     out, hy, _workspace = _ops().gru_forward(
@@ -411,11 +597,12 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if _onnx_dynamo():
+    path = _path(input, (input, hx, w_ih, w_hh, b_ih, b_hh))
+    if path == _ONNX:
         from .onnx import dynamo_rnn_layer
         return dynamo_rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                                 nonlinearity == "relu")
-    if runs_composite((input, hx, w_ih, w_hh, b_ih, b_hh)):
+    if path == _COMPOSITE:
         return reference.rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                                    nonlinearity)
     return _ops().rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,

@@ -49,13 +49,20 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.ao.nn.quantized import dynamic as nnqd
-from torch.ao.quantization import quantization_mappings as _mappings
 
 from . import modules
 
-# The module, not the function of the same name that torch.ao.quantization exports.
-_quantize = importlib.import_module("torch.ao.quantization.quantize")
+# torch's dynamic quantization: if this torch lacks one of these modules, rnnfast still
+# imports, and quantizing its layers is not supported (DYNAMIC_QUANT_MODULE_MAPPINGS is
+# empty).
+try:
+    from torch.ao.nn.quantized import dynamic as nnqd
+    from torch.ao.quantization import quantization_mappings as _mappings
+
+    # The module, not the function of the same name that torch.ao.quantization exports.
+    _quantize = importlib.import_module("torch.ao.quantization.quantize")
+except ImportError:
+    nnqd = _mappings = _quantize = None
 
 __all__ = ["to_torch", "DYNAMIC_QUANT_MODULE_MAPPINGS"]
 
@@ -145,17 +152,24 @@ def _target(rnnfast_cls: type, torch_quantized: type) -> type:
 #: What rnnfast adds to torch's default dynamic-quantization mapping (rnnfast class ->
 #: mapping target). No ``RNN``: torch has no dynamic quantized ``nn.RNN`` either. Merge it
 #: into a ``mapping=`` of your own.
-DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
-    cls: _target(cls, torch_quantized) for cls, torch_quantized in (
-        (modules.LSTM, nnqd.LSTM), (modules.GRU, nnqd.GRU), (modules.LSTMCell, nnqd.LSTMCell),
-        (modules.GRUCell, nnqd.GRUCell), (modules.RNNCell, nnqd.RNNCell))
+DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {} if nnqd is None else {
+    cls: _target(cls, getattr(nnqd, cls.__name__)) for cls in (
+        modules.LSTM, modules.GRU, modules.LSTMCell, modules.GRUCell, modules.RNNCell)
 }
 
-# The code objects of torch's qconfig propagation step and of quantize_dynamic (under its
-# deprecation wrapper): the descriptor answers only a propagation step that
-# quantize_dynamic runs.
-_PROPAGATE_STEP = _quantize._propagate_qconfig_helper.__code__
-_QUANTIZE_DYNAMIC = inspect.unwrap(_quantize.quantize_dynamic).__code__
+def _code_objects() -> tuple[Any, Any]:
+    """The code objects of torch's qconfig propagation step and of quantize_dynamic (under
+    its deprecation wrapper): the descriptor answers only a propagation step that
+    quantize_dynamic runs. ``(None, None)`` if this torch has no such functions."""
+    try:
+        return (_quantize._propagate_qconfig_helper.__code__,
+                inspect.unwrap(_quantize.quantize_dynamic).__code__)
+    except AttributeError:
+        return None, None
+
+
+_PROPAGATE_STEP, _QUANTIZE_DYNAMIC = _code_objects()
+_warned_no_step = False
 
 
 def _quantize_dynamic_runs(frame: Any) -> bool:
@@ -164,6 +178,19 @@ def _quantize_dynamic_runs(frame: Any) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _warn_no_step() -> None:
+    global _warned_no_step
+    if not _warned_no_step:
+        _warned_no_step = True
+        warnings.warn(
+            "rnnfast: torch's qconfig propagation step "
+            "(torch.ao.quantization.quantize._propagate_qconfig_helper) or quantize_dynamic "
+            "was not found in this torch, so a quantize_dynamic spec naming torch.nn's "
+            "classes (nn.LSTM, ...) does not reach rnnfast's layers and cells, which then "
+            "stay in float. Name rnnfast's classes in the spec (e.g. {rnnfast.LSTM}) or "
+            "their module names instead.", UserWarning, stacklevel=3)
 
 
 class _QConfigBySpec:
@@ -175,6 +202,9 @@ class _QConfigBySpec:
     def __get__(self, obj: Optional[nn.Module], objtype: Optional[type] = None) -> Any:
         if obj is None:
             return self
+        if _PROPAGATE_STEP is None:
+            _warn_no_step()
+            raise AttributeError("qconfig")
         frame = sys._getframe(1)
         if frame.f_code is not _PROPAGATE_STEP or not _quantize_dynamic_runs(frame.f_back):
             raise AttributeError("qconfig")
@@ -182,15 +212,21 @@ class _QConfigBySpec:
         if torch_class is None:  # a subclass: matched by its own type only, as in torch
             raise AttributeError("qconfig")
         step = frame.f_locals
-        spec, prefix = step["qconfig_dict"], step["prefix"]
-        qconfig = spec.get(torch_class, step["qconfig_parent"])
+        try:
+            spec, prefix = step["qconfig_dict"], step["prefix"]
+            parent = step["qconfig_parent"]
+        except KeyError:  # the step's arguments were renamed: as if the step were unknown
+            _warn_no_step()
+            raise AttributeError("qconfig") from None
+        qconfig = spec.get(torch_class, parent)
         qconfig = spec.get(type(obj), qconfig)
         return spec.get(prefix, qconfig)
 
 
 def _install() -> None:
     """Register rnnfast's classes with torch's dynamic quantization (idempotent)."""
-    _mappings.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS.update(DYNAMIC_QUANT_MODULE_MAPPINGS)
+    if _mappings is not None:
+        _mappings.DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS.update(DYNAMIC_QUANT_MODULE_MAPPINGS)
     for cls in TORCH_CLASSES:
         cls.qconfig = _QConfigBySpec()
 

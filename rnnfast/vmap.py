@@ -15,10 +15,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["register"]
+from . import _registry
 
-# Libraries holding the registrations (a registration lives as long as its Library).
-_LIBRARIES: list = []
+__all__ = ["register"]
 
 #: Per operator: how many states follow the input (hx, cx), where batch_sizes is.
 _LAYOUT = {"lstm": (2, 8), "gru": (1, 6), "rnn": (1, 6)}
@@ -70,8 +69,6 @@ def _rule(op: Any, kind: str) -> Callable:
 
 def register(ns: str) -> None:
     """Register the batching rules of namespace ``ns``'s forward operators."""
-    lib = torch.library.Library(ns, "IMPL")
-    _LIBRARIES.append(lib)
-    for kind in _LAYOUT:
-        op = getattr(getattr(torch.ops, ns), f"{kind}_forward").default
-        torch.library.register_vmap(f"{ns}::{kind}_forward", _rule(op, kind), lib=lib)
+    lib = _registry.library(ns)
+    for kind, name, op in _registry.forward_ops(ns):
+        torch.library.register_vmap(f"{ns}::{name}", _rule(op, kind), lib=lib)

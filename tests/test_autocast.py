@@ -283,3 +283,20 @@ def test_compile_fullgraph_under_autocast():
     assert [t.dtype for t in got] == [t.dtype for t in expected] == [torch.bfloat16] * 3
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+def test_lstm_cell_batch_sizes_follow_the_input():
+    """Under CPU autocast the LSTM cell runs one packed step of B rows: in eager mode its
+    batch sizes are one cached tensor per B (no allocation per call); a trace keeps B
+    dynamic (taken from the input in the graph)."""
+    cell = rnnfast.LSTMCell(I, H)
+    x3, x5 = torch.randn(3, I), torch.randn(5, I)
+    assert rnnfast.ops._one_step(x3) is rnnfast.ops._one_step(torch.randn(3, 2))
+    assert rnnfast.ops._one_step(x5).tolist() == [5]
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(cell, (x3,), check_trace=False)
+        for x in (x5, x3):
+            for got, want in zip(traced(x), cell(x)):
+                assert got.shape == want.shape == (x.shape[0], H)
+                torch.testing.assert_close(got, want, atol=0, rtol=0)

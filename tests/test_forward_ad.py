@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import warnings
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -19,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
-from rnnfast import reference
+from rnnfast import ops, reference
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 T, B, I, H = 5, 3, 4, 6
@@ -156,15 +158,23 @@ def test_forward_ad_packed_input_matches_torch(kind):
     assert_tangents_equal(*results)
 
 
-def test_jacfwd_matches_jacrev():
-    """``jacfwd`` (vmap over jvp) against reverse mode through the fused kernels."""
+def test_jacfwd_and_jacrev_match_the_fused_kernels_backward():
+    """``jacfwd`` (vmap over jvp) and ``jacrev`` (vmap over vjp) both run the plain-torch
+    reference; the Jacobian by ordinary autograd (``torch.autograd.functional.jacobian``)
+    runs the fused kernels forward and their hand-written backward. All three agree."""
     fast = rnnfast.GRU(I, H, num_layers=2).double()
     x = torch.randn(T, 2, I, dtype=torch.float64)
 
     def f(x):
         return fast(x)[0].sum(0)
 
-    torch.testing.assert_close(torch.func.jacfwd(f)(x), torch.func.jacrev(f)(x), **TOL)
+    by_kernels = torch.autograd.functional.jacobian(f, x)
+    assert by_kernels.abs().sum() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # jacrev runs the reference: warned
+        by_jacrev = torch.func.jacrev(f)(x)
+    torch.testing.assert_close(torch.func.jacfwd(f)(x), by_kernels, **TOL)
+    torch.testing.assert_close(by_jacrev, by_kernels, **TOL)
 
 
 def test_ordinary_calls_do_not_take_the_composite_path(monkeypatch):
@@ -195,6 +205,7 @@ def test_ordinary_calls_do_not_take_the_composite_path(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["lstm_2l_bidir", "gru_2l_bidir", "rnn_relu_bidir"])
+@pytest.mark.filterwarnings("ignore:rnnfast. under torch.func.grad")
 def test_func_grad_and_vjp_match_autograd(name):
     """torch.func's reverse-mode transforms (``grad``, ``vjp``) take the same plain-torch
     path (torch runs an operator's autograd formula only under ordinary autograd); they
@@ -216,3 +227,70 @@ def test_func_grad_and_vjp_match_autograd(name):
         torch.testing.assert_close(by_func[1], x_leaf.grad, **TOL)
         for k, p in fast.named_parameters():
             torch.testing.assert_close(by_func[0][k], p.grad, **TOL)
+
+
+def test_reverse_transforms_warn_once_that_they_run_the_reference(monkeypatch):
+    """Under torch.func.grad/vjp/jacrev the layers run the plain-torch reference: the
+    first such call says so (UserWarning), later ones do not."""
+    monkeypatch.setattr(ops, "_warned", set())
+    fast = rnnfast.GRU(I, H)
+    x = torch.randn(T, B, I)
+
+    def loss(x):
+        return fast(x)[0].sum()
+
+    with pytest.warns(UserWarning, match="torch.func.grad/vjp/jacrev.*plain-torch"):
+        torch.func.grad(loss)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.func.grad(loss)(x)
+        torch.func.vjp(loss, x)
+        fast(x)[0].sum().backward()  # ordinary autograd: the kernels, no warning
+        torch.func.jvp(loss, (x,), (x,))  # forward mode: the only way, no warning
+
+
+# ------------------------------------------------------------------------ torch.compile
+
+@pytest.mark.parametrize("name", ["gru_2l_bidir", "lstm_cell"])
+def test_compiled_jvp_matches_torch(name):
+    """``torch.compile`` around ``torch.func.jvp``: the traced layer is the plain-torch
+    reference (the fused operators have no forward-mode rule), with torch.nn's tangents,
+    never zero ones."""
+    ref, fast = pair({**LAYERS, **CELLS}[name])
+    x = torch.randn((B, I) if name in CELLS else (T, B, I), dtype=torch.float64)
+    v = torch.randn_like(x)
+
+    def run(m, x, v):
+        return torch.func.jvp(lambda x: flat(m(x)), (x,), (v,))
+
+    out_ref, tan_ref = run(ref, x, v)
+    out_fast, tan_fast = torch.compile(run, backend="eager")(fast, x, v)
+    assert_tangents_equal(out_ref, out_fast)
+    assert_tangents_equal(tan_ref, tan_fast)
+    assert all(t.abs().sum() > 0 for t in tan_fast)
+
+
+# ----------------------------------------------------------- the operators refuse a tangent
+
+def _gru_operator(x, h, m):
+    return torch.ops.rnnfast.gru_forward(x, h, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0,
+                                         m.bias_hh_l0, None, False, False)[0]
+
+
+def test_operators_refuse_a_tangent():
+    """Reached with a tangent (called directly, from a TorchScript module, an exported
+    program), a fused operator raises instead of returning a zero tangent."""
+    m = nn.GRU(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h = torch.zeros(B, H, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="no forward-mode AD rule"):
+        torch.func.jvp(lambda x: _gru_operator(x, h, m), (x,), (torch.randn_like(x),))
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(RuntimeError, match="no forward-mode AD rule"):
+            _gru_operator(dual, h, m)
+        # no tangent, inside a dual level: runs
+        torch.testing.assert_close(_gru_operator(x, h, m), m(x)[0], **TOL)
+    lstm = torch.jit.script(nn.Sequential(rnnfast.LSTM(I, H).double()))
+    with pytest.raises(RuntimeError, match="no forward-mode AD rule"):
+        torch.func.jvp(lambda x: lstm(x)[0], (x,), (torch.randn_like(x),))

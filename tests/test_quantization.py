@@ -8,6 +8,8 @@ spec); the quantized model's outputs are bitwise those of the quantized torch.nn
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -234,3 +236,53 @@ def test_to_torch_shares_parameters():
     torch.testing.assert_close(twin(x)[0], fast(x)[0], atol=1e-5, rtol=1e-4)
     with pytest.raises(TypeError, match="rnnfast layer or cell"):
         rnnfast.quantization.to_torch(nn.LSTM(4, 6))
+
+
+def test_unknown_propagation_step_warns_and_leaves_float(monkeypatch):
+    """If torch's propagation step cannot be identified (another torch), a spec naming
+    torch.nn's classes cannot reach rnnfast's layers: they stay in float, with a warning
+    that says how to name them instead; a spec naming rnnfast's classes still works."""
+    monkeypatch.setattr(rnnfast.quantization, "_PROPAGATE_STEP", None)
+    monkeypatch.setattr(rnnfast.quantization, "_warned_no_step", False)
+    _, fast = pair()
+    with pytest.warns(UserWarning, match="Name rnnfast's classes"):
+        q_fast = quantize_dynamic(fast, {nn.LSTM})
+    assert type(q_fast.lstm) is rnnfast.LSTM
+    q_fast = quantize_dynamic(fast, {rnnfast.LSTM})
+    assert type(q_fast.lstm) is nnqd.LSTM
+
+
+_HIDE_TORCH_INTERNALS = """
+import functools
+import importlib
+import torch
+q = importlib.import_module("torch.ao.quantization.quantize")
+# torch calls it by this name; rnnfast no longer recognises its code object
+q._propagate_qconfig_helper = functools.partial(q._propagate_qconfig_helper)
+del torch._jit_internal._overload_method
+del torch._C._functorch.peek_interpreter_stack
+del torch._C._functorch.get_interpreter_stack
+"""
+
+
+def test_import_survives_renamed_torch_internals():
+    """``import rnnfast`` does not depend on the torch internals it reads: with them gone,
+    it imports, its layers run, and what needed them says so when used."""
+    code = _HIDE_TORCH_INTERNALS + """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import rnnfast
+    x = torch.randn(5, 2, 4)
+    m = rnnfast.LSTM(4, 6)
+    ref = torch.nn.LSTM(4, 6)
+    ref.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x)[0], ref(x)[0], atol=1e-5, rtol=1e-4)
+    torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(m), {torch.nn.LSTM})
+messages = " | ".join(str(w.message) for w in caught)
+assert "transform" in messages and "qconfig propagation" in messages, messages
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

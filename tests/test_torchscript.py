@@ -5,6 +5,8 @@ operators (not torch.nn's kernels)."""
 from __future__ import annotations
 
 import io
+import warnings
+from typing import Optional, Tuple
 
 import pytest
 import torch
@@ -277,3 +279,67 @@ def test_script_under_cpu_autocast_matches_eager(name, fast_cls, torch_cls, kwar
     first = (lambda r: r[0]) if isinstance(want, tuple) else (lambda r: r)
     assert first(got).dtype == first(want).dtype
     torch.testing.assert_close(got, eager, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------- script: subclasses
+
+class _PlainSubclassLSTM(rnnfast.LSTM):
+    """A subclass that adds nothing: scripted on its own like rnnfast.LSTM."""
+
+
+class _PlainSubclassGRU(rnnfast.GRU):
+    pass
+
+
+@pytest.mark.parametrize("fast_cls,torch_cls", [(_PlainSubclassLSTM, nn.LSTM),
+                                                (_PlainSubclassGRU, nn.GRU)],
+                         ids=["lstm", "gru"])
+def test_script_subclass_on_its_own(fast_cls, torch_cls):
+    fast, ref = _layer_pair(fast_cls, torch_cls, {})
+    scripted = torch.jit.script(fast)
+    assert type(fast) is fast_cls
+    for t, b in ((5, 3), (2, 1)):
+        x = _seq(ref, t, b)
+        state = _state(ref, b)
+        _close(scripted(x), ref(x))
+        _close(scripted(x, state), ref(x, state))
+
+
+class _ScaledInputGRU(rnnfast.GRU):
+    """A subclass with its own forward (tensor input only): scales the input first."""
+
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self._forward_tensor(input * 2.0, hx)
+
+
+class _ScaledInputLSTM(rnnfast.LSTM):
+    def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        return self._forward_tensor(input * 2.0, hx)
+
+
+@pytest.mark.parametrize("fast_cls,torch_cls", [(_ScaledInputLSTM, nn.LSTM),
+                                                (_ScaledInputGRU, nn.GRU)],
+                         ids=["lstm", "gru"])
+def test_script_subclass_keeps_its_own_forward(fast_cls, torch_cls):
+    """Scripted on its own, a subclass that defines forward runs that forward."""
+    fast, ref = _layer_pair(fast_cls, torch_cls, {})
+    scripted = torch.jit.script(fast)
+    x = _seq(ref, 4, 3)
+    _close(fast(x), ref(2.0 * x))
+    _close(scripted(x), ref(2.0 * x))
+
+
+def test_missing_script_pass_warns_once(monkeypatch):
+    """When torch.jit.script's preparation pass is not among the calling frames, rnnfast
+    cannot tell a layer scripted on its own from one inside a model: it says so (once)."""
+    from rnnfast import _torchscript
+
+    monkeypatch.setattr(_torchscript, "_warned_no_pass", False)
+    layer = rnnfast.GRU(4, 5)
+    with pytest.warns(UserWarning, match="preparation pass"):
+        assert layer.__prepare_scriptable__() is layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert layer.__prepare_scriptable__() is layer
