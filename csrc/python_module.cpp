@@ -176,6 +176,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("seconds"),
         "Testing: the step loops that may drop to one thread under load (float32 without "
         "projection, rnnfast's step GEMM) do so for the next `seconds`.");
+  m.def("_judge_step_loop", &rnnfast::cpu::judge_step_loop, pybind11::arg("wait_fraction"),
+        pybind11::arg("loop_s"),
+        "Testing: the load monitor judges a split loop of `loop_s` seconds whose most "
+        "stalled thread waited for `wait_fraction` of it.");
   m.def("_blocked_gemm", &blocked_gemm, pybind11::arg("a"), pybind11::arg("b"),
         pybind11::arg("trans_a"), pybind11::arg("accumulate"), pybind11::arg("out"),
         "out = (a.T if trans_a else a) @ b (+ out) through the blocked GEMM of the "

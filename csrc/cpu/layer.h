@@ -118,8 +118,9 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w);
 // The step loops on a machine where other work competes for the cores (layer.cpp).
 // A split step loop meets its threads at a barrier every step, so one thread that the
 // OS deschedules for a time slice stalls them all; a loop whose threads waited for
-// each other longer than they worked, for more than a quarter of its time, concludes
-// that they are not all running, and the next loops run on one thread (which then
+// each other longer than they worked, for more than a quarter of its time, is loaded;
+// three loaded loops in a row conclude that the threads are not all running (one can
+// be a passing preemption), and the next loops run on one thread (which then
 // competes for a core like any other process) for a back-off period, after which one
 // loop probes again with every thread (the period doubles while the load lasts). Only
 // loops whose result does not depend on the split drop to one thread (float32 without
@@ -138,6 +139,9 @@ StepLoopLoad step_loop_load();
 void reset_step_loop_load();
 // Testing: the step loops that may drop to one thread do so for the next `seconds`.
 void hold_step_loops_on_one_thread(double seconds);
+// Testing: judges a split loop of `loop_s` seconds whose most stalled thread waited for
+// `wait_fraction` of it, as the monitor does after each split loop.
+void judge_step_loop(double wait_fraction, double loop_s);
 
 template <typename T>
 void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w);
