@@ -36,9 +36,10 @@ std::map<std::string, std::string> build_info() {
   info["gemm"] = cpu::gemm_backend();
   info["step_gemm"] = cpu::step_gemm_backend();
   info["sequence_gemm"] = cpu::sequence_gemm_backend();
-  info["bf16_gemm"] = cpu::step_gemm_bf16_amx()
-                          ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
-                          : "float32 on up-converted values";
+  const std::string bf16 = cpu::step_gemm_bf16();
+  info["bf16_gemm"] = bf16 == "amx"           ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
+                      : bf16 == "avx512_bf16" ? "avx512_bf16 dot products (step products), torch's bfloat16 gemm (sequence products)"
+                                              : "float32 on up-converted values";
   info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";
   info["threads"] = std::to_string(at::get_num_threads());
 #ifdef _OPENMP

@@ -5,6 +5,7 @@
 
 #include "build_info.h"
 #include "core/cells.h"
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/layer.h"
 
@@ -50,7 +51,8 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   return seconds;
 }
 
-// out = bias + x op(w) through the bfloat16 layers' input projection on AMX tiles (testing):
+// out = bias + x op(w) through the bfloat16 layers' input projection (testing; AMX tiles or
+// AVX512-BF16 dot products, whichever _step_gemm_bf16() names):
 // x [M, K] bfloat16 read as it is; w float32 [N, K] (op(w) = w^T, rounded to bfloat16 when
 // packed), or bfloat16 [R, K] packed as it is, op(w)'s N columns being `groups` blocks of
 // N / groups rows of w, block g from row g * group_stride; bias [N] float32 or None; out
@@ -58,7 +60,8 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
 void step_gemm_bf16_rows(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t groups,
                          int64_t group_stride) {
-  TORCH_CHECK(rnnfast::cpu::step_gemm_bf16_amx(), "step_gemm_bf16_rows: needs AMX-BF16 tiles");
+  TORCH_CHECK(rnnfast::cpu::bf16_kernels_usable(),
+              "step_gemm_bf16_rows: needs AMX-BF16 or AVX512-BF16");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm_bf16_rows: 2-d tensors");
   const bool w16 = w.scalar_type() == at::kBFloat16;
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && (w16 || w.scalar_type() == at::kFloat) &&
@@ -161,11 +164,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_step_gemm_bf16_rows", &step_gemm_bf16_rows, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("bias"), pybind11::arg("out"), pybind11::arg("groups") = 1,
         pybind11::arg("group_stride") = 0,
-        "out = bias + x @ w.T with x bfloat16 read as it is, on the AMX tiles of the bfloat16 "
+        "out = bias + x @ w.T with x bfloat16 read as it is, through the bfloat16 "
         "layers' input projection; a bfloat16 w is packed as it is, its rows grouped as the "
-        "step loops group a thread's gate rows (testing; AMX CPUs only).");
-  m.def("_step_gemm_bf16_amx", &rnnfast::cpu::step_gemm_bf16_amx,
-        "Whether the bfloat16 layers' step products run on AMX tiles on this CPU.");
+        "step loops group a thread's gate rows (testing; CPUs with AMX-BF16 or AVX512-BF16).");
+  m.def("_step_gemm_bf16", &rnnfast::cpu::step_gemm_bf16,
+        "What the bfloat16 layers' step products run on: 'amx' (tiles), 'avx512_bf16' (dot "
+        "products) or 'fp32' (float32 on up-converted values).");
+  m.def(
+      "_select_bf16_kernel",
+      [](const std::string& name, bool forced) {
+        using rnnfast::cpu::Bf16Kernel;
+        TORCH_CHECK(name == "amx" || name == "avx512_bf16" || name == "fp32",
+                    "_select_bf16_kernel: 'amx', 'avx512_bf16' or 'fp32', not '", name, "'");
+        return rnnfast::cpu::bf16_select_kernel(name == "amx"           ? Bf16Kernel::kAmx
+                                                : name == "avx512_bf16" ? Bf16Kernel::kDot
+                                                                        : Bf16Kernel::kNone,
+                                                forced);
+      },
+      pybind11::arg("name"), pybind11::arg("forced") = true,
+      "Testing: the bfloat16 layers' products run on `name` from now on, if this CPU has it "
+      "(returns whether it was selected): for every layer call, or (forced=False) where the "
+      "CPU's own choice would use it (_bf16_kernels_for).");
+  m.def("_reset_bf16_kernel", &rnnfast::cpu::bf16_reset_kernel,
+        "Testing: the bfloat16 kernel selected at start-up again.");
+  m.def("_bf16_kernels_for", &rnnfast::cpu::bf16_kernels_for, pybind11::arg("plain_rnn"),
+        pybind11::arg("batch"),
+        "Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs its "
+        "products on the selected bfloat16 kernel.");
   m.def("_step_loop_load", &step_loop_load,
         "The CPU step loops' load monitor: loops split across threads, loops run on one "
         "thread because the last split loop found its threads not all running, split "

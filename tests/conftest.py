@@ -239,3 +239,33 @@ def assert_same_error(expected_fn: Callable[[], object], actual_fn: Callable[[],
     )
     assert str(actual) == str(expected)
     return expected
+
+
+#: The CPU's bfloat16 product kernels (csrc/cpu/bf16_gemm.h), each tested where the CPU has it.
+#: "-auto": selected as the CPU's own choice, which applies the dot products' batch rule.
+BF16_KERNELS = ["amx", "avx512_bf16", "avx512_bf16-auto", "fp32"]
+_BF16_NEEDS = {"amx": "AMX-BF16 tiles", "avx512_bf16": "AVX512-BF16", "fp32": "nothing"}
+
+
+def use_bf16_kernel(name: str):
+    """Selects the bfloat16 layers' product kernel `name` for a test (a generator for a
+    fixture: skips by name where this CPU lacks it, or where RNNFAST_CPU_BF16 turned the
+    kernels off; then back to the start-up selection)."""
+    from rnnfast import _C
+    before = _C._step_gemm_bf16()
+    if before == "fp32" and name != "fp32":
+        pytest.skip(f"bfloat16 {name} kernel: turned off (RNNFAST_CPU_BF16=fp32) or this CPU "
+                    "has no AVX512-BF16")
+    name, auto = name.removesuffix("-auto"), name.endswith("-auto")
+    if not _C._select_bf16_kernel(name, forced=not auto):
+        pytest.skip(f"bfloat16 {name} kernel: this CPU has no {_BF16_NEEDS[name]}")
+    try:
+        yield name
+    finally:
+        _C._reset_bf16_kernel()
+
+
+@pytest.fixture(params=BF16_KERNELS)
+def bf16_kernel(request):
+    """The test runs once per bfloat16 product kernel (use_bf16_kernel)."""
+    yield from use_bf16_kernel(request.param)

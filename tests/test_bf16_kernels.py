@@ -1,9 +1,10 @@
-"""The AMX-BF16 step products of the bfloat16 layers (csrc/cpu/bf16_amx.cpp, through
-PackedWeight's bfloat16 mode): against a float64 product of the same rounded operands at
-the tile edges (M around 16 and 32 rows, N around 16-column tiles, K around 32-value
-blocks), x as one bfloat16 value or as the sum of two, strided rows, beta 0 and 1, and the
-same bits for a column whatever the other columns are (what makes a split step loop give
-the same result on any number of threads). Skipped by name on a CPU without AMX-BF16."""
+"""The bfloat16 step products of the bfloat16 layers (csrc/cpu/bf16_amx.cpp, through
+PackedWeight's bfloat16 mode), on each kernel this CPU has (AMX-BF16 tiles, AVX512-BF16 dot
+products; skipped by name where it lacks one): against a float64 product of the same
+rounded operands at the tile edges (M around 16 and 32 rows, N around 16-column tiles, K
+around 32-value blocks), x as one bfloat16 value or as the sum of two, strided rows, beta 0
+and 1, and the same bits for a column whatever the other columns are (what makes a split
+step loop give the same result on any number of threads)."""
 from __future__ import annotations
 
 import itertools
@@ -11,13 +12,14 @@ import itertools
 import pytest
 import torch
 
+from conftest import use_bf16_kernel
 from rnnfast import _C
 
-pytestmark = pytest.mark.skipif(
-    not _C._step_gemm_bf16_amx(),
-    reason="AMX-BF16 kernels: this CPU has no AMX-BF16 tiles (or RNNFAST_CPU_BF16=fp32), "
-    "so the bfloat16 layers multiply up-converted values in float32 (tested in "
-    "test_bfloat16_cpu.py)")
+
+@pytest.fixture(autouse=True, params=["amx", "avx512_bf16"])
+def _kernel(request):
+    yield from use_bf16_kernel(request.param)
+
 
 MS = [1, 2, 15, 16, 17, 31, 32, 33, 47, 64, 70]
 NS = [1, 15, 16, 17, 47, 48, 49, 100]
@@ -178,3 +180,20 @@ def test_amx_bfloat16_weight_packed_as_it_is(groups):
         want = torch.empty(M, groups * per)
         _C._step_gemm_bf16_rows(x, w16[rows].float().contiguous(), b, want)
         assert torch.equal(got, want), (per, K, M)
+
+
+def test_dot_products_serve_the_small_batch_lstm_and_gru_unless_forced(_kernel):
+    """Where the CPU's best kernel is the dot products (no AMX), the LSTM and GRU use them up
+    to 4 rows a step and the float32 path beyond, the Elman RNN never; asked for, every call
+    uses the selected kernel (and AMX always serves every call)."""
+    assert _C._select_bf16_kernel(_kernel, forced=False)
+    if _kernel == "amx":
+        assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 4, 5, 512))
+    else:
+        assert [_C._bf16_kernels_for(False, b) for b in (1, 2, 4, 5, 64)] == [
+            True, True, True, False, False]
+        assert not any(_C._bf16_kernels_for(True, b) for b in (1, 4, 64))
+    assert _C._select_bf16_kernel(_kernel)
+    assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5, 512))
+    assert _C._select_bf16_kernel("fp32")
+    assert not any(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5))

@@ -63,7 +63,7 @@ def _check_against(ref64, fast, torch_bf16, names):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind", kind_params())
-def test_layers_bfloat16_against_float64(kind, packed):
+def test_layers_bfloat16_against_float64(kind, packed, bf16_kernel):
     torch.manual_seed(0)
     kwargs = dict(kind.kwargs, num_layers=2, bidirectional=True)
     if kind.proj_size:
@@ -85,7 +85,7 @@ def test_layers_bfloat16_against_float64(kind, packed):
 
 
 @pytest.mark.parametrize("kind", kind_params(CELL_KINDS))
-def test_cells_bfloat16_against_float64(kind):
+def test_cells_bfloat16_against_float64(kind, bf16_kernel):
     torch.manual_seed(1)
     ref = kind.torch_cell(12, 20, **kind.cell_kwargs).to(torch.bfloat16)
     _away_from_relu_kink(kind, ref)

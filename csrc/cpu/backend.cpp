@@ -124,6 +124,10 @@ void down(const at::Tensor& f, at::BFloat16* out) {
 
 float* fptr(const at::Tensor& t) { return ptr<float>(t); }
 
+bool plain_rnn(core::CellKind k) {
+  return k == core::CellKind::kRnnTanh || k == core::CellKind::kRnnRelu;
+}
+
 }  // namespace
 
 template <>
@@ -132,16 +136,18 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
   const int64_t GH = core::cell_spec(a.kind).gates * H;
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
-  // On an AMX CPU the input projection reads x as it is (PackedWeight::gemm_bf16), and the
-  // weights are packed into the tiles from their bfloat16 values (without input, I = 0,
-  // the float32 path takes W_ih).
-  const bool amx = amx_bf16_usable(), amx_ih = amx && I > 0;
+  // With the bfloat16 kernels (AMX tiles, or the dot products where bf16_kernels_for says)
+  // the input projection reads x as it is (PackedWeight::gemm_bf16), and the weights are
+  // packed from their bfloat16 values (without input, I = 0, the float32 path takes W_ih).
+  // Without them the float32 path runs on up-converted copies (bf16 = false: nothing packed
+  // for the kernels).
+  const bool amx = bf16_kernels_for(plain_rnn(a.kind), B), amx_ih = amx && I > 0;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I});
   const at::Tensor w_ih = amx_ih ? at::Tensor() : up(a.w_ih, {GH, I});
   const at::Tensor w_hh = amx ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
-  // On an AMX CPU the bfloat16 output is written straight from each step's h_t (backward
+  // With the kernels the bfloat16 output is written straight from each step's h_t (backward
   // reads it as it is, or up-converts it).
   const bool y16 = amx;
   const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
@@ -168,7 +174,7 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
     given.w_hh16 = bits(a.w_hh);
     if (y16) given.y16 = reinterpret_cast<uint16_t*>(a.y);
   }
-  run_forward<float>(f, f32, true, given);
+  run_forward<float>(f, f32, amx, given);
   down(y, a.y);
   down(h, a.h);
 }
@@ -186,11 +192,11 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                        at::TensorOptions().dtype(at::kBFloat16))
              .to(at::kFloat, false, false, at::MemoryFormat::Contiguous);
   }
-  // On an AMX CPU the whole-sequence products read x, W_ih, the outputs and hx as they are
+  // With the kernels the whole-sequence products read x, W_ih, the outputs and hx as they are
   // (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded once by the
   // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
   // on unpacked input (its step loop reads its own cell states; the products read y as is).
-  const bool amx = amx_bf16_usable();
+  const bool amx = bf16_kernels_for(plain_rnn(a.kind), B);
   const bool lstm = a.kind == core::CellKind::kLstm, gru = a.kind == core::CellKind::kGru;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
   const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
@@ -244,7 +250,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
     given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);
   }
-  run_backward<float>(f, f32, true, given);
+  run_backward<float>(f, f32, amx, given);
   down(dh, a.dh);
   down(dx, a.dx);
   down(dw_ih, a.dw_ih);

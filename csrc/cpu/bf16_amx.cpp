@@ -1,4 +1,5 @@
-// The AMX-BF16 products of the step loops (see bf16_gemm.h).
+// The bfloat16 products of the step loops: AMX-BF16 tiles or AVX512-BF16 dot products
+// (see bf16_gemm.h).
 //
 // System headers and bf16_gemm.h are included BEFORE the target pragma (as in the ISA
 // files), so that no inline function the linker could merge is compiled for AMX. The tile
@@ -11,6 +12,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -43,29 +45,77 @@ inline uint16_t round_bf16(float v) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-bool detect() {
+// The CPU's best kernel, found once (AMX asked for once per process).
+Bf16Kernel supported() {
+  static const Bf16Kernel best = [] {
 #if defined(__x86_64__)
-  const char* want = std::getenv("RNNFAST_CPU_BF16");
-  if (want != nullptr && std::strcmp(want, "fp32") == 0) return false;
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
-  const bool amx_bf16 = (d >> 22) & 1u, amx_tile = (d >> 24) & 1u;
-  const bool avx512f = (b >> 16) & 1u, avx512bw = (b >> 30) & 1u, avx512vl = (b >> 31) & 1u;
-  if (!amx_bf16 || !amx_tile || !avx512f || !avx512bw || !avx512vl) return false;
-  if (__get_cpuid_count(7, 1, &a, &b, &c, &d) == 0 || ((a >> 5) & 1u) == 0) return false;  // AVX512_BF16
-  // Linux: the tile data state must be asked for once per process.
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    // AVX512-BF16 (with AVX512 F/BW/VL) for the dot products; AMX-BF16 and the tile data
+    // state, which Linux grants once asked (arch_prctl), for the tiles.
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return Bf16Kernel::kNone;
+    const bool amx = ((d >> 22) & 1u) && ((d >> 24) & 1u);
+    if (!((b >> 16) & 1u) || !((b >> 30) & 1u) || !((b >> 31) & 1u)) return Bf16Kernel::kNone;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) == 0 || ((a >> 5) & 1u) == 0)
+      return Bf16Kernel::kNone;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return amx && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0
+               ? Bf16Kernel::kAmx
+               : Bf16Kernel::kDot;
 #else
-  return false;
+    return Bf16Kernel::kNone;
 #endif
+  }();
+  return best;
+}
+
+// The kernel in use (low bits) and whether it was asked for (kForced): the CPU's best, or
+// what RNNFAST_CPU_BF16 asks for ("fp32": none; "avx512_bf16": the dot products, on an AMX
+// CPU too, for every layer call).
+constexpr int kForced = 4;
+int initial_selection() {
+  static const int initial = [] {
+    const char* want = std::getenv("RNNFAST_CPU_BF16");
+    const Bf16Kernel best = supported();
+    if (want != nullptr && std::strcmp(want, "fp32") == 0) return static_cast<int>(Bf16Kernel::kNone);
+    if (want != nullptr && std::strcmp(want, "avx512_bf16") == 0 && best != Bf16Kernel::kNone)
+      return static_cast<int>(Bf16Kernel::kDot) | kForced;
+    return static_cast<int>(best);
+  }();
+  return initial;
+}
+
+std::atomic<int>& selected() {
+  static std::atomic<int> kernel{initial_selection()};
+  return kernel;
 }
 
 }  // namespace
 
-bool amx_bf16_usable() {
-  static const bool usable = detect();
-  return usable;
+Bf16Kernel bf16_kernel() {
+  return static_cast<Bf16Kernel>(selected().load(std::memory_order_relaxed) & ~kForced);
+}
+
+bool bf16_kernels_usable() { return bf16_kernel() != Bf16Kernel::kNone; }
+
+bool bf16_kernels_for(bool plain_rnn, int64_t batch) {
+  const int s = selected().load(std::memory_order_relaxed);
+  const Bf16Kernel k = static_cast<Bf16Kernel>(s & ~kForced);
+  if (k == Bf16Kernel::kAmx || (s & kForced) != 0) return k != Bf16Kernel::kNone;
+  return k == Bf16Kernel::kDot && !plain_rnn && batch <= kDotMaxBatch;
+}
+
+const char* bf16_kernel_name(Bf16Kernel k) {
+  return k == Bf16Kernel::kAmx ? "amx" : k == Bf16Kernel::kDot ? "avx512_bf16" : "fp32";
+}
+
+void bf16_reset_kernel() { selected().store(initial_selection(), std::memory_order_relaxed); }
+
+bool bf16_select_kernel(Bf16Kernel k, bool forced) {
+  const Bf16Kernel best = supported();
+  const bool ok = k == Bf16Kernel::kNone || k == best ||
+                  (k == Bf16Kernel::kDot && best == Bf16Kernel::kAmx);
+  if (ok) selected().store(static_cast<int>(k) | (forced ? kForced : 0), std::memory_order_relaxed);
+  return ok;
 }
 
 int64_t amx_packed_bytes(int64_t N, int64_t K) {
@@ -456,6 +506,118 @@ void run_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const flo
   _tile_release();
 }
 
+// ---- AVX512-BF16 dot products on the packed operands (bf16_gemm.h) ----
+
+inline __mmask16 lane_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n > 0 ? __mmask16((1u << n) - 1u) : __mmask16(0);
+}
+
+// Rows [m0, m0 + MR) x column tiles [j, j + NP) of C (columns past N masked off).
+template <int MR, int NP>
+void dot_block(const Operands& o, int64_t m0, int64_t j, int64_t N, AmxInit init,
+               const float* bias, float* C, int64_t ldc) {
+  const int64_t lda = o.sa / 2, pairs = o.nkb * (kTileK / 2);
+  __mmask16 mask[NP];
+  __m512 acc[MR][NP];
+#pragma GCC unroll 8
+  for (int q = 0; q < NP; ++q) mask[q] = lane_mask(N - (j + q) * kTileCols);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) {
+      const int64_t col = (j + q) * kTileCols;
+      acc[r][q] = init == AmxInit::kAccumulate ? _mm512_maskz_loadu_ps(mask[q], C + (m0 + r) * ldc + col)
+                  : init == AmxInit::kBias     ? _mm512_maskz_loadu_ps(mask[q], bias + col)
+                                               : _mm512_setzero_ps();
+    }
+  }
+  const char* b = o.tiles + j * o.nkb * kTileBytes;
+  const int64_t bstride = o.nkb * kTileBytes;  // bytes from one column tile to the next
+  for (int64_t term = 0; term * o.nkb < o.steps; ++term) {
+    const uint16_t* a = o.A + m0 * lda + term * pairs * 2;
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < pairs; ++p) {
+      __m512bh w[NP];
+#pragma GCC unroll 8
+      for (int q = 0; q < NP; ++q) w[q] = (__m512bh)_mm512_load_si512(b + q * bstride + p * 64);
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, a + r * lda + 2 * p, sizeof(pair));
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], x, w[q]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q)
+      if (mask[q] != 0) _mm512_mask_storeu_ps(C + (m0 + r) * ldc + (j + q) * kTileCols, mask[q], acc[r][q]);
+  }
+}
+
+template <int NP>
+void dot_rows(int64_t rows, const Operands& o, int64_t m0, int64_t j, int64_t N, AmxInit init,
+              const float* bias, float* C, int64_t ldc) {
+  switch (rows) {
+    case 1: return dot_block<1, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 2: return dot_block<2, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 3: return dot_block<3, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 4: return dot_block<4, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 5: return dot_block<5, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 6: return dot_block<6, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 7: return dot_block<7, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 8: return dot_block<8, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 9: return dot_block<9, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 10: return dot_block<10, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 11: return dot_block<11, NP>(o, m0, j, N, init, bias, C, ldc);
+    case 12: return dot_block<12, NP>(o, m0, j, N, init, bias, C, ldc);
+    default: return;
+  }
+}
+
+// All of C: up to 4 rows in one block against 8 (one row) or 4 column tiles at a time,
+// more rows in blocks of at most 12 shared out evenly against 2 column tiles at a time
+// (at most 24 accumulators); the column tiles outermost, so op(W) is read once per call.
+void dot_blocks(int64_t M, int64_t N, const Operands& o, AmxInit init, const float* bias,
+                float* C, int64_t ldc) {
+  const int64_t nj = col_tiles(N);
+  if (M <= 4) {
+    int64_t j = 0;
+    if (M == 1) {
+      for (; j + 8 <= nj; j += 8) dot_block<1, 8>(o, 0, j, N, init, bias, C, ldc);
+    } else {
+      for (; j + 4 <= nj; j += 4) dot_rows<4>(M, o, 0, j, N, init, bias, C, ldc);
+    }
+    for (; j < nj; ++j) dot_rows<1>(M, o, 0, j, N, init, bias, C, ldc);
+    return;
+  }
+  const int64_t nblocks = (M + 11) / 12, base = M / nblocks, extra = M % nblocks;
+  for (int64_t j = 0; j < nj; j += 2) {
+    for (int64_t blk = 0, m0 = 0; blk < nblocks; ++blk) {
+      const int64_t rows = base + (blk < extra ? 1 : 0);
+      if (j + 2 <= nj) {
+        dot_rows<2>(rows, o, m0, j, N, init, bias, C, ldc);
+      } else {
+        dot_rows<1>(rows, o, m0, j, N, init, bias, C, ldc);
+      }
+      m0 += rows;
+    }
+  }
+}
+
+// The product on whichever kernel is selected.
+void products(int64_t M, int64_t N, const Operands& o, AmxInit init, const float* bias, float* C,
+              int64_t ldc) {
+  if (bf16_kernel() == Bf16Kernel::kAmx) {
+    run_blocks(M, N, o, init, bias, C, ldc);
+  } else {
+    dot_blocks(M, N, o, init, bias, C, ldc);
+  }
+}
+
 }  // namespace
 
 // A tile wholly inside W: row r of the tile is the r-th pair of k of the tile's 16
@@ -513,7 +675,7 @@ void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const floa
   uint16_t* A = static_cast<uint16_t*>(rows);
   round_rows(M, K, X, ldx, A, Kp, terms);
   const Operands o{A, static_cast<const char*>(tiles), Kp * terms * 2, nkb, nkb * terms};
-  run_blocks(M, N, o, init, bias, C, ldc);
+  products(M, N, o, init, bias, C, ldc);
 }
 
 void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uint16_t* X,
@@ -524,7 +686,7 @@ void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uin
   uint16_t* A = static_cast<uint16_t*>(rows);
   copy_rows_bf16(M, K, X, ldx, A, Kp);
   const Operands o{A, static_cast<const char*>(tiles), Kp * 2, nkb, nkb};
-  run_blocks(M, N, o, init, bias, C, ldc);
+  products(M, N, o, init, bias, C, ldc);
 }
 
 }  // namespace cpu

@@ -1,4 +1,5 @@
-// bfloat16 products for the step loops on CPUs with AMX-BF16 tiles (float32 accumulation).
+// bfloat16 products for the step loops on CPUs with AMX-BF16 tiles or AVX512-BF16 (float32
+// accumulation).
 //
 //   C[M, N] = bf16(X)[M, K] bf16(op(W))[K, N]          (AmxInit::kZero; C is not read)
 //   C[M, N] = C + bf16(X)[M, K] bf16(op(W))[K, N]      (AmxInit::kAccumulate)
@@ -34,10 +35,40 @@
 namespace rnnfast {
 namespace cpu {
 
-// Whether the CPU has AMX-BF16 and AVX512-BF16 and the OS lets this process use the tile
-// registers (asked once, with arch_prctl(ARCH_REQ_XCOMP_PERM)). RNNFAST_CPU_BF16=fp32 turns
-// it off (the bfloat16 layers then multiply up-converted values in float32).
-bool amx_bf16_usable();
+// Which kernel multiplies: AMX tiles (TDPBF16PS) where the CPU has AMX-BF16 and the OS
+// lets this process use the tile registers (asked once, with arch_prctl), else AVX512-BF16
+// dot products (VDPBF16PS on the same packed operands) where the CPU has AVX512-BF16, else
+// none (the bfloat16 layers then multiply up-converted values in float32).
+// RNNFAST_CPU_BF16=fp32 selects none, RNNFAST_CPU_BF16=avx512_bf16 the dot products on an
+// AMX CPU.
+//
+// The dot products: for column tile j, the packed k pairs of op(W) are 64-byte rows one
+// after another (pair p at byte (j * ceil(K / 32) * 16 + p) * 64), each 16 columns x one
+// pair, which is VDPBF16PS's second operand; the pair of a row of X is one 32-bit
+// broadcast. Register blocks of up to 12 rows x 2 column tiles (8 tiles for one row, 4 for
+// up to four), the column tiles outermost; C starts from zero, C or the bias row, and the
+// pairs are added in ascending k, so as with the tiles every element depends only on its
+// row of X and its column of op(W). (The two kernels' sums of one pair may round apart:
+// VDPBF16PS adds the odd product first.)
+enum class Bf16Kernel { kNone = 0, kDot = 1, kAmx = 2 };
+Bf16Kernel bf16_kernel();
+const char* bf16_kernel_name(Bf16Kernel k);  // "amx", "avx512_bf16", "fp32"
+bool bf16_kernels_usable();                   // bf16_kernel() != kNone
+// Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows per step at most) runs
+// its products on bf16_kernel(): always on AMX; with the dot products only the LSTM and
+// GRU at batch <= kDotMaxBatch, unless the kernel was asked for (RNNFAST_CPU_BF16 or
+// bf16_select_kernel), since VDPBF16PS retired half the multiply-adds of FMA on the one
+// AVX512-BF16 CPU measured (a Sapphire Rapids Xeon, forced; it has AMX): there the dot
+// products won only where reading W_hh bounds a step (few rows; LSTM/GRU at batch 1, 2 and
+// in training 4), and the two-term products of the Elman RNN lost everywhere. Elsewhere
+// the float32 path (up-converted copies) runs.
+constexpr int64_t kDotMaxBatch = 4;
+bool bf16_kernels_for(bool plain_rnn, int64_t batch);
+// Testing: selects kernel k from now on if this CPU has it (true), else false; forced: for
+// every call, else by the rule of bf16_kernels_for.
+bool bf16_select_kernel(Bf16Kernel k, bool forced = true);
+// Testing: back to the selection made at start-up (the CPU's and RNNFAST_CPU_BF16's).
+void bf16_reset_kernel();
 
 // Bytes of the packed op(W) for N columns and K rows.
 int64_t amx_packed_bytes(int64_t N, int64_t K);
@@ -57,7 +88,7 @@ void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, in
 
 // dst[r, c] = bf16(src[r, c]) for rows x cols float32 values (row strides in values),
 // rounded to nearest even by the CPU's AVX512-BF16 conversion (as the A tiles are); only
-// where amx_bf16_usable().
+// where bf16_kernels_usable().
 void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst);
 

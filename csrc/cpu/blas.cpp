@@ -312,7 +312,7 @@ PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
   TORCH_CHECK(groups >= 1 && (N <= 0 || N % groups == 0) && (groups == 1 || trans_w),
               "rnnfast internal error: bad weight groups");
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_terms > 0 && amx_bf16_usable() && N > 0 && K > 0 && M_max > 0) {
+    if (bf16_terms > 0 && bf16_kernels_usable() && N > 0 && K > 0 && M_max > 0) {
       // The float32 panels give the grouped columns of op(W); the tiles are made from them.
       const size_t panel_bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
       std::unique_ptr<void, decltype(&std::free)> panels(
@@ -356,7 +356,7 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
     : trans_w_(true), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(nullptr), ldw_(ldw),
       gathered_(nullptr), kernel_(nullptr), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
       amx_rows_(nullptr) {
-  TORCH_CHECK((std::is_same_v<T, float>) && amx_bf16_usable() && bf16_terms > 0 && N > 0 && K > 0 &&
+  TORCH_CHECK((std::is_same_v<T, float>) && bf16_kernels_usable() && bf16_terms > 0 && N > 0 && K > 0 &&
                   M_max > 0 && groups >= 1 && N % groups == 0,
               "rnnfast internal error: a bfloat16 weight is packed for the AMX tiles only");
   const size_t tile_bytes = static_cast<size_t>(amx_packed_bytes(N, K));
@@ -433,7 +433,7 @@ const char* sequence_gemm_backend() {
                                            : gemm_backend();
 }
 
-bool step_gemm_bf16_amx() { return amx_bf16_usable(); }
+const char* step_gemm_bf16() { return bf16_kernel_name(bf16_kernel()); }
 
 bool step_gemm_split_invariant_f32() { return cpu_kernels().panel_gemm_f32 != nullptr; }
 

@@ -63,26 +63,27 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 // preference, the CPU kernel set's own panel micro-kernel (panel_gemm.h; beta must
 // then be 0 or 1), MKL's packed GEMM, or plain gemm(); float64 uses gemm(). W must
 // outlive this object. With bf16_terms > 0 (float32 only), on a CPU where
-// amx_bf16_usable() (bf16_gemm.h), op(W) is rounded to bfloat16 and X to one (1) or a sum
-// of two (2) bfloat16 values, multiplied by the AMX tiles with float32 accumulation (beta
+// bf16_kernels_usable() (bf16_gemm.h), op(W) is rounded to bfloat16 and X to one (1) or a sum
+// of two (2) bfloat16 values, multiplied by the AMX tiles or AVX512-BF16 dot products with float32 accumulation (beta
 // 0 or 1); elsewhere bf16_terms changes nothing.
 template <typename T>
 class PackedWeight {
  public:
   PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
                int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0);
-  // float32 on an AMX CPU (amx_bf16_usable()) only, with N, K, M_max > 0: op(W) = W^T of
+  // float32 on a CPU with bfloat16 kernels (bf16_kernels_usable()) only, with N, K, M_max > 0: op(W) = W^T of
   // bfloat16 W16 (bit patterns; grouped rows as above), packed into the tiles as it is, with
-  // no float32 copy. amx() is then true.
+  // no float32 copy. bf16() is then true.
   PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_t* W16, int64_t ldw,
                int64_t groups, int64_t group_stride, int bf16_terms);
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;
   void gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const;
-  // Whether the products run on AMX tiles (float32 with bf16_terms > 0 on an AMX CPU).
-  bool amx() const { return amx_tiles_ != nullptr; }
-  // Only where amx(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit patterns, row
+  // Whether the products run on the bfloat16 kernels (float32 with bf16_terms > 0 where
+  // bf16_kernels_usable()).
+  bool bf16() const { return amx_tiles_ != nullptr; }
+  // Only where bf16(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit patterns, row
   // stride ldx), bias [N] repeated on every row, or no bias (nullptr). X16 is taken as it
   // is (one term whatever bf16_terms says): no rounding and no float32 copy of X.
   void gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias, float* C,
@@ -99,7 +100,7 @@ class PackedWeight {
   PanelGemmF32 kernel_;     // the panel micro-kernel, or nullptr
   void* panels_;            // W packed for kernel_, or nullptr
   void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)
-  void* amx_tiles_;         // bf16 on an AMX CPU: op(W) in B tiles (bf16_gemm.h), else nullptr
+  void* amx_tiles_;         // bf16 with the bfloat16 kernels: op(W) in B tiles (bf16_gemm.h), else nullptr
   void* amx_rows_;          //   and the buffer of X's rows rounded to bfloat16
 };
 
@@ -128,8 +129,9 @@ const char* step_gemm_backend();
 // loop gives the same result on any number of threads.
 bool step_gemm_split_invariant_f32();
 
-// Whether PackedWeight<float>(..., bf16 = true) multiplies on AMX tiles on this CPU.
-bool step_gemm_bf16_amx();
+// What PackedWeight<float>(..., bf16_terms > 0) multiplies with on this CPU: "amx",
+// "avx512_bf16" or "fp32" (bf16_gemm.h).
+const char* step_gemm_bf16();
 
 // Which GEMM backs sequence_gemm<float> (the large whole-sequence products) on this CPU.
 const char* sequence_gemm_backend();

@@ -310,7 +310,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     bool read_x16 = false;
     std::vector<float> bias_u;
     if constexpr (std::is_same_v<T, float>) {
-      read_x16 = w.x16 != nullptr && packed_ih.amx();
+      read_x16 = w.x16 != nullptr && packed_ih.bf16();
       if (read_x16 && w.bias_x != nullptr) {
         bias_u.resize(static_cast<size_t>(GHs));
         for (int64_t gate = 0; gate < G; ++gate)
@@ -580,7 +580,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     }
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (w.bf16 && step_gemm_bf16_amx()) {
+    if (w.bf16 && bf16_kernels_usable()) {
       // bfloat16 layer: the products on bfloat16 copies (the gate gradients rounded once;
       // x, the outputs, the initial state and W_ih are bfloat16 values already).
       // The layer's bfloat16 arguments as given (rows x cols), or a copy of the float32 ones.

@@ -62,17 +62,17 @@ struct ForwardScratch {
                               //   chunk of steps
   int64_t chunk_steps = 1;
   T* r = nullptr;             // [B, H] LSTM with projection: o * tanh(c_t), else nullptr
-  bool bf16 = false;          // the layer is bfloat16: on an AMX CPU its products run on the
+  bool bf16 = false;          // the layer is bfloat16: with the bfloat16 kernels its products run on the
                               //   tiles (PackedWeight's bf16 mode): the input projection
                               //   on x and W_ih as they are (bfloat16 values), the step
                               //   product with h_{t-1} rounded to one bfloat16 value (LSTM,
                               //   GRU) or as a sum of two (RNN)
-  const uint16_t* x16 = nullptr;  // [N, I] bf16 on an AMX CPU: the input as bfloat16 bit
+  const uint16_t* x16 = nullptr;  // [N, I] bf16 with the bfloat16 kernels: the input as bfloat16 bit
                                   //   patterns, which the input projection reads instead of
                                   //   the layer's x (then nullptr: no float32 copy is made)
   const uint16_t* w_ih16 = nullptr;  // [G*H, I] and [G*H, P]: the same for the weights,
   const uint16_t* w_hh16 = nullptr;  //   packed into the tiles as they are (I > 0)
-  uint16_t* y16 = nullptr;  // [N, P] bf16 on an AMX CPU: the output, written as
+  uint16_t* y16 = nullptr;  // [N, P] bf16 with the bfloat16 kernels: the output, written as
                             //   bfloat16 straight from each step's h_t (the layer's y is then
                             //   nullptr: no float32 output is made)
 };
@@ -87,18 +87,18 @@ struct BackwardScratch {
   T* dr = nullptr;     // [B, H] LSTM with projection: dL/d(o tanh c_t) of a step
   T* R = nullptr;      // [N, H] LSTM with projection: o tanh c_t of every row
   T* DH = nullptr;     // [N, P] LSTM with projection: dL/dh_t of every row
-  bool bf16 = false;   // the layer is bfloat16: on an AMX CPU the step products take dG_t as
+  bool bf16 = false;   // the layer is bfloat16: with the bfloat16 kernels the step products take dG_t as
                        //   a sum of two bfloat16 values (PackedWeight's bf16 mode); the
                        //   whole-sequence products run on bfloat16 copies (dG rounded
                        //   once) through torch's bfloat16 GEMM (sequence_gemm_bf16)
-  // bf16 on an AMX CPU: the layer's bfloat16 arguments as they were given, which the
+  // bf16 with the bfloat16 kernels: the layer's bfloat16 arguments as they were given, which the
   // whole-sequence products read instead of rounding float32 copies back (then the
   // layer's x and w_ih are nullptr: no float32 copies are made).
   const uint16_t* x16 = nullptr;     // [N, I]
   const uint16_t* w_ih16 = nullptr;  // [G*H, I]
   const uint16_t* y16 = nullptr;     // [N, P]
   const uint16_t* hx16 = nullptr;    // [B, P]
-  // bf16 on an AMX CPU: the gate gradients rounded to bfloat16 once, in each step by the
+  // bf16 with the bfloat16 kernels: the gate gradients rounded to bfloat16 once, in each step by the
   // thread that wrote them (what the whole-sequence products read; else a copy is made
   // after the loop), and the bfloat16 gradients that those products write straight (the
   // layer's dx, dw_ih, dw_hh are then nullptr).
