@@ -54,7 +54,7 @@ where results go:
   with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
   (every layer and mode), docs/results/load-cpu-<kernelset>.md; with --onnx (every layer, both
   exporters, default sizes and --min-time), docs/results/onnx-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
-  (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512; avx512-amx where the bfloat16 layers run on AMX tiles). Any other run (a subset of
+  (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512; avx512-amx where the bfloat16 layers run on AMX tiles, avx512-bf16 on AVX512-BF16 dot products). Any other run (a subset of
   --layers/--modes/--shapes/--dtypes, --quick, --device cuda, --memory-repeat > 1, a layer rnnfast
   lacks) writes the same files to bench_results/ instead, so it never overwrites docs/results.
   --out DIR writes them to DIR; --no-docs keeps even a full run out of docs/results.
@@ -171,7 +171,9 @@ def plan_run(args: argparse.Namespace) -> Plan:
         if m not in MODES:
             raise UsageError(f"unknown mode {m!r}; use {','.join(MODES)}")
     if memory:
-        dtype_names = ["float32"]
+        dtype_names = args.dtypes or ["float32"]
+        if len(dtype_names) != 1 or dtype_names[0] not in ("float32", "bfloat16"):
+            raise UsageError("--memory measures one dtype: --dtypes float32 (default) or bfloat16")
     else:
         dtype_names = args.dtypes or (["float32", "float16", "bfloat16"] if device == "cuda" else ["float32"])
     bad = [d for d in dtype_names if d not in DTYPES]
@@ -261,20 +263,22 @@ def _memory_main(args: argparse.Namespace, command: str) -> int:
     if args.device != "cpu":
         log("note: --memory measures the CPU (on CUDA the timing run reports peak memory itself)")
     threads = args.threads if args.threads > 0 else 0
-    log(f"peak memory of one training step, float32, {threads or 'default'} threads, one fresh "
+    dtype = dtype_name(plan.dtypes[0])
+    log(f"peak memory of one training step, {dtype}, {threads or 'default'} threads, one fresh "
         f"subprocess per (layer, implementation, shape); child env "
         + ", ".join(f"{k}={os.environ.get(k, v)}" for k, v in _MEMORY_ENV_DEFAULTS.items()))
     log(_where(plan, args))
     info = machine_info("cpu")
     info["torch_threads"] = threads or torch.get_num_threads()
     info["command"] = command
+    info["dtypes"] = [dtype]
     info["run"] = _run_kind(plan, args) + (f"; {args.memory_repeat} repetitions" if args.memory_repeat > 1 else "")
     t0 = time.perf_counter()
     results: List[MemoryResult] = []
     for rep in range(max(1, args.memory_repeat)):
         if args.memory_repeat > 1:
             log(f"-- repetition {rep + 1}/{args.memory_repeat}")
-        results += measure_memory(plan.specs, plan.shapes, args.seed, threads, log=log)
+        results += measure_memory(plan.specs, plan.shapes, args.seed, threads, log=log, dtype=dtype)
     bad = [r for r in results if r.status == "ok" and r.ok is False]
     print()
     print(report.memory_caption(results))

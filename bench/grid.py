@@ -132,6 +132,30 @@ TARGETS: Dict[Tuple[str, str], Dict[str, float]] = {
     ]
 }
 
+#: docs/performance.md, bfloat16 (both sides in bfloat16), on CPUs with AMX-BF16 only; the same
+#: for both modes.
+BF16_TARGETS: Dict[str, Dict[str, float]] = {
+    layer: dict(zip(GRID_ORDER, values))
+    for layer, values in [
+        ("LSTM", (1.3, 1.0, 1.0, 1.0, 1.3, 1.3)),
+        ("GRU", (2.0, 1.3, 1.3, 1.3, 2.0, 2.0)),
+        ("RNN", (2.0, 1.3, 1.3, 1.3, 2.0, 2.0)),
+    ]
+}
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU reports AMX-BF16 (``amx_bf16`` in /proc/cpuinfo; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for ln in f:
+                if ln.startswith("flags"):
+                    return "amx_bf16" in ln.split()
+    except OSError:
+        pass
+    return False
+
+
 #: docs/performance.md: at L and XL rnnfast should reach >= 70% of the measured float32 GEMM peak.
 EFFICIENCY_TARGET: Tuple[Tuple[str, ...], float] = (("L", "XL"), 0.70)
 
@@ -234,12 +258,20 @@ def flops(spec: LayerSpec, shape: Shape, mode: str) -> float:
     return fwd * (3.0 if mode == "train" else 1.0)
 
 
-def target_for(spec: LayerSpec, mode: str, shape: Shape, device: str, dtype: torch.dtype) -> Optional[float]:
+def target_for(spec: LayerSpec, mode: str, shape: Shape, device: str, dtype: torch.dtype,
+               amx: Optional[bool] = None) -> Optional[float]:
     """The docs/performance.md speedup target for a cell, or None where none applies.
 
-    Targets exist for the CPU, float32, and the full-size grid shapes only.
+    Targets exist for the CPU and the full-size grid shapes only: float32 on every CPU, and
+    bfloat16 on CPUs with AMX-BF16 (``amx``; default: this CPU's flags).
     """
-    if device != "cpu" or dtype != torch.float32 or shape.quick or shape.grid is None:
+    if device != "cpu" or shape.quick or shape.grid is None:
+        return None
+    if dtype == torch.bfloat16:
+        if not (cpu_has_amx_bf16() if amx is None else amx):
+            return None
+        return BF16_TARGETS.get(spec.name, {}).get(shape.grid)
+    if dtype != torch.float32:
         return None
     return TARGETS.get((spec.name, mode), {}).get(shape.grid)
 

@@ -93,11 +93,13 @@ def kernel_set(info: Dict[str, Any]) -> str:
 
 def results_key(info: Dict[str, Any]) -> str:
     """The machine kind a results file is named by: the kernel set, with ``-amx`` where
-    rnnfast's bfloat16 layers run on AMX tiles (``build_info()["bf16_gemm"]``), so that the
-    tables of an AVX-512 EPYC and an AMX Xeon live side by side."""
+    rnnfast's bfloat16 layers run on AMX tiles and ``-bf16`` where they run AVX512-BF16 dot
+    products (``build_info()["bf16_gemm"]``), so that the tables of an AVX-512 EPYC and an
+    AMX Xeon live side by side."""
     build = info.get("rnnfast_build")
-    bf16 = build.get("bf16_gemm", "") if isinstance(build, dict) else ""
-    return kernel_set(info) + ("-amx" if str(bf16).startswith("amx") else "")
+    bf16 = str(build.get("bf16_gemm", "") if isinstance(build, dict) else "")
+    suffix = "-amx" if bf16.startswith("amx") else "-bf16" if bf16.startswith("avx512_bf16") else ""
+    return kernel_set(info) + suffix
 
 
 def machine_info(device: str = "cpu") -> Dict[str, Any]:

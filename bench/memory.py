@@ -32,7 +32,8 @@ __all__ = ["MEMORY_IMPLS", "MemoryResult", "measure_step_memory", "measure_memor
 # implementation or shape is resident:
 #
 # 1. setup: ``torch.set_num_threads(threads)`` (2, as in the timing runs), build the layer and
-#    the input with :func:`make_pair` (float32, weights identical to torch.nn's), the input
+#    the input with :func:`make_pair` (float32, or bfloat16 with ``--dtypes bfloat16``: both
+#    layers and the input in that dtype; weights identical to torch.nn's), the input
 #    requiring grad as in ``train`` mode, and a fixed upstream gradient ``ones(T, B, H)``;
 #    drop the other implementation's layer, ``gc.collect()``, ``malloc_trim(0)`` (free heap
 #    memory goes back to the kernel, so it cannot silently absorb the step's allocations);
@@ -130,7 +131,7 @@ def _settle() -> None:
 
 
 def _memory_child(layer: str, impl: str, T: int, B: int, H: int, seed: int = 0, threads: int = 2,
-                  extra_bytes: int = 0) -> Dict[str, Any]:
+                  extra_bytes: int = 0, dtype: str = "float32") -> Dict[str, Any]:
     """Runs in the fresh child: measures one cold and one warm training step (see above).
 
     ``extra_bytes`` (for the tests) allocates and fills that many more bytes inside each step,
@@ -144,10 +145,11 @@ def _memory_child(layer: str, impl: str, T: int, B: int, H: int, seed: int = 0, 
     if impl not in MEMORY_IMPLS:
         raise ValueError(f"unknown implementation {impl!r}; use {MEMORY_IMPLS}")
     shape = Shape(f"T{T}B{B}H{H}", T, B, H)
-    ref, fast, x = make_pair(spec, shape, "train", "cpu", torch.float32, seed)
+    dt = getattr(torch, dtype)
+    ref, fast, x = make_pair(spec, shape, "train", "cpu", dt, seed)
     mod = ref if impl == "torch" else fast
     del ref, fast
-    gout = torch.ones(T, B, H)
+    gout = torch.ones(T, B, H, dtype=dt)
 
     def step() -> None:
         extra = torch.ones(max(0, extra_bytes) // 4) if extra_bytes > 0 else None
@@ -159,7 +161,7 @@ def _memory_child(layer: str, impl: str, T: int, B: int, H: int, seed: int = 0, 
         mod.zero_grad(set_to_none=True)
         x.grad = None
 
-    res: Dict[str, Any] = {"layer": spec.name, "impl": impl, "T": T, "B": B, "H": H,
+    res: Dict[str, Any] = {"layer": spec.name, "impl": impl, "T": T, "B": B, "H": H, "dtype": dtype,
                            "threads": torch.get_num_threads(),
                            "env": {k: os.environ.get(k) for k in _MEMORY_ENV_DEFAULTS}}
     # Bootstrap: one step of the same layer on a tiny input (T=2, B=1), so that what every first
@@ -169,7 +171,7 @@ def _memory_child(layer: str, impl: str, T: int, B: int, H: int, seed: int = 0, 
     _settle()
     before0 = _rss_bytes()
     if _reset_peak_rss():
-        xb = torch.randn(2, 1, shape.I, requires_grad=True)
+        xb = torch.randn(2, 1, shape.I, dtype=dt, requires_grad=True)
         ob = mod(xb)[0]
         ob.backward(torch.ones_like(ob))
         res["bootstrap_bytes"] = _proc_status_kib("VmHWM") * 1024 - before0
@@ -211,6 +213,7 @@ class MemoryResult:
     T: int
     B: int
     H: int
+    dtype: str = "float32"
     status: str = "ok"
     message: str = ""
     method: str = ""
@@ -247,16 +250,17 @@ _RESULT_MARKER = "RNNFAST_MEMORY_RESULT "
 
 def child_main(spec: str) -> int:
     """Entry point of the child interpreter: ``spec`` is
-    ``layer,impl,T,B,H,seed,threads,extra_bytes``; prints the result as one JSON line."""
-    layer, impl, t, b, h, seed, threads, extra = spec.split(",")
-    res = _memory_child(layer, impl, int(t), int(b), int(h), int(seed), int(threads), int(extra))
+    ``layer,impl,T,B,H,seed,threads,extra_bytes[,dtype]``; prints the result as one JSON line."""
+    layer, impl, t, b, h, seed, threads, extra, *rest = spec.split(",")
+    res = _memory_child(layer, impl, int(t), int(b), int(h), int(seed), int(threads), int(extra),
+                        rest[0] if rest else "float32")
     print(_RESULT_MARKER + json.dumps(res), flush=True)
     return 0
 
 
 def measure_step_memory(spec: LayerSpec, impl: str, shape: Shape, seed: int = 0, threads: int = 2,
                         extra_bytes: int = 0, timeout: float = 600.0,
-                        env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                        env: Optional[Dict[str, str]] = None, dtype: str = "float32") -> Dict[str, Any]:
     """Run :func:`_memory_child` in a fresh ``sys.executable`` and return its result dict.
 
     The child runs :func:`child_main` (``python -c``, in this process's working directory; it
@@ -272,7 +276,7 @@ def measure_step_memory(spec: LayerSpec, impl: str, shape: Shape, seed: int = 0,
     if env:
         child_env.update(env)
     cmd = [sys.executable, "-c", _CHILD_CODE.format(parent=_PACKAGE_PARENT),
-           f"{spec.key},{impl},{shape.T},{shape.B},{shape.H},{seed},{threads},{extra_bytes}"]
+           f"{spec.key},{impl},{shape.T},{shape.B},{shape.H},{seed},{threads},{extra_bytes},{dtype}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env, check=False)
     for ln in p.stdout.splitlines():
         if ln.startswith(_RESULT_MARKER):
@@ -282,12 +286,13 @@ def measure_step_memory(spec: LayerSpec, impl: str, shape: Shape, seed: int = 0,
 
 
 def measure_memory(specs: Optional[Sequence[LayerSpec]] = None, shapes: Optional[Sequence[Shape]] = None,
-                   seed: int = 0, threads: int = 2, log: Optional[Callable[[str], None]] = None
-                   ) -> List[MemoryResult]:
+                   seed: int = 0, threads: int = 2, log: Optional[Callable[[str], None]] = None,
+                   dtype: str = "float32") -> List[MemoryResult]:
     """Peak extra memory of one training step, torch.nn vs rnnfast, per (layer, shape).
 
     Defaults: every layer rnnfast provides, the full benchmark grid. Each implementation runs in
-    its own fresh subprocess (torch.nn first, then rnnfast). Returns one :class:`MemoryResult`
+    its own fresh subprocess (torch.nn first, then rnnfast), both in ``dtype`` ("float32" or
+    "bfloat16"). Returns one :class:`MemoryResult`
     per (layer, shape); failures are reported in ``status`` / ``message``, never raised.
     """
     specs = list(specs) if specs is not None else available_layers()
@@ -296,10 +301,11 @@ def measure_memory(specs: Optional[Sequence[LayerSpec]] = None, shapes: Optional
     cells = [(s, sh) for s in specs for sh in shapes]
     t0 = time.perf_counter()
     for i, (spec, shape) in enumerate(cells, 1):
-        r = MemoryResult(layer=spec.name, shape=shape.name, T=shape.T, B=shape.B, H=shape.H)
+        r = MemoryResult(layer=spec.name, shape=shape.name, T=shape.T, B=shape.B, H=shape.H,
+                         dtype=dtype)
         try:
-            t = measure_step_memory(spec, "torch", shape, seed, threads)
-            f = measure_step_memory(spec, "rnnfast", shape, seed, threads)
+            t = measure_step_memory(spec, "torch", shape, seed, threads, dtype=dtype)
+            f = measure_step_memory(spec, "rnnfast", shape, seed, threads, dtype=dtype)
             r.method = t["method"] if t["method"] == f["method"] else f"{t['method']} / {f['method']}"
             r.torch_cold_bytes, r.fast_cold_bytes = t["cold_bytes"], f["cold_bytes"]
             r.torch_warm_bytes, r.fast_warm_bytes = t["warm_bytes"], f["warm_bytes"]

@@ -60,8 +60,10 @@ def results_stem(info: Dict[str, Any]) -> str:
 
 
 def memory_stem(info: Dict[str, Any]) -> str:
-    """File name (without extension) of a ``--memory`` run's results: ``memory-cpu-<kernelset>``."""
-    return "memory-cpu-" + _slug(results_key(info))
+    """File name (without extension) of a ``--memory`` run's results: ``memory-cpu-<kernelset>``
+    (``memory-cpu-<kernelset>-bfloat16`` for a bfloat16 run)."""
+    suffix = "-bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
+    return "memory-cpu-" + _slug(results_key(info)) + suffix
 
 
 def format_table(results: Sequence[CellResult], peak_gflops: Optional[float] = None) -> str:
@@ -172,7 +174,8 @@ def format_speedup_table(results: Sequence[CellResult]) -> Tuple[str, str]:
     judged = [r for r in results if r.target is not None]
     met = sum(1 for r in judged if r.status == "ok" and r.target_met)
     count = (f"{met} of {len(judged)} targets met" if judged
-             else "no targets judged (they apply to the full-size grid on the CPU at float32)")
+             else "no targets judged (they apply to the full-size grid on the CPU, float32, and "
+                  "bfloat16 on CPUs with AMX-BF16)")
     return markdown_table(rows, right), count
 
 
@@ -202,7 +205,9 @@ def format_memory_table(results: Sequence[MemoryResult]) -> str:
 
 def memory_caption(results: Sequence[MemoryResult]) -> str:
     """What the memory table shows, and how it was measured."""
-    return ("Peak extra memory of one training step (forward + backward with a fixed upstream gradient), "
+    dtype = results[0].dtype if results else "float32"
+    return (f"Peak extra memory of one training step in {dtype}, both implementations (forward + "
+            "backward with a fixed upstream gradient), "
             "MiB = 2^20 bytes, above the RSS after setup; cold = first step of a fresh process, "
             f"warm = the second step; method: {results[0].method if results else '-'}")
 
@@ -288,8 +293,9 @@ def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
 
 def format_memory_markdown(results: Sequence[MemoryResult], info: Dict[str, Any]) -> str:
     """The results file of a ``--memory`` run (``memory-cpu-<kernelset>.md``)."""
-    out = _header(f"rnnfast vs torch.nn: peak memory of a training step, CPU, `{kernel_set(info)}` kernels",
-                  info)
+    dtype = " in bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
+    out = _header(f"rnnfast vs torch.nn: peak memory of a training step{dtype}, CPU, "
+                  f"`{kernel_set(info)}` kernels", info)
     out += ["", memory_caption(results) + ".", "", format_memory_table(results), "",
             memory_summary(results) + "."]
     return "\n".join(out) + "\n"

@@ -43,6 +43,22 @@ def test_step_memory_positive_and_sees_an_extra_allocation():
         assert fx["warm_bytes"] >= f["warm_bytes"] + 0.9 * EXTRA, (f, fx)
 
 
+def test_step_memory_in_bfloat16():
+    """--dtypes bfloat16: both implementations' step in bfloat16 (the child says so), and a
+    bfloat16 run's file name carries the dtype."""
+    spec = grid.get_layer("gru")
+    with ThreadPoolExecutor(2) as ex:
+        futs = [ex.submit(memory.measure_step_memory, spec, impl, SHAPE, 0, 1, 0, 120.0, None,
+                          "bfloat16") for impl in ("torch", "rnnfast")]
+        results = [fu.result() for fu in futs]
+    for r in results:
+        assert r["dtype"] == "bfloat16" and r["cold_bytes"] > 0, r
+    info = {"rnnfast_build": {"cpu_kernels": "avx2", "bf16_gemm": "float32 on up-converted values"},
+            "dtypes": ["bfloat16"]}
+    assert report.memory_stem(info) == "memory-cpu-avx2-bfloat16"
+    assert report.memory_stem(dict(info, dtypes=["float32"])) == "memory-cpu-avx2"
+
+
 def test_memory_table_formats():
     r = memory.MemoryResult("LSTM", "S", 200, 16, 128, torch_cold_bytes=2**20, fast_cold_bytes=2**19,
                             ratio=0.5, ok=True)

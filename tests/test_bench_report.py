@@ -13,7 +13,7 @@ _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from bench import cli, machine, report  # noqa: E402
+from bench import cli, grid, machine, report  # noqa: E402
 from bench.timing import CellResult  # noqa: E402
 
 
@@ -71,6 +71,10 @@ def test_results_markdown_header_and_tables():
     assert report.results_stem(amx) == "cpu-avx512-amx"
     assert report.results_stem(dict(amx, dtypes=["bfloat16"])) == "cpu-avx512-amx-bfloat16"
     assert report.load_stem(amx) == "load-cpu-avx512-amx"
+    dot = dict(INFO, rnnfast_build={"cpu_kernels": "avx512",
+                                    "bf16_gemm": "avx512_bf16 dot products (step products)"})
+    assert report.results_stem(dot) == "cpu-avx512-bf16"
+    assert report.results_stem(dict(dot, dtypes=["bfloat16"])) == "cpu-avx512-bf16-bfloat16"
 
 
 def test_header_from_this_machine(tmp_path):
@@ -131,3 +135,17 @@ def test_partial_run_writes_to_bench_results(tmp_path, monkeypatch):
     assert "| LSTM " in text and "qS" in text
     after = sorted((p.name, p.stat().st_mtime_ns) for p in docs.glob("*")) if docs.is_dir() else None
     assert after == before
+
+
+def test_bfloat16_targets_apply_on_amx_cpus_only():
+    import torch
+    lstm, gru = grid.get_layer("lstm"), grid.get_layer("gru")
+    xl, s = grid.GRID_SHAPES["XL"], grid.GRID_SHAPES["S"]
+    assert grid.target_for(lstm, "infer", xl, "cpu", torch.bfloat16, amx=True) == 1.0
+    assert grid.target_for(lstm, "train", s, "cpu", torch.bfloat16, amx=True) == 1.3
+    assert grid.target_for(gru, "train", xl, "cpu", torch.bfloat16, amx=True) == 1.3
+    assert grid.target_for(gru, "infer", s, "cpu", torch.bfloat16, amx=True) == 2.0
+    assert grid.target_for(lstm, "infer", xl, "cpu", torch.bfloat16, amx=False) is None
+    assert grid.target_for(lstm, "infer", grid.QUICK_SHAPES["XL"], "cpu", torch.bfloat16, amx=True) is None
+    assert grid.target_for(lstm, "infer", xl, "cuda", torch.bfloat16, amx=True) is None
+    assert grid.target_for(lstm, "infer", xl, "cpu", torch.float32) == 1.0
