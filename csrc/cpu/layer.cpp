@@ -139,25 +139,24 @@ int64_t now_ns() {
 // step's work in any step loop that a slice matters to. So a thread counts as stalled
 // the waits that are longer than its own work before them, and a loop whose most
 // stalled thread spent more than kLoadedWaitFraction of the loop so is "loaded".
-// A short preemption (a kernel worker, an interrupt) makes a lone loop loaded now and
-// then: alone on the AVX-512 machine about 1 loop in 100 at B1/B4 was, rarely two in a
-// row, while beside a busy process nearly every loop is. So the threads drop to one only
-// after kLoadedStrikes loaded loops in a row (or one loaded probe after a back-off).
-// A wait also counts only beyond kMinStallNs: a time slice lost to another process is
-// far longer (milliseconds), while at B1 the barrier's own latency is of the order of a
+// A wait counts only beyond kMinStallNs: a time slice lost to another process is far
+// longer (milliseconds), while at B1 the barrier's own latency is of the order of a
 // thread's few microseconds of work a step and, counted, put lone loops near the limit.
+// A short preemption (a kernel worker, an interrupt) still makes a lone loop loaded now
+// and then (alone on the AVX-512 Xeon about 1 loop in 100 at B1/B4), while beside a busy
+// process loaded loops come every call or every other (forward clean, backward loaded).
+// So one loaded loop is enough, but the first back-off is short (kFirstBackoffNs): a
+// passing preemption costs 50 ms of one-thread loops, lasting load doubles it to 8 s.
 constexpr double kLoadedWaitFraction = 0.25;
-constexpr int kLoadedStrikes = 3;
 constexpr int64_t kMinStallNs = 50 * 1000;
 constexpr int64_t kMinMonitoredLoopNs = 200 * 1000;  // shorter loops tell too little
-constexpr int64_t kFirstBackoffNs = 1000LL * 1000 * 1000;
+constexpr int64_t kFirstBackoffNs = 50LL * 1000 * 1000;
 constexpr int64_t kMaxBackoffNs = 8LL * 1000 * 1000 * 1000;
 
 struct LoadMonitor {
   std::atomic<int64_t> single_until{0};  // steady-clock ns until which loops run on one thread
   std::mutex mu;                         // guards the fields below
   int64_t backoff = 0;
-  int strikes = 0;  // loaded loops in a row
   StepLoopLoad counts;
 
   bool may_split(int64_t now) {
@@ -173,12 +172,9 @@ struct LoadMonitor {
     if (loop_ns < kMinMonitoredLoopNs) return;
     if (wait_fraction > kLoadedWaitFraction) {
       ++counts.loaded_loops;
-      if (backoff == 0 && ++strikes < kLoadedStrikes) return;
-      strikes = 0;
       backoff = backoff == 0 ? kFirstBackoffNs : std::min(2 * backoff, kMaxBackoffNs);
       single_until.store(now + backoff, std::memory_order_relaxed);
     } else {
-      strikes = 0;
       backoff = 0;
     }
   }
@@ -680,7 +676,6 @@ void reset_step_loop_load() {
   std::lock_guard<std::mutex> lock(monitor.mu);
   monitor.counts = StepLoopLoad{};
   monitor.backoff = 0;
-  monitor.strikes = 0;
   monitor.single_until.store(0, std::memory_order_relaxed);
 }
 

@@ -118,9 +118,8 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w);
 // The step loops on a machine where other work competes for the cores (layer.cpp).
 // A split step loop meets its threads at a barrier every step, so one thread that the
 // OS deschedules for a time slice stalls them all; a loop whose threads waited for
-// each other longer than they worked, for more than a quarter of its time, is loaded;
-// three loaded loops in a row conclude that the threads are not all running (one can
-// be a passing preemption), and the next loops run on one thread (which then
+// each other longer than they worked (and beyond 50 us), for more than a quarter of its
+// time, concludes that they are not all running, and the next loops run on one thread (which then
 // competes for a core like any other process) for a back-off period, after which one
 // loop probes again with every thread (the period doubles while the load lasts). Only
 // loops whose result does not depend on the split drop to one thread (float32 without
