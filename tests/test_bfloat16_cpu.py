@@ -126,3 +126,31 @@ def test_bfloat16_operator_saves_float32():
 def test_opcheck_forward_bfloat16(kind, reverse, bias, packed):
     sample = make_sample(kind, reverse, bias, packed, dtype=torch.bfloat16, requires_grad=True)
     torch.library.opcheck(kind.forward_op, sample.forward_args(True))
+
+
+@pytest.mark.parametrize("layout", ["expanded", "transposed"])
+@pytest.mark.parametrize("kind", kind_params())
+def test_strided_output_gradient_bfloat16(kind, layout, bf16_kernel):
+    """backward reads a bfloat16 output gradient in place, whatever its strides: an expanded
+    gradient (stride 0, what ``out.sum()`` gives) and a transposed one give the very bits of
+    the same values made contiguous."""
+    torch.manual_seed(3)
+    kwargs = dict(kind.kwargs, num_layers=2, bidirectional=True)
+    if kind.proj_size:
+        kwargs["proj_size"] = 11
+    fast = kind.fast_layer(24, 40, **kwargs, dtype=torch.bfloat16)
+    x = torch.randn(7, 5, 24, dtype=torch.bfloat16)
+    out_shape = fast(x)[0].shape
+    if layout == "expanded":
+        g = torch.tensor(0.375, dtype=torch.bfloat16).expand(out_shape)
+    else:
+        g = torch.randn(out_shape[1], out_shape[0], out_shape[2]).to(torch.bfloat16).transpose(0, 1)
+    assert not g.is_contiguous()
+
+    def grads(grad_out):
+        xx = x.clone().requires_grad_(True)
+        out = fast(xx)[0]
+        return torch.autograd.grad(out, [xx, *fast.parameters()], grad_out)
+
+    for got, want in zip(grads(g), grads(g.contiguous())):
+        assert torch.equal(got, want)

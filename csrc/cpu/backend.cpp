@@ -83,7 +83,11 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .dgh16 = given.dgh16,
                         .dx16 = given.dx16,
                         .dw_ih16 = given.dw_ih16,
-                        .dw_hh16 = given.dw_hh16});
+                        .dw_hh16 = given.dw_hh16,
+                        .dy16 = given.dy16,
+                        .dy16_ld = given.dy16_ld,
+                        .dy16_cs = given.dy16_cs,
+                        .ystep = given.ystep});
 }
 
 }  // namespace
@@ -185,13 +189,8 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
   const int64_t GH = core::cell_spec(a.kind).gates * H;
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
-  // dy may be strided (an expanded gradient has stride 0): read it in place.
-  at::Tensor dy;
-  if (a.dy != nullptr) {
-    dy = at::from_blob(const_cast<at::BFloat16*>(a.dy), {N, P}, {a.dy_ld, a.dy_cs},
-                       at::TensorOptions().dtype(at::kBFloat16))
-             .to(at::kFloat, false, false, at::MemoryFormat::Contiguous);
-  }
+  // dy is read in place as bfloat16 by the step loop (it may be strided: an expanded
+  // gradient has stride 0), so no float32 copy of it is made.
   // With the kernels the whole-sequence products read x, W_ih, the outputs and hx as they are
   // (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded once by the
   // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
@@ -201,7 +200,12 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
   const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H});
-  const at::Tensor y = amx && lstm && a.seq->uniform() ? at::Tensor() : up(a.y, {N, P});
+  // The outputs in float32 only where the step loop or the float32 products read them: the
+  // LSTM's step loop reads its own cell states, and with the kernels on unpacked input the
+  // GRU and RNN step loops up-convert the rows they read (ystep) and the products read y16.
+  const bool y_in_place = amx && a.seq->uniform();
+  const at::Tensor y = y_in_place ? at::Tensor() : up(a.y, {N, P});
+  const at::Tensor ystep = y_in_place && !lstm ? at::empty({B, H}, f32) : at::Tensor();
   const at::Tensor dh = up(a.dh, {B, P});
   const at::Tensor dx = !amx && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
   const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
@@ -217,9 +221,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                                .I = I,
                                .H = H,
                                .P = P,
-                               .dy = fptr(dy),
-                               .dy_ld = P,
-                               .dy_cs = 1,
+                               .dy = nullptr,
                                .x = fptr(x),
                                .hx = fptr(hx),
                                .cx = a.cx,
@@ -237,6 +239,10 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
                                .db_hh = fptr(db_hh),
                                .dw_hr = fptr(dw_hr)};
   BackwardScratch<float> given;
+  given.dy16 = a.dy != nullptr ? bits(a.dy) : nullptr;
+  given.dy16_ld = a.dy_ld;
+  given.dy16_cs = a.dy_cs;
+  given.ystep = ystep.defined() ? fptr(ystep) : nullptr;
   if (amx) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace rnnfast {
 namespace cpu {
@@ -91,6 +92,19 @@ void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, in
 // where bf16_kernels_usable().
 void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst);
+
+// dst[r, c] = float(src[r, c]) for rows x cols bfloat16 bit patterns (exact; any CPU).
+inline void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src,
+                            float* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* __restrict x = src + r * ld_src;
+    float* __restrict y = dst + r * ld_dst;
+    for (int64_t k = 0; k < cols; ++k) {
+      const uint32_t u = static_cast<uint32_t>(x[k]) << 16;
+      std::memcpy(y + k, &u, sizeof(float));
+    }
+  }
+}
 
 // How C starts before the products are added to it: zeros, C itself, or a bias row
 // bias[N] repeated on every row.

@@ -454,6 +454,17 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
             for (int64_t k = p.begin; k < p.end; ++k) d[k] += v[k * a.dy_cs];
           }
         }
+      } else if (w.dy16 != nullptr) {
+        for (int64_t j = 0; j < b; ++j) {
+          T* __restrict d = a.dh + j * P;
+          const uint16_t* __restrict v = w.dy16 + (row + j) * w.dy16_ld;
+          for (int64_t k = p.begin; k < p.end; ++k) {
+            const uint32_t bits = static_cast<uint32_t>(v[k * w.dy16_cs]) << 16;
+            float f;
+            std::memcpy(&f, &bits, sizeof(f));
+            d[k] += static_cast<T>(f);
+          }
+        }
       }
       if (proj) {
         copy_rows(w.DH + row * P + p.begin, P, a.dh + p.begin, P, b, p.size());
@@ -472,7 +483,20 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         prev = tp >= 0 ? a.y + s.off[tp] * H : a.hx;
         init = a.hx;
       }
-      const BwdStep<T> st{ws + row * ld,
+      const T* ws_t = ws != nullptr ? ws + row * ld : nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        // The outputs as bfloat16 only (w.ystep): this thread's units of the rows it reads.
+        if (w.ystep != nullptr && a.y == nullptr) {
+          if (gru && tp >= 0) {
+            bf16_widen_rows(n_prev, nu, w.y16 + s.off[tp] * H + u.begin, H, w.ystep + u.begin, H);
+            prev = w.ystep;
+          } else if (!gru && !lstm) {
+            bf16_widen_rows(b, nu, w.y16 + row * H + u.begin, H, w.ystep + u.begin, H);
+            ws_t = w.ystep;
+          }
+        }
+      }
+      const BwdStep<T> st{ws_t,
                           lstm ? cells + row * H : nullptr,
                           prev,
                           init,

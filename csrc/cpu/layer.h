@@ -110,6 +110,15 @@ struct BackwardScratch {
   uint16_t* dx16 = nullptr;     // [N, I] or nullptr (no input gradient)
   uint16_t* dw_ih16 = nullptr;  // [G*H, I]
   uint16_t* dw_hh16 = nullptr;  // [G*H, P]
+  // bf16: dL/d(output) as the bfloat16 values given, element (n, k) at
+  // dy16[n * dy16_ld + k * dy16_cs], read in place when the layer's dy is nullptr (no
+  // float32 copy of it is made).
+  const uint16_t* dy16 = nullptr;
+  int64_t dy16_ld = 0, dy16_cs = 0;
+  // bf16 with the bfloat16 kernels, GRU and RNN on unpacked input, when the layer's y is
+  // nullptr (no float32 copy of the outputs): [B, H] the rows of y16 that a step reads (GRU:
+  // h_{t-1}; RNN: h_t, its saved row), each thread up-converting its own units.
+  T* ystep = nullptr;
 };
 
 template <typename T>
