@@ -8,6 +8,7 @@ existing model in place with ``rnnfast.convert(model)``.
 """
 from ._version import __version__
 from . import ops
+from . import init
 from . import functional
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert
@@ -18,4 +19,4 @@ from ._C import build_info
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
            "functional", "ops", "onnx", "onnx_translation_table", "OnnxExportError",
-           "quantization", "__version__"]
+           "quantization", "init", "__version__"]
