@@ -12,6 +12,7 @@ from . import init
 from . import functional
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert
+from .streaming import StreamingState
 from . import quantization  # registers the layers with torch's dynamic quantization
 from . import onnx  # registers the ONNX exporter's symbolic functions for rnnfast's operators
 from .onnx import OnnxExportError, onnx_translation_table
@@ -19,4 +20,4 @@ from ._C import build_info
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
            "functional", "ops", "onnx", "onnx_translation_table", "OnnxExportError",
-           "quantization", "init", "__version__"]
+           "quantization", "init", "StreamingState", "__version__"]
