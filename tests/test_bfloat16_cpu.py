@@ -154,3 +154,28 @@ def test_strided_output_gradient_bfloat16(kind, layout, bf16_kernel):
 
     for got, want in zip(grads(g), grads(g.contiguous())):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "bidirectional"])
+@pytest.mark.parametrize("kind", kind_params())
+def test_large_layer_bfloat16_against_float64(kind, reverse, bf16_kernel):
+    """A layer with outputs of 2 MiB and more (T * B * P * 2 bytes), where the recurrent weight
+    gradient takes h_{t-1} from the outputs and h_0 in two products rather than a copy."""
+    torch.manual_seed(5)
+    kwargs = dict(kind.kwargs, bidirectional=reverse)
+    H = 256
+    ref = kind.torch_layer(32, H, **kwargs).to(torch.bfloat16)
+    _away_from_relu_kink(kind, ref)
+    fast = kind.fast_layer(32, H, **kwargs, dtype=torch.bfloat16)
+    fast.load_state_dict(ref.state_dict())
+    ref64 = kind.torch_layer(32, H, **kwargs, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(65, 64, 32).to(torch.bfloat16).double()
+    P = kind.proj_size or H
+    assert 65 * 64 * P * 2 >= 2 << 20 or kind.proj_size
+    lengths = torch.full((64,), 65)
+    expected = _run(ref64, x, lengths, False, torch.float64)
+    got = _run(fast, x, lengths, False, torch.bfloat16)
+    theirs = _run(ref, x, lengths, False, torch.bfloat16)
+    names = ["output", *kind.state_names, "grad input", *[n for n, _ in fast.named_parameters()]]
+    _check_against(expected, got, theirs, names)

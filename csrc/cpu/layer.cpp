@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -627,25 +628,52 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
           at::mm_out(out, A16, B16);
         }
       };
-      at::Tensor hprev16;
-      if (s.uniform()) {
-        // h_{t-1} of every row: hx for the first step's rows, else the output one step over.
+      // dW_hh = dGh^T H_prev, for the rows of dW_hh from the columns dg16 [N, rows] of dGh.
+      std::function<void(const at::Tensor&, uint16_t*, float*)> dw_hh_rows;
+      // (A second GEMM shape costs oneDNN a primitive of its own, about 1 MiB of code and
+      // scratch on first use, measured: the copy is kept where it is smaller than 2 MiB.)
+      constexpr int64_t kCopyBytesMin = int64_t(2) << 20;
+      if (s.uniform() && w.dw_hh16 != nullptr && s.N > s.B && s.N * P * 2 >= kCopyBytesMin) {
+        // h_{t-1} of every row is hx for the first step's rows, else the output one step
+        // over, a contiguous block of y16: the product of those rows, then the hx rows' added
+        // to it by the GEMM (C in float32 inside, rounded once more), with no [N, P] copy.
         const int64_t B = s.B, shifted = s.N - B;
-        const int64_t y0 = (a.reverse ? B : 0) * P;
         const at::Tensor hx16 = given(w.hx16, a.hx, B, P);
-        const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + y0 : nullptr,
-                                     a.y != nullptr ? a.y + y0 : nullptr, shifted, P);
-        hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
+        const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + (a.reverse ? B : 0) * P : nullptr,
+                                     a.y != nullptr ? a.y + (a.reverse ? B : 0) * P : nullptr,
+                                     shifted, P);
+        const int64_t first = a.reverse ? shifted : 0;  // the rows whose h_{t-1} is hx
+        const int64_t rest = a.reverse ? 0 : B;
+        dw_hh_rows = [&, hx16, y16, first, rest, shifted, B](const at::Tensor& dg16, uint16_t* dst16,
+                                                             float*) {
+          at::Tensor out = at::from_blob(dst16, {dg16.size(1), P},
+                                         at::TensorOptions().dtype(at::kBFloat16));
+          if (out.numel() == 0) return;
+          at::mm_out(out, dg16.narrow(0, rest, shifted).t(), y16);
+          out.addmm_(dg16.narrow(0, first, B).t(), hx16);
+        };
       } else {
-        hprev16 = bf16_copy(w.hprev, s.N, P, P);
+        at::Tensor hprev16;
+        if (s.uniform()) {
+          const int64_t B = s.B, shifted = s.N - B;
+          const int64_t y0 = (a.reverse ? B : 0) * P;
+          const at::Tensor hx16 = given(w.hx16, a.hx, B, P);
+          const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + y0 : nullptr,
+                                       a.y != nullptr ? a.y + y0 : nullptr, shifted, P);
+          hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
+        } else {
+          hprev16 = bf16_copy(w.hprev, s.N, P, P);
+        }
+        dw_hh_rows = [&, hprev16](const at::Tensor& dg16, uint16_t* dst16, float* dst) {
+          product(dg16.t(), hprev16, dst16, dst, P);
+        };
       }
       if (gru) {
-        product(dgx16.narrow(1, 0, H_rz).t(), hprev16, w.dw_hh16, a.dw_hh, P);
-        product(given(w.dgh16, w.dgh, s.N, H).t(), hprev16,
-                w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
-                a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr, P);
+        dw_hh_rows(dgx16.narrow(1, 0, H_rz), w.dw_hh16, a.dw_hh);
+        dw_hh_rows(given(w.dgh16, w.dgh, s.N, H), w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
+                   a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr);
       } else {
-        product(dgx16.t(), hprev16, w.dw_hh16, a.dw_hh, P);
+        dw_hh_rows(dgx16, w.dw_hh16, a.dw_hh);
       }
       product(dgx16.t(), given(w.x16, a.x, s.N, a.I), w.dw_ih16, a.dw_ih, a.I);
       if (a.dx != nullptr || w.dx16 != nullptr)
