@@ -27,7 +27,7 @@ pybind11::dict build_info() {
 // the product is run that many times on the one packed weight; returns the seconds per
 // product (measurement).
 double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double beta,
-                 at::Tensor& out, int bf16_terms, int64_t repeats) {
+                 at::Tensor& out, int bf16_terms, int64_t repeats, int64_t uses) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm: 2-d tensors");
   TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.scalar_type() == out.scalar_type(),
               "step_gemm: one dtype");
@@ -40,7 +40,7 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   double seconds = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "step_gemm", [&] {
     const rnnfast::cpu::PackedWeight<scalar_t> pw(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
-                                                  w.stride(0), 1, 0, bf16_terms);
+                                                  w.stride(0), 1, 0, bf16_terms, uses);
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < repeats; ++i)
       pw.gemm(M, x.const_data_ptr<scalar_t>(), x.stride(0), static_cast<scalar_t>(beta),
@@ -156,10 +156,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "from which the fake kernels take their output shapes.");
   m.def("_step_gemm", &step_gemm, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("trans_w"), pybind11::arg("beta"), pybind11::arg("out"),
-        pybind11::arg("bf16_terms") = 0, pybind11::arg("repeats") = 1,
+        pybind11::arg("bf16_terms") = 0, pybind11::arg("repeats") = 1, pybind11::arg("uses") = -1,
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
         "(the panel micro-kernel where the CPU kernel set has one; bf16_terms 1 or 2: operands rounded to "
-        "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; testing). Returns the seconds per "
+        "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; "
+        "uses: the products the weight serves, -1 unknown; a float32 W^T serving at most 8 rows "
+        "in all is read in place, unpacked; testing). Returns the seconds per "
         "product over `repeats` runs (beta 0).");
   m.def("_step_gemm_bf16_rows", &step_gemm_bf16_rows, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("bias"), pybind11::arg("out"), pybind11::arg("groups") = 1,

@@ -110,3 +110,60 @@ def test_step_gemm_backend_follows_the_kernel_set():
         assert info["step_gemm"] == "rnnfast panel micro-kernel"
     else:
         assert info["step_gemm"] != "rnnfast panel micro-kernel"
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_single_use_weight_read_in_place(beta):
+    """A float32 W^T that serves at most 8 rows in all (a short layer call at a small batch) is
+    not packed: its products read W's rows in place. Within the rounding bound at every size,
+    and each element the same bits whatever other rows or columns are computed with it (the
+    step loops split columns over threads), where the step GEMM is rnnfast's panel kernel (with
+    MKL's, as under the generic kernel set, the weight is packed as before)."""
+    in_place = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+    gen = torch.Generator().manual_seed(99)
+    for M, N, K in itertools.product([1, 2, 3, 8], [1, 17, 130], [1, 7, 301, 700]):
+        x = torch.randn(M, K, generator=gen)
+        w = torch.randn(N, K, generator=gen)
+        out = torch.randn(M, N, generator=gen)
+        c0 = out.clone()
+        _C._step_gemm(x, w, True, beta, out, uses=1)
+        _assert_within_rounding(out, x, w.t(), beta, c0, K, torch.float32, f"M={M} N={N} K={K}")
+        if in_place and N > 1:
+            part = c0[:, 1:].clone()
+            _C._step_gemm(x, w[1:], True, beta, part, uses=1)
+            assert torch.equal(part, out[:, 1:])
+            row = c0[:1].clone()
+            _C._step_gemm(x[:1], w, True, beta, row, uses=1)
+            assert torch.equal(row, out[:1])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"])
+def test_short_calls_at_small_batch_match_torch(kind):
+    """Calls of one or two steps at batches 1-4 (their weights read in place, unpacked) against
+    torch.nn, 2-layer bidirectional, on one and on two threads (same bits on both where the
+    step GEMM is rnnfast's panel kernel)."""
+    same_bits = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+    classes = {"lstm": (torch.nn.LSTM, rnnfast.LSTM, {}), "lstm_proj": (torch.nn.LSTM, rnnfast.LSTM, {"proj_size": 37}),
+               "gru": (torch.nn.GRU, rnnfast.GRU, {}),
+               "rnn_tanh": (torch.nn.RNN, rnnfast.RNN, {}), "rnn_relu": (torch.nn.RNN, rnnfast.RNN, {"nonlinearity": "relu"})}
+    ref_cls, cls, kwargs = classes[kind]
+    torch.manual_seed(0)
+    ref = ref_cls(50, 97, num_layers=2, bidirectional=True, **kwargs)
+    m = cls(50, 97, num_layers=2, bidirectional=True, **kwargs)
+    m.load_state_dict(ref.state_dict())
+    old = torch.get_num_threads()
+    try:
+        for T, B in [(1, 1), (1, 4), (2, 1), (2, 4)]:
+            x = torch.randn(T, B, 50)
+            with torch.no_grad():
+                want = ref(x)[0]
+                outs = []
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    outs.append(m(x)[0])
+            torch.testing.assert_close(outs[0], want, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(outs[1], want, atol=1e-5, rtol=1e-4)
+            if same_bits:
+                assert torch.equal(outs[0], outs[1])
+    finally:
+        torch.set_num_threads(old)

@@ -287,6 +287,16 @@ PanelGemmF32 panel_kernel<float>() {
 }
 
 // W packed into panels for `kernel` (64-byte aligned), or nullptr.
+// sum_k x[k] w[k], summed in one fixed order (per machine: the widest vector clone the CPU
+// runs), for the unpacked single-use products of PackedWeight.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+float dot_f32(int64_t K, const float* __restrict x, const float* __restrict w) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < K; ++k) sum += x[k] * w[k];
+  return sum;
+}
+
 template <typename T>
 void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw,
                int64_t groups, int64_t group_stride) {
@@ -305,7 +315,8 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
 
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
-                              int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms)
+                              int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms,
+                              int64_t uses)
     : trans_w_(trans_w), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(W), ldw_(ldw), gathered_(nullptr),
       kernel_(panel_kernel<T>()), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
       amx_rows_(nullptr) {
@@ -328,6 +339,13 @@ PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
       std::memset(amx_rows_, 0, row_bytes);
       return;
     }
+  }
+  if (std::is_same_v<T, float> && kernel_ != nullptr && trans_w && uses >= 1 && M_max >= 1 &&
+      uses * M_max <= kDirectMaxRows && N > 0 && K > 0) {
+    direct_ = true;
+    per_group_ = N / groups;
+    group_stride_ = groups > 1 ? group_stride : 0;
+    return;
   }
   panels_ = pack_own<T>(kernel_, trans_w, N, K, W, ldw, groups, group_stride);
   if (panels_ != nullptr || N <= 0 || K <= 0) return;
@@ -387,6 +405,17 @@ void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int
                   "rnnfast internal error: AMX GEMM takes beta 0 or 1 and at most M_max rows");
       amx_gemm_f32(M, N_, K_, amx_tiles_, X, ldx, beta != 0.0f ? AmxInit::kAccumulate : AmxInit::kZero,
                    nullptr, C, ldc, amx_rows_, bf16_terms_);
+      return;
+    }
+    if (direct_) {
+      TORCH_CHECK(beta == 0.0f || beta == 1.0f, "rnnfast internal error: panel GEMM takes beta 0 or 1");
+      for (int64_t n = 0; n < N_; ++n) {
+        const float* w = W_ + grouped_row(n, per_group_, group_stride_) * ldw_;
+        for (int64_t m = 0; m < M; ++m) {
+          const float v = dot_f32(K_, X + m * ldx, w);
+          C[m * ldc + n] = beta != 0.0f ? C[m * ldc + n] + v : v;
+        }
+      }
       return;
     }
     if (panels_ != nullptr) {

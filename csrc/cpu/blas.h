@@ -69,8 +69,15 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 template <typename T>
 class PackedWeight {
  public:
+  // uses: how many gemm() calls of up to M_max rows the caller will make (-1: unknown). A
+  // float32 weight used for at most kDirectMaxRows rows in all (one step of a short call at a
+  // small batch) is not packed: its products read W's rows in place (dot products along k,
+  // each C element summed in one fixed order whatever the split), since packing W would cost
+  // more than the products it serves.
   PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
-               int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0);
+               int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0,
+               int64_t uses = -1);
+  static constexpr int64_t kDirectMaxRows = 8;
   // float32 on a CPU with bfloat16 kernels (bf16_kernels_usable()) only, with N, K, M_max > 0: op(W) = W^T of
   // bfloat16 W16 (bit patterns; grouped rows as above), packed into the tiles as it is, with
   // no float32 copy. bf16() is then true.
@@ -92,6 +99,8 @@ class PackedWeight {
  private:
   bool trans_w_;
   int64_t N_, K_, M_max_;
+  int64_t per_group_ = 0, group_stride_ = 0;  // the grouped rows of W (direct products)
+  bool direct_ = false;     // products on W's rows in place (no packed copy)
   int bf16_terms_;
   const T* W_;
   int64_t ldw_;

@@ -295,13 +295,15 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     const bool w16 = std::is_same_v<T, float> && w.w_hh16 != nullptr && GHs > 0 && B > 0;
     const T* const w_hh = a.w_hh != nullptr ? a.w_hh + u.begin * P : nullptr;
     const T* const w_ih = a.w_ih != nullptr ? a.w_ih + u.begin * I : nullptr;
+    // (A short call at a small batch reads the weights in place: PackedWeight's `uses`.)
+    const int64_t chunk_rows = std::min(Tc, s.T) * B, chunks = (s.T + Tc - 1) / Tc;
     const PackedWeight<T> packed =
         w16 ? PackedWeight<T>(GHs, P, B, w.w_hh16 + u.begin * P, P, G, H, h_terms)
-            : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms);
+            : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms, s.T);
     const PackedWeight<T> packed_ih =
         w16 && w.w_ih16 != nullptr
-            ? PackedWeight<T>(GHs, I, Tc * B, w.w_ih16 + u.begin * I, I, G, H, 1)
-            : PackedWeight<T>(true, GHs, I, Tc * B, w_ih, I, G, H, w.bf16 ? 1 : 0);
+            ? PackedWeight<T>(GHs, I, chunk_rows, w.w_ih16 + u.begin * I, I, G, H, 1)
+            : PackedWeight<T>(true, GHs, I, chunk_rows, w_ih, I, G, H, w.bf16 ? 1 : 0, chunks);
     // bfloat16 input on the tiles: the input projection reads x16 and starts from this
     // thread's bias columns (gate by gate, as its scratch), with no float32 copies.
     bool read_x16 = false;

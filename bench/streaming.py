@@ -1,6 +1,6 @@
 """Time per step of stateful batch-1 inference (not a test: run it by hand).
 
-    .venv/bin/python tests/measure_streaming.py [--steps 1000] [--repeats 5]
+    python -m bench.streaming [--steps 1000] [--repeats 5]
 
 A 2-layer LSTM (input and hidden size 256, float32, CPU) fed one step [1, 256] at a time:
 rnnfast.StreamingState around rnnfast.LSTM (through the operators, and calling the layer)
