@@ -93,16 +93,21 @@ void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, in
 void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst);
 
+// The float32 value of a bfloat16 bit pattern (exact).
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
 // dst[r, c] = float(src[r, c]) for rows x cols bfloat16 bit patterns (exact; any CPU).
 inline void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src,
                             float* dst, int64_t ld_dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const uint16_t* __restrict x = src + r * ld_src;
     float* __restrict y = dst + r * ld_dst;
-    for (int64_t k = 0; k < cols; ++k) {
-      const uint32_t u = static_cast<uint32_t>(x[k]) << 16;
-      std::memcpy(y + k, &u, sizeof(float));
-    }
+    for (int64_t k = 0; k < cols; ++k) y[k] = bf16_to_float(x[k]);
   }
 }
 

@@ -286,7 +286,6 @@ PanelGemmF32 panel_kernel<float>() {
   return cpu_kernels().panel_gemm_f32;
 }
 
-// W packed into panels for `kernel` (64-byte aligned), or nullptr.
 // sum_k x[k] w[k], summed in one fixed order (per machine: the widest vector clone the CPU
 // runs), for the unpacked single-use products of PackedWeight.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -297,6 +296,7 @@ float dot_f32(int64_t K, const float* __restrict x, const float* __restrict w) {
   return sum;
 }
 
+// W packed into panels for `kernel` (64-byte aligned), or nullptr.
 template <typename T>
 void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw,
                int64_t groups, int64_t group_stride) {

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -461,12 +460,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         for (int64_t j = 0; j < b; ++j) {
           T* __restrict d = a.dh + j * P;
           const uint16_t* __restrict v = w.dy16 + (row + j) * w.dy16_ld;
-          for (int64_t k = p.begin; k < p.end; ++k) {
-            const uint32_t bits = static_cast<uint32_t>(v[k * w.dy16_cs]) << 16;
-            float f;
-            std::memcpy(&f, &bits, sizeof(f));
-            d[k] += static_cast<T>(f);
-          }
+          for (int64_t k = p.begin; k < p.end; ++k) d[k] += static_cast<T>(bf16_to_float(v[k * w.dy16_cs]));
         }
       }
       if (proj) {
@@ -631,45 +625,33 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         }
       };
       // dW_hh = dGh^T H_prev, for the rows of dW_hh from the columns dg16 [N, rows] of dGh.
-      std::function<void(const at::Tensor&, uint16_t*, float*)> dw_hh_rows;
-      // (A second GEMM shape costs oneDNN a primitive of its own, about 1 MiB of code and
-      // scratch on first use, measured: the copy is kept where it is smaller than 2 MiB.)
+      // With all B rows in every step, h_{t-1} is hx for the first step's rows, else the output
+      // one step over, a contiguous block of the outputs. Where a [N, P] bf16 copy of H_prev
+      // would be 2 MiB or more, the product runs on that block, then adds the hx rows' product
+      // (C in float32 inside the GEMM, rounded once more) with no copy. (A second GEMM shape
+      // costs oneDNN a primitive of its own, about 1 MiB of code and scratch on first use,
+      // measured: below 2 MiB the copy costs less.)
       constexpr int64_t kCopyBytesMin = int64_t(2) << 20;
-      if (s.uniform() && w.dw_hh16 != nullptr && s.N > s.B && s.N * P * 2 >= kCopyBytesMin) {
-        // h_{t-1} of every row is hx for the first step's rows, else the output one step
-        // over, a contiguous block of y16: the product of those rows, then the hx rows' added
-        // to it by the GEMM (C in float32 inside, rounded once more), with no [N, P] copy.
-        const int64_t B = s.B, shifted = s.N - B;
-        const at::Tensor hx16 = given(w.hx16, a.hx, B, P);
-        const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + (a.reverse ? B : 0) * P : nullptr,
-                                     a.y != nullptr ? a.y + (a.reverse ? B : 0) * P : nullptr,
-                                     shifted, P);
-        const int64_t first = a.reverse ? shifted : 0;  // the rows whose h_{t-1} is hx
-        const int64_t rest = a.reverse ? 0 : B;
-        dw_hh_rows = [&, hx16, y16, first, rest, shifted, B](const at::Tensor& dg16, uint16_t* dst16,
-                                                             float*) {
-          at::Tensor out = at::from_blob(dst16, {dg16.size(1), P},
-                                         at::TensorOptions().dtype(at::kBFloat16));
-          if (out.numel() == 0) return;
-          at::mm_out(out, dg16.narrow(0, rest, shifted).t(), y16);
-          out.addmm_(dg16.narrow(0, first, B).t(), hx16);
-        };
+      const int64_t B = s.B, shifted = s.N - B;
+      const bool no_copy = s.uniform() && w.dw_hh16 != nullptr && shifted > 0 &&
+                           s.N * P * 2 >= kCopyBytesMin;
+      at::Tensor hx16, y16, hprev16;
+      if (s.uniform()) {
+        const int64_t y0 = (a.reverse ? B : 0) * P;
+        hx16 = given(w.hx16, a.hx, B, P);
+        y16 = given(w.y16 != nullptr ? w.y16 + y0 : nullptr, a.y != nullptr ? a.y + y0 : nullptr,
+                    shifted, P);
+        if (!no_copy) hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
       } else {
-        at::Tensor hprev16;
-        if (s.uniform()) {
-          const int64_t B = s.B, shifted = s.N - B;
-          const int64_t y0 = (a.reverse ? B : 0) * P;
-          const at::Tensor hx16 = given(w.hx16, a.hx, B, P);
-          const at::Tensor y16 = given(w.y16 != nullptr ? w.y16 + y0 : nullptr,
-                                       a.y != nullptr ? a.y + y0 : nullptr, shifted, P);
-          hprev16 = a.reverse ? at::cat({y16, hx16}) : at::cat({hx16, y16});
-        } else {
-          hprev16 = bf16_copy(w.hprev, s.N, P, P);
-        }
-        dw_hh_rows = [&, hprev16](const at::Tensor& dg16, uint16_t* dst16, float* dst) {
-          product(dg16.t(), hprev16, dst16, dst, P);
-        };
+        hprev16 = bf16_copy(w.hprev, s.N, P, P);
       }
+      const auto dw_hh_rows = [&](const at::Tensor& dg16, uint16_t* dst16, float* dst) {
+        if (!no_copy) return product(dg16.t(), hprev16, dst16, dst, P);
+        at::Tensor out = at::from_blob(dst16, {dg16.size(1), P}, at::TensorOptions().dtype(at::kBFloat16));
+        if (out.numel() == 0) return;
+        at::mm_out(out, dg16.narrow(0, a.reverse ? 0 : B, shifted).t(), y16);
+        out.addmm_(dg16.narrow(0, a.reverse ? shifted : 0, B).t(), hx16);
+      };
       if (gru) {
         dw_hh_rows(dgx16.narrow(1, 0, H_rz), w.dw_hh16, a.dw_hh);
         dw_hh_rows(given(w.dgh16, w.dgh, s.N, H), w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
