@@ -464,7 +464,9 @@ _register("rnnfast")
 def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
                w_hr: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None,
-               reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+               reverse: bool = False, *, layer_norm: Optional[Sequence[Tensor]] = None,
+               masks: Optional[reference.LayerMasks] = None, zoneout: float = 0.0
+               ) -> tuple[Tensor, Tensor, Tensor]:
     """Run one LSTM layer in one direction over a whole sequence.
 
     Args:
@@ -476,11 +478,20 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
         batch_sizes: (T,) int64 CPU tensor of a PackedSequence, or None.
         reverse: run from the last step to the first (the backward direction of a
             bidirectional layer).
+        layer_norm: ``(w_ln_ih, w_ln_hh, w_ln_c, b_ln_c)`` of shapes (4H,), (4H,), (H,),
+            (H,) for the layer-normalised LSTM (:mod:`rnnfast.reference`), or None.
+        masks: training-mode masks (:class:`rnnfast.reference.LayerMasks`: weight
+            dropout, recurrent dropout, zoneout of h and c), or None.
+        zoneout: the evaluation form's zoneout probability (used when ``masks`` has no
+            zoneout mask).
 
     Returns:
         ``(output, h_n, c_n)``: output (T, B, P) or (N, P); h_n (B, P); c_n (B, H).
         Differentiable with respect to every tensor argument but ``batch_sizes``.
     """
+    if _has_options(layer_norm, masks, zoneout):
+        return _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                   reverse, layer_norm, masks, zoneout)
     path = _path(input, (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
     if path == _ONNX:
         from .onnx import dynamo_lstm_layer
@@ -547,7 +558,9 @@ def _one_step(input: Tensor) -> Tensor:
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-              batch_sizes: Optional[Tensor] = None, reverse: bool = False
+              batch_sizes: Optional[Tensor] = None, reverse: bool = False, *,
+              layer_norm: Optional[Sequence[Tensor]] = None,
+              masks: Optional[reference.LayerMasks] = None, zoneout: float = 0.0
               ) -> tuple[Tensor, Tensor]:
     """Run one GRU layer in one direction over a whole sequence.
 
@@ -558,10 +571,16 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
             (gates r, z, n).
         batch_sizes: (T,) int64 CPU tensor of a PackedSequence, or None.
         reverse: run from the last step to the first.
+        layer_norm: ``(w_ln_ih, w_ln_hh)``, each (3H,), for the layer-normalised GRU, or
+            None.
+        masks, zoneout: as in :func:`lstm_layer` (no ``zoneout_c``).
 
     Returns:
         ``(output, h_n)``: output (T, B, H) or (N, H); h_n (B, H).
     """
+    if _has_options(layer_norm, masks, zoneout):
+        return _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                                  layer_norm, masks, zoneout)
     path = _path(input, (input, hx, w_ih, w_hh, b_ih, b_hh))
     if path == _ONNX:
         from .onnx import dynamo_gru_layer
@@ -607,3 +626,25 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
                                    nonlinearity)
     return _ops().rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                               nonlinearity == "relu")
+
+
+# ------------------------------------------------- layer norm, zoneout, dropouts (options)
+
+def _has_options(layer_norm: Optional[Sequence[Tensor]], masks: Optional[reference.LayerMasks],
+                 zoneout: float) -> bool:
+    return (layer_norm is not None or zoneout != 0.0
+            or (masks is not None and any(m is not None for m in masks)))
+
+
+def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                        layer_norm, masks, zoneout):
+    """:func:`lstm_layer` with layer normalisation, zoneout or dropouts."""
+    return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                reverse, layer_norm=layer_norm, masks=masks, zoneout=zoneout)
+
+
+def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, layer_norm,
+                       masks, zoneout):
+    """:func:`gru_layer` with layer normalisation, zoneout or dropouts."""
+    return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                               layer_norm=layer_norm, masks=masks, zoneout=zoneout)
