@@ -636,15 +636,186 @@ def _has_options(layer_norm: Optional[Sequence[Tensor]], masks: Optional[referen
             or (masks is not None and any(m is not None for m in masks)))
 
 
+def _options_kernels(input: Tensor) -> bool:
+    """Whether the fused option operators (CPU, float32/float64) run this call."""
+    return (_namespace == "rnnfast" and input.device.type == "cpu"
+            and input.dtype in (torch.float32, torch.float64))
+
+
+def _option_names(layer_norm, masks, zoneout) -> str:
+    names = []
+    if layer_norm is not None:
+        names.append("layer_norm")
+    if zoneout != 0.0 or (masks is not None and (masks.zoneout_h is not None
+                                                 or masks.zoneout_c is not None)):
+        names.append("zoneout")
+    if masks is not None and masks.recurrent is not None:
+        names.append("recurrent_dropout")
+    if masks is not None and masks.weight is not None:
+        names.append("weight_dropout")
+    return ", ".join(names)
+
+
+def _refuse_export(kind: str, layer_norm, masks, zoneout) -> None:
+    raise NotImplementedError(
+        f"rnnfast: a {kind} layer with {_option_names(layer_norm, masks, zoneout)} has no "
+        "ONNX or TorchScript form (torch.nn has no such layer, and the standard ONNX "
+        f"{kind.upper()} node has no such option); export a model without these options")
+
+
+def _workspace_cols(kind: str, layer_norm: bool, hidden) -> Any:
+    if kind == "lstm":
+        return 13 * hidden + 3 if layer_norm else 5 * hidden
+    return 10 * hidden + 2 if layer_norm else 4 * hidden
+
+
+def _masks_for(input: Tensor, masks: Optional[reference.LayerMasks]) -> tuple:
+    """(recurrent mask in the input's dtype, zoneout h, zoneout c) for the operators."""
+    if masks is None:
+        return None, None, None
+    rec = None if masks.recurrent is None else masks.recurrent.to(input.dtype)
+    return rec, masks.zoneout_h, masks.zoneout_c
+
+
 def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
                         layer_norm, masks, zoneout):
     """:func:`lstm_layer` with layer normalisation, zoneout or dropouts."""
-    return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                                reverse, layer_norm=layer_norm, masks=masks, zoneout=zoneout)
+    zoneout = reference._check_probability("zoneout", zoneout)
+    ln = tuple(layer_norm) if layer_norm is not None else (None, None, None, None)
+    path = _path(input, (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *ln))
+    if path in (_ONNX, _TRACE):
+        _refuse_export("lstm", layer_norm, masks, zoneout)
+    if path == _COMPOSITE or not _options_kernels(input):
+        return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                    reverse, layer_norm=layer_norm, masks=masks,
+                                    zoneout=zoneout)
+    if masks is not None:
+        reference._check_layer_masks(masks, input, (hx, cx), w_hh, batch_sizes)
+        if masks.weight is not None:  # DropConnect: the layer runs on the masked weight
+            w_hh = w_hh * masks.weight.to(w_hh.dtype)
+    rec, zh, zc = _masks_for(input, masks)
+    need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *ln))
+    out, hy, cy, _ws, _cells = _ops().lstm_options_forward(
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *ln, rec, zh, zc, zoneout, batch_sizes,
+        reverse, need_workspace)
+    return out, hy, cy
 
 
 def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, layer_norm,
                        masks, zoneout):
     """:func:`gru_layer` with layer normalisation, zoneout or dropouts."""
-    return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
-                               layer_norm=layer_norm, masks=masks, zoneout=zoneout)
+    zoneout = reference._check_probability("zoneout", zoneout)
+    ln = tuple(layer_norm) if layer_norm is not None else (None, None)
+    path = _path(input, (input, hx, w_ih, w_hh, b_ih, b_hh, *ln))
+    if path in (_ONNX, _TRACE):
+        _refuse_export("gru", layer_norm, masks, zoneout)
+    if path == _COMPOSITE or not _options_kernels(input):
+        return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                                   layer_norm=layer_norm, masks=masks, zoneout=zoneout)
+    if masks is not None:
+        reference._check_layer_masks(masks, input, (hx,), w_hh, batch_sizes)
+        if masks.weight is not None:
+            w_hh = w_hh * masks.weight.to(w_hh.dtype)
+    rec, zh, _zc = _masks_for(input, masks)
+    need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh, *ln))
+    out, hy, _ws = _ops().gru_options_forward(input, hx, w_ih, w_hh, b_ih, b_hh, *ln, rec, zh,
+                                             zoneout, batch_sizes, reverse, need_workspace)
+    return out, hy
+
+
+def _register_options() -> None:
+    """Fake kernels and autograd of the option operators (CPU only, namespace rnnfast)."""
+    ops = torch.ops.rnnfast
+
+    @torch.library.register_fake("rnnfast::lstm_options_forward")
+    def _lstm_options_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh,
+                                   ln_c, ln_c_bias, recurrent_mask, zoneout_h, zoneout_c,
+                                   zoneout, batch_sizes, reverse, need_workspace):
+        hidden = w_ih.shape[0] // 4
+        out_size = w_hr.shape[0] if w_hr is not None else hidden
+        n = _rows(input, batch_sizes)
+        cols = _workspace_cols("lstm", ln_hh is not None, hidden)
+        return (input.new_empty((*input.shape[:-1], out_size)), hx.new_empty(hx.shape),
+                cx.new_empty(cx.shape),
+                input.new_empty((n, cols) if need_workspace else (0,)),
+                input.new_empty((n, hidden) if need_workspace else (0,)))
+
+    @torch.library.register_fake("rnnfast::lstm_options_backward")
+    def _lstm_options_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                    w_hr, ln_ih, ln_hh, ln_c, ln_c_bias, recurrent_mask,
+                                    zoneout_h, zoneout_c, zoneout, output, workspace, cells,
+                                    batch_sizes, reverse, has_bias, need_grad_input):
+        def opt(t):
+            return input.new_empty(t.shape) if t is not None else input.new_empty((0,))
+        return [input.new_empty(input.shape if need_grad_input else (0,)),
+                hx.new_empty(hx.shape), cx.new_empty(cx.shape), w_ih.new_empty(w_ih.shape),
+                w_hh.new_empty(w_hh.shape),
+                input.new_empty((w_ih.shape[0],) if has_bias else (0,)), opt(w_hr), opt(ln_ih),
+                opt(ln_hh), opt(ln_c), opt(ln_c_bias)]
+
+    def _lstm_setup(ctx, inputs, output) -> None:
+        (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_bias, rec, zh, zc,
+         zoneout, batch_sizes, reverse, _need_workspace) = inputs
+        out, _hy, _cy, ws, cells = output
+        _save(ctx, (input, hx, cx, w_ih, w_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_bias, rec, zh, zc,
+                    out, ws, cells, batch_sizes), reverse, b_ih)
+        ctx.zoneout = zoneout
+
+    def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _g_ws, _g_cells):
+        (input, hx, cx, w_ih, w_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_bias, rec, zh, zc, out, ws,
+         cells, batch_sizes) = ctx.saved_tensors
+        g = ops.lstm_options_backward(
+            grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, ln_ih, ln_hh, ln_c,
+            ln_c_bias, rec, zh, zc, ctx.zoneout, out, ws, cells, batch_sizes, ctx.reverse,
+            ctx.has_bias, ctx.needs_input_grad[0])
+        bias = g[5] if ctx.has_bias else None
+        ln = ln_hh is not None
+        return _input_grads(ctx, g[0], g[1], g[2], g[3], g[4], bias, bias,
+                            g[6] if w_hr is not None else None, *(
+                                (g[7], g[8], g[9], g[10]) if ln else (None,) * 4))
+
+    _register_autograd("rnnfast", "lstm_options_forward", _lstm_backward, _lstm_setup)
+
+    @torch.library.register_fake("rnnfast::gru_options_forward")
+    def _gru_options_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh,
+                                  recurrent_mask, zoneout_h, zoneout, batch_sizes, reverse,
+                                  need_workspace):
+        hidden = w_ih.shape[0] // 3
+        n = _rows(input, batch_sizes)
+        cols = _workspace_cols("gru", ln_hh is not None, hidden)
+        return (input.new_empty((*input.shape[:-1], hidden)), hx.new_empty(hx.shape),
+                input.new_empty((n, cols) if need_workspace else (0,)))
+
+    @torch.library.register_fake("rnnfast::gru_options_backward")
+    def _gru_options_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, ln_ih, ln_hh,
+                                   recurrent_mask, zoneout_h, zoneout, output, workspace,
+                                   batch_sizes, reverse, has_bias, need_grad_input):
+        def opt(t):
+            return input.new_empty(t.shape) if t is not None else input.new_empty((0,))
+        bias = (w_ih.shape[0],) if has_bias else (0,)
+        return [input.new_empty(input.shape if need_grad_input else (0,)),
+                hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                input.new_empty(bias), input.new_empty(bias), opt(ln_ih), opt(ln_hh)]
+
+    def _gru_setup(ctx, inputs, output) -> None:
+        (input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, rec, zh, zoneout, batch_sizes, reverse,
+         _need_workspace) = inputs
+        out, _hy, ws = output
+        _save(ctx, (input, hx, w_ih, w_hh, ln_ih, ln_hh, rec, zh, out, ws, batch_sizes), reverse,
+              b_ih)
+        ctx.zoneout = zoneout
+
+    def _gru_backward(ctx, grad_output, grad_hy, _g_ws):
+        input, hx, w_ih, w_hh, ln_ih, ln_hh, rec, zh, out, ws, batch_sizes = ctx.saved_tensors
+        g = ops.gru_options_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, ln_ih, ln_hh,
+                                     rec, zh, ctx.zoneout, out, ws, batch_sizes, ctx.reverse,
+                                     ctx.has_bias, ctx.needs_input_grad[0])
+        b_ih, b_hh = (g[4], g[5]) if ctx.has_bias else (None, None)
+        ln = ln_hh is not None
+        return _input_grads(ctx, g[0], g[1], g[2], g[3], b_ih, b_hh,
+                            *((g[6], g[7]) if ln else (None, None)))
+
+    _register_autograd("rnnfast", "gru_options_forward", _gru_backward, _gru_setup)
+
+
+_register_options()
