@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -51,6 +52,15 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
+
+// A buffer of n values, not initialised (every element is written before it is read).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> p;
+  explicit Buffer(int64_t n) : p(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {}
+  T* data() const { return p.get(); }
+};
+
 using Act = options_layer::FastAct;
 constexpr double kLnEps = 1e-5;
 
@@ -63,36 +73,36 @@ constexpr double kLnEps = 1e-5;
 // ------------------------------------------------------------------ row-wise maths
 
 // Normalises v[0, n) in place: v = (v - mean) * rstd (biased variance, eps 1e-5); returns
-// rstd. Two passes with the sums in double: no cancellation, one fixed order.
+// rstd. Two passes (no cancellation), each a vector reduction in one fixed order.
 template <typename T>
 inline __attribute__((always_inline)) T normalise(T* __restrict v, int64_t n) {
-  double s = 0;
+  T s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t k = 0; k < n; ++k) s += v[k];
-  const double mean = s / static_cast<double>(n);
-  double q = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const double d = v[k] - mean;
-    q += d * d;
-  }
-  const T rstd = static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + kLnEps));
-  const T m = static_cast<T>(mean);
-  for (int64_t k = 0; k < n; ++k) v[k] = (v[k] - m) * rstd;
+  const T mean = s / static_cast<T>(n);
+  T q = 0;
+#pragma omp simd reduction(+ : q)
+  for (int64_t k = 0; k < n; ++k) q += (v[k] - mean) * (v[k] - mean);
+  const T rstd = T(1) / std::sqrt(q / static_cast<T>(n) + static_cast<T>(kLnEps));
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) v[k] = (v[k] - mean) * rstd;
   return rstd;
 }
 
 // The gradient of LN's input from the gradient dy of its normalised value xh times gamma:
-// dv = rstd * (g - mean(g) - xh * mean(g * xh)), g = gamma * dy. Written to dv (may be dy).
+// dv = rstd * (g - mean(g) - xh * mean(g * xh)), g = gamma * dy. dv may be dy.
 template <typename T>
 inline __attribute__((always_inline)) void normalise_backward(
     const T* dy, const T* __restrict gamma, const T* __restrict xh, T rstd, int64_t n, T* dv) {
-  double sg = 0, sgx = 0;
+  T sg = 0, sgx = 0;
+#pragma omp simd reduction(+ : sg, sgx)
   for (int64_t k = 0; k < n; ++k) {
-    const double g = static_cast<double>(gamma[k]) * dy[k];
+    const T g = gamma[k] * dy[k];
     sg += g;
     sgx += g * xh[k];
   }
-  const T mg = static_cast<T>(sg / static_cast<double>(n));
-  const T mgx = static_cast<T>(sgx / static_cast<double>(n));
+  const T mg = sg / static_cast<T>(n), mgx = sgx / static_cast<T>(n);
+#pragma omp simd
   for (int64_t k = 0; k < n; ++k) dv[k] = rstd * (gamma[k] * dy[k] - mg - xh[k] * mgx);
 }
 
@@ -103,8 +113,8 @@ struct StepRows {
   const T* xg;        // [rows, xg_ld] input side (LN applied, no bias), or with biases folded
   int64_t xg_ld;
   T* hg;              // [rows, G*H] the recurrent product, in: raw, out: clobbered
-  const T* b_ih;      // [G*H] or nullptr (LN: added after the normalisation)
-  const T* b_hh;      // [G*H] or nullptr
+  const T* b_hh;      // GRU: [G*H] or nullptr, added after the recurrent LN (the LSTM's
+                      //   biases are folded into xg)
   const T* ln_hh;     // [G*H] gamma of the recurrent LN, or nullptr (no LN)
   const T* ln_c;      // [H] LSTM: gamma and beta of the cell LN
   const T* ln_c_b;
@@ -118,13 +128,70 @@ struct StepRows {
   T* ws;              // [rows, ws_ld] saved rows, or nullptr
   int64_t ws_ld;
   T* cells;           // [rows, H] LSTM: c_t saved, or nullptr
+  T* tmp;             // [H] scratch
 };
 
+// The hot loops, as functions with restrict parameters (inlined: GCC vectorises a loop over
+// restrict parameters without alias checks, not over restrict locals).
 template <typename T>
-inline __attribute__((always_inline)) T zone(bool keep_mask, const bool* m, int64_t k, T zp,
-                                             T prev, T next) {
-  if (keep_mask) return m[k] ? prev : next;
-  return zp == T(0) ? next : zp * prev + (T(1) - zp) * next;
+inline __attribute__((always_inline)) void lstm_gates(int64_t H, T* __restrict gi, T* __restrict gf,
+                                                      T* __restrict gc, T* __restrict go,
+                                                      const T* __restrict c, T* __restrict cn) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T i = Act::sigmoid(gi[k]), f = Act::sigmoid(gf[k]);
+    const T gg = Act::tanh(gc[k]), o = Act::sigmoid(go[k]);
+    gi[k] = i;
+    gf[k] = f;
+    gc[k] = gg;
+    go[k] = o;
+    cn[k] = f * c[k] + i * gg;
+  }
+}
+
+// v = v * gamma + beta (beta nullptr: none), then, with o, v = o * tanh(v).
+template <typename T>
+inline __attribute__((always_inline)) void affine(int64_t n, T* __restrict v,
+                                                  const T* __restrict gamma,
+                                                  const T* __restrict beta) {
+  for (int64_t k = 0; k < n; ++k) v[k] = v[k] * gamma[k] + (beta != nullptr ? beta[k] : T(0));
+}
+template <typename T>
+inline __attribute__((always_inline)) void add_to(int64_t n, T* __restrict v, const T* __restrict x) {
+  for (int64_t k = 0; k < n; ++k) v[k] += x[k];
+}
+template <typename T>
+inline __attribute__((always_inline)) void gated_tanh(int64_t n, T* __restrict v,
+                                                      const T* __restrict o) {
+  for (int64_t k = 0; k < n; ++k) v[k] = o[k] * Act::tanh(v[k]);
+}
+// prev = zoneout(prev, next): the mask m (true keeps prev), or the mix with zp.
+template <typename T>
+inline __attribute__((always_inline)) void zone_rows(int64_t n, T* __restrict prev,
+                                                     const T* __restrict next,
+                                                     const bool* __restrict m, T zp) {
+  if (m != nullptr) {
+    for (int64_t k = 0; k < n; ++k) prev[k] = m[k] ? prev[k] : next[k];
+  } else if (zp != T(0)) {
+    for (int64_t k = 0; k < n; ++k) prev[k] = zp * prev[k] + (T(1) - zp) * next[k];
+  } else {
+    std::memcpy(prev, next, sizeof(T) * n);
+  }
+}
+template <typename T>
+inline __attribute__((always_inline)) void gru_gates(int64_t H, const T* __restrict xr,
+                                                     const T* __restrict xz, const T* __restrict xn,
+                                                     T* __restrict gr, T* __restrict gz,
+                                                     const T* __restrict gn, const T* __restrict h,
+                                                     T* __restrict hn, T* __restrict nt) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T r = Act::sigmoid(xr[k] + gr[k]);
+    const T z = Act::sigmoid(xz[k] + gz[k]);
+    const T n = Act::tanh(xn[k] + r * gn[k]);
+    gr[k] = r;
+    gz[k] = z;
+    hn[k] = (T(1) - z) * n + z * h[k];
+    nt[k] = n;
+  }
 }
 
 // LSTM step, part 1 (before the projection): gates, c_t, r = o * tanh(LN c~) into hnew.
@@ -133,8 +200,8 @@ inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) 
   const int64_t H = a.H, GH = 4 * H;
   const bool ln = a.ln_hh != nullptr;
   for (int64_t j = 0; j < a.rows; ++j) {
-    T* __restrict g = a.hg + j * GH;
-    const T* __restrict x = a.xg + j * a.xg_ld;
+    T* g = a.hg + j * GH;
+    const T* x = a.xg + j * a.xg_ld;
     T* ws = a.ws != nullptr ? a.ws + j * a.ws_ld : nullptr;
     if (ln) {
       const T rstd = normalise(g, GH);
@@ -142,29 +209,15 @@ inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) 
         std::memcpy(ws + 5 * H, g, sizeof(T) * GH);
         ws[13 * H] = rstd;
       }
-      for (int64_t k = 0; k < GH; ++k) g[k] = g[k] * a.ln_hh[k] + x[k];
-    } else {
-      for (int64_t k = 0; k < GH; ++k) g[k] += x[k];
+      affine<T>(GH, g, a.ln_hh, nullptr);
     }
-    if (a.b_ih != nullptr)
-      for (int64_t k = 0; k < GH; ++k) g[k] += a.b_ih[k];
-    if (a.b_hh != nullptr)
-      for (int64_t k = 0; k < GH; ++k) g[k] += a.b_hh[k];
-    T* __restrict cn = a.hnew + j * H;  // c~_t here first
-    T* __restrict c = a.c + j * H;
-    for (int64_t k = 0; k < H; ++k) {
-      const T i = Act::sigmoid(g[k]), f = Act::sigmoid(g[H + k]);
-      const T gg = Act::tanh(g[2 * H + k]), o = Act::sigmoid(g[3 * H + k]);
-      g[k] = i;
-      g[H + k] = f;
-      g[2 * H + k] = gg;
-      g[3 * H + k] = o;
-      cn[k] = f * c[k] + i * gg;
-    }
+    add_to(GH, g, x);
+    T* cn = a.hnew + j * H;  // c~_t here first
+    T* c = a.c + j * H;
+    lstm_gates(H, g, g + H, g + 2 * H, g + 3 * H, c, cn);
     if (ws != nullptr) std::memcpy(ws, g, sizeof(T) * GH);
     // zoned-out c_t, then c~ -> LN(c~) (in cn) -> r = o * tanh(.)
-    const bool mc = a.zc != nullptr;
-    for (int64_t k = 0; k < H; ++k) c[k] = zone(mc, mc ? a.zc + j * H : nullptr, k, a.zp, c[k], cn[k]);
+    zone_rows(H, c, cn, a.zc != nullptr ? a.zc + j * H : nullptr, a.zp);
     if (a.cells != nullptr) std::memcpy(a.cells + j * H, c, sizeof(T) * H);
     if (ln) {
       const T rstd = normalise(cn, H);
@@ -172,12 +225,11 @@ inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) 
         std::memcpy(ws + 4 * H, cn, sizeof(T) * H);
         ws[13 * H + 2] = rstd;
       }
-      for (int64_t k = 0; k < H; ++k) cn[k] = cn[k] * a.ln_c[k] + a.ln_c_b[k];
+      affine(H, cn, a.ln_c, a.ln_c_b);
     } else if (ws != nullptr) {
       std::memcpy(ws + 4 * H, cn, sizeof(T) * H);
     }
-    const T* __restrict o = g + 3 * H;
-    for (int64_t k = 0; k < H; ++k) cn[k] = o[k] * Act::tanh(cn[k]);
+    gated_tanh(H, cn, g + 3 * H);
   }
 }
 
@@ -187,8 +239,8 @@ inline __attribute__((always_inline)) void gru_rows_impl(const StepRows<T>& a) {
   const int64_t H = a.H, GH = 3 * H;
   const bool ln = a.ln_hh != nullptr;
   for (int64_t j = 0; j < a.rows; ++j) {
-    T* __restrict g = a.hg + j * GH;
-    const T* __restrict x = a.xg + j * a.xg_ld;
+    T* g = a.hg + j * GH;
+    const T* x = a.xg + j * a.xg_ld;
     T* ws = a.ws != nullptr ? a.ws + j * a.ws_ld : nullptr;
     if (ln) {
       const T rstd = normalise(g, GH);
@@ -196,23 +248,14 @@ inline __attribute__((always_inline)) void gru_rows_impl(const StepRows<T>& a) {
         std::memcpy(ws + 4 * H, g, sizeof(T) * GH);
         ws[10 * H] = rstd;
       }
-      for (int64_t k = 0; k < GH; ++k) g[k] *= a.ln_hh[k];
+      affine<T>(GH, g, a.ln_hh, nullptr);
     }
-    if (a.b_hh != nullptr)
-      for (int64_t k = 0; k < GH; ++k) g[k] += a.b_hh[k];
-    const T* __restrict h = a.h + j * a.P;
-    T* __restrict hn = a.hnew + j * H;
-    for (int64_t k = 0; k < H; ++k) {
-      const T r = Act::sigmoid(x[k] + g[k]);
-      const T z = Act::sigmoid(x[H + k] + g[H + k]);
-      const T n = Act::tanh(x[2 * H + k] + r * g[2 * H + k]);
-      if (ws != nullptr) {
-        ws[k] = r;
-        ws[H + k] = z;
-        ws[2 * H + k] = n;
-        ws[3 * H + k] = g[2 * H + k];
-      }
-      hn[k] = (T(1) - z) * n + z * h[k];
+    if (a.b_hh != nullptr) add_to(GH, g, a.b_hh);
+    gru_gates(H, x, x + H, x + 2 * H, g, g + H, g + 2 * H, a.h + j * a.P, a.hnew + j * H, a.tmp);
+    if (ws != nullptr) {
+      std::memcpy(ws, g, sizeof(T) * 2 * H);
+      std::memcpy(ws + 2 * H, a.tmp, sizeof(T) * H);
+      std::memcpy(ws + 3 * H, g + 2 * H, sizeof(T) * H);
     }
   }
 }
@@ -221,12 +264,9 @@ inline __attribute__((always_inline)) void gru_rows_impl(const StepRows<T>& a) {
 template <typename T>
 inline __attribute__((always_inline)) void zone_h_impl(const StepRows<T>& a, const T* hnew,
                                                        T* y) {
-  const bool m = a.zh != nullptr;
   for (int64_t j = 0; j < a.rows; ++j) {
-    T* __restrict h = a.h + j * a.P;
-    const T* __restrict hn = hnew + j * a.P;
-    const bool* zm = m ? a.zh + j * a.P : nullptr;
-    for (int64_t k = 0; k < a.P; ++k) h[k] = zone(m, zm, k, a.zp, h[k], hn[k]);
+    T* h = a.h + j * a.P;
+    zone_rows(a.P, h, hnew + j * a.P, a.zh != nullptr ? a.zh + j * a.P : nullptr, a.zp);
     std::memcpy(y + j * a.P, h, sizeof(T) * a.P);
   }
 }
@@ -267,21 +307,63 @@ struct BackRows {
                       //   or dgh itself (the same buffer) without LN
   T* dchat;           // [rows, H] LSTM with LN: out dL/d(LN(c~) output)
   T* r;               // [rows, H] LSTM with projection: out o tanh(LN c~) (for dW_hr)
+  T* tmp;             // [3H] scratch
 };
 
-// dh~_t = (1 - keep) dh_t; dh_t keeps keep * dh_t (zoneout's path to h_{t-1}).
+// dh~ = (1 - keep) dh; dh keeps keep * dh (zoneout's path to the previous state).
+template <typename T>
+inline __attribute__((always_inline)) void unzone(int64_t n, T* __restrict dh, T* __restrict dt,
+                                                  const bool* __restrict m, T zp) {
+  if (m != nullptr) {
+    for (int64_t k = 0; k < n; ++k) {
+      dt[k] = m[k] ? T(0) : dh[k];
+      dh[k] = m[k] ? dh[k] : T(0);
+    }
+  } else {
+    for (int64_t k = 0; k < n; ++k) {
+      dt[k] = (T(1) - zp) * dh[k];
+      dh[k] = zp * dh[k];
+    }
+  }
+}
+
 template <typename T>
 inline __attribute__((always_inline)) void unzone_h_impl(const BackRows<T>& a) {
-  const bool m = a.zh != nullptr;
-  for (int64_t j = 0; j < a.rows; ++j) {
-    T* __restrict dh = a.dh + j * a.P;
-    T* __restrict dt = a.dh_tilde + j * a.P;
-    const bool* zm = m ? a.zh + j * a.P : nullptr;
-    for (int64_t k = 0; k < a.P; ++k) {
-      const T keep = m ? (zm[k] ? T(1) : T(0)) : a.zp;
-      dt[k] = (T(1) - keep) * dh[k];
-      dh[k] = keep * dh[k];
-    }
+  for (int64_t j = 0; j < a.rows; ++j)
+    unzone(a.P, a.dh + j * a.P, a.dh_tilde + j * a.P, a.zh != nullptr ? a.zh + j * a.P : nullptr,
+           a.zp);
+}
+
+// LSTM backward through h = o tanh(chat), chat = LN(c~) (or c~): dL/do_pre, dL/dchat, r.
+template <typename T>
+inline __attribute__((always_inline)) void lstm_back_out(
+    int64_t H, const T* __restrict ao, const T* __restrict cn, const T* __restrict gamma,
+    const T* __restrict beta, const T* __restrict dr, T* __restrict r, T* __restrict dout,
+    T* __restrict dch) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T o = ao[k];
+    const T chat = gamma != nullptr ? cn[k] * gamma[k] + beta[k] : cn[k];
+    const T th = Act::tanh(chat);
+    r[k] = o * th;
+    dout[k] = dr[k] * th * o * (T(1) - o);
+    dch[k] = dr[k] * o * (T(1) - th * th);
+  }
+}
+
+// LSTM backward through c~ = f c_{t-1} + i g and c_t = zoneout(c_{t-1}, c~).
+template <typename T>
+inline __attribute__((always_inline)) void lstm_back_cell(
+    int64_t H, const T* __restrict ai, const T* __restrict af, const T* __restrict ag,
+    const T* __restrict cp, const T* __restrict dct, const bool* __restrict m, T zp,
+    T* __restrict dc, T* __restrict di, T* __restrict df, T* __restrict dgg) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T keep = m != nullptr ? (m[k] ? T(1) : T(0)) : zp;
+    const T i = ai[k], f = af[k], g = ag[k];
+    const T dcn = (T(1) - keep) * dc[k] + dct[k];  // dL/dc~_t
+    dc[k] = keep * dc[k] + dcn * f;                // dL/dc_{t-1}
+    di[k] = dcn * g * i * (T(1) - i);
+    df[k] = dcn * cp[k] * f * (T(1) - f);
+    dgg[k] = dcn * i * (T(1) - g * g);
   }
 }
 
@@ -289,42 +371,43 @@ template <typename T>
 inline __attribute__((always_inline)) void lstm_back_impl(const BackRows<T>& a) {
   const int64_t H = a.H, GH = 4 * H;
   const bool ln = a.ln_hh != nullptr;
-  const bool mc = a.zc != nullptr;
   for (int64_t j = 0; j < a.rows; ++j) {
-    const T* __restrict ws = a.ws + j * a.ws_ld;
-    const T* __restrict dr = a.dr + j * H;
-    const T* __restrict cp = a.prev + j * H;
-    T* __restrict dc = a.dc + j * H;
-    T* __restrict dg = a.dgx + j * GH;
-    // dL/d(chat) into dg's g block for now (LN: also kept in dchat), dL/do_pre into dg's o.
-    T* __restrict dch = ln ? a.dchat + j * H : dg + 2 * H;
-    const T* __restrict cn = ws + 4 * H;
-    for (int64_t k = 0; k < H; ++k) {
-      const T o = ws[3 * H + k];
-      const T chat = ln ? cn[k] * a.ln_c[k] + a.ln_c_b[k] : cn[k];
-      const T th = Act::tanh(chat);
-      if (a.r != nullptr) a.r[j * H + k] = o * th;
-      dg[3 * H + k] = dr[k] * th * o * (T(1) - o);
-      dch[k] = dr[k] * o * (T(1) - th * th);
-    }
-    // dL/dc~ from h: through LN(c~) (into dg's f block for now), or dch itself.
-    T* __restrict dct = dg + H;
+    const T* ws = a.ws + j * a.ws_ld;
+    T* dg = a.dgx + j * GH;
+    T* dch = ln ? a.dchat + j * H : a.tmp;  // dL/d(LN(c~) output), or dL/dc~ from h
+    T* dct = a.tmp + H;                     // dL/dc~ from h
+    lstm_back_out(H, ws + 3 * H, ws + 4 * H, ln ? a.ln_c : nullptr, a.ln_c_b, a.dr + j * H,
+                  a.r != nullptr ? a.r + j * H : a.tmp + 2 * H, dg + 3 * H, dch);
     if (ln) {
-      normalise_backward(dch, a.ln_c, cn, ws[13 * H + 2], H, dct);
+      normalise_backward(dch, a.ln_c, ws + 4 * H, ws[13 * H + 2], H, dct);
     } else {
       std::memcpy(dct, dch, sizeof(T) * H);
     }
-    const bool* zm = mc ? a.zc + j * H : nullptr;
-    for (int64_t k = 0; k < H; ++k) {
-      const T keep = mc ? (zm[k] ? T(1) : T(0)) : a.zp;
-      const T i = ws[k], f = ws[H + k], g = ws[2 * H + k];
-      const T dcn = (T(1) - keep) * dc[k] + dct[k];  // dL/dc~_t
-      dc[k] = keep * dc[k] + dcn * f;                // dL/dc_{t-1}
-      dg[k] = dcn * g * i * (T(1) - i);
-      dg[H + k] = dcn * cp[k] * f * (T(1) - f);
-      dg[2 * H + k] = dcn * i * (T(1) - g * g);
-    }
+    lstm_back_cell(H, ws, ws + H, ws + 2 * H, a.prev + j * H, dct,
+                   a.zc != nullptr ? a.zc + j * H : nullptr, a.zp, a.dc + j * H, dg, dg + H,
+                   dg + 2 * H);
     if (ln) normalise_backward(dg, a.ln_hh, ws + 5 * H, ws[13 * H], GH, a.dhg + j * GH);
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void gru_back_gates(
+    int64_t H, const T* __restrict ar, const T* __restrict az, const T* __restrict an,
+    const T* __restrict ahn, const T* __restrict hp, const T* __restrict dt, T* __restrict dh,
+    T* __restrict dxr, T* __restrict dxz, T* __restrict dxn, T* __restrict dhr,
+    T* __restrict dhz, T* __restrict dhn) {
+  for (int64_t k = 0; k < H; ++k) {
+    const T r = ar[k], z = az[k], n = an[k];
+    const T dn = dt[k] * (T(1) - z) * (T(1) - n * n);
+    const T dz = dt[k] * (hp[k] - n) * z * (T(1) - z);
+    const T dr = dn * ahn[k] * r * (T(1) - r);
+    dh[k] += dt[k] * z;
+    dxr[k] = dr;
+    dxz[k] = dz;
+    dxn[k] = dn;
+    dhr[k] = dr;
+    dhz[k] = dz;
+    dhn[k] = dn * r;
   }
 }
 
@@ -333,26 +416,12 @@ inline __attribute__((always_inline)) void gru_back_impl(const BackRows<T>& a) {
   const int64_t H = a.H, GH = 3 * H;
   const bool ln = a.ln_hh != nullptr;
   for (int64_t j = 0; j < a.rows; ++j) {
-    const T* __restrict ws = a.ws + j * a.ws_ld;
-    const T* __restrict hp = a.prev + j * H;
-    const T* __restrict dt = a.dh_tilde + j * H;
-    T* __restrict dh = a.dh + j * H;
-    T* __restrict dx = a.dgx + j * GH;
-    T* __restrict dgh = a.dgh + j * GH;
-    for (int64_t k = 0; k < H; ++k) {
-      const T r = ws[k], z = ws[H + k], n = ws[2 * H + k], hn = ws[3 * H + k];
-      const T dn = dt[k] * (T(1) - z) * (T(1) - n * n);
-      const T dz = dt[k] * (hp[k] - n) * z * (T(1) - z);
-      const T dr = dn * hn * r * (T(1) - r);
-      dh[k] += dt[k] * z;
-      dx[k] = dr;
-      dx[H + k] = dz;
-      dx[2 * H + k] = dn;
-      dgh[k] = dr;
-      dgh[H + k] = dz;
-      dgh[2 * H + k] = dn * r;
-    }
-    if (ln) normalise_backward(dgh, a.ln_hh, ws + 4 * H, ws[10 * H], GH, a.dhg + j * GH);
+    const T* ws = a.ws + j * a.ws_ld;
+    T* dx = a.dgx + j * GH;
+    T* dg = a.dgh + j * GH;
+    gru_back_gates(H, ws, ws + H, ws + 2 * H, ws + 3 * H, a.prev + j * H, a.dh_tilde + j * H,
+                   a.dh + j * H, dx, dx + H, dx + 2 * H, dg, dg + H, dg + 2 * H);
+    if (ln) normalise_backward(dg, a.ln_hh, ws + 4 * H, ws[10 * H], GH, a.dhg + j * GH);
   }
 }
 
@@ -460,8 +529,14 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
   const int64_t H = L.H, P = L.P, B = s.B, N = s.N, G = L.G(), GH = G * H;
   // The input side of every row: X W_ih^T, normalised (LN), plus the biases that are added
   // after it (LSTM: b_ih + b_hh; GRU: b_ih).
-  std::vector<T> xg(static_cast<size_t>(N * GH));
-  gemm<T>(false, true, N, GH, L.I, T(1), L.x, L.I, L.w_ih, L.I, T(0), xg.data(), GH);
+  Buffer<T> xg(N * GH);
+  {
+    // sequence_gemm takes op(B) row-major: W_ih^T [I, G*H], transposed once.
+    Buffer<T> w_t(L.I * GH);
+    for (int64_t r = 0; r < GH; ++r)
+      for (int64_t k = 0; k < L.I; ++k) w_t.data()[k * GH + r] = L.w_ih[r * L.I + k];
+    sequence_gemm<T>(false, N, GH, L.I, L.x, L.I, w_t.data(), GH, T(0), xg.data(), GH);
+  }
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* __restrict v = xg.data() + r * GH;
@@ -489,6 +564,7 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
     std::vector<T> hg(static_cast<size_t>(nb * GH));
     std::vector<T> hnew(static_cast<size_t>(nb * std::max(H, P)));
     std::vector<T> pout(L.w_hr != nullptr ? static_cast<size_t>(nb * P) : 0);
+    std::vector<T> tmp(static_cast<size_t>(H));
     for (int64_t step = 0; step < s.T; ++step) {
       const int64_t t = s.time_at(step, L.reverse);
       const int64_t rows = std::min(j1, s.bs[t]) - j0;
@@ -507,7 +583,6 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
                      xg.data() + row * GH,
                      GH,
                      hg.data(),
-                     nullptr,
                      L.lstm ? nullptr : L.b_hh,
                      L.ln_hh,
                      L.ln_c,
@@ -520,7 +595,8 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
                      L.zp,
                      ws != nullptr ? ws + row * L.ws_ld : nullptr,
                      L.ws_ld,
-                     cells != nullptr ? cells + row * H : nullptr};
+                     cells != nullptr ? cells + row * H : nullptr,
+                     tmp.data()};
       if (L.lstm) {
         lstm_rows(st);
         if (L.w_hr != nullptr) {
@@ -548,11 +624,11 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
   const Sequence& s = *L.s;
   const int64_t H = L.H, P = L.P, B = s.B, N = s.N, G = L.G(), GH = G * H;
   const bool ln = L.ln(), proj = L.w_hr != nullptr;
-  std::vector<T> dgx(static_cast<size_t>(N * GH));
-  std::vector<T> dgh_buf(!L.lstm ? static_cast<size_t>(N * GH) : 0);
-  std::vector<T> dhg_buf(ln ? static_cast<size_t>(N * GH) : 0);
-  std::vector<T> dchat(L.lstm && ln ? static_cast<size_t>(N * H) : 0);
-  std::vector<T> DH(proj ? static_cast<size_t>(N * P) : 0), R(proj ? static_cast<size_t>(N * H) : 0);
+  Buffer<T> dgx(N * GH);
+  Buffer<T> dgh_buf(!L.lstm ? N * GH : 0);
+  Buffer<T> dhg_buf(ln ? N * GH : 0);
+  Buffer<T> dchat(L.lstm && ln ? N * H : 0);
+  Buffer<T> DH(proj ? N * P : 0), R(proj ? N * H : 0);
   T* const dgh = L.lstm ? dgx.data() : dgh_buf.data();
   T* const dhg = ln ? dhg_buf.data() : dgh;
   const int64_t step_flops = 2 * B * GH * P + (proj ? 2 * B * H * P : 0);
@@ -564,6 +640,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
     std::vector<T> dr(proj ? static_cast<size_t>(nb * H) : 0);
     std::vector<T> prev(static_cast<size_t>(nb * (L.lstm ? H : P)));
     const int64_t W = L.lstm ? H : P;  // width of the previous state the cell reads
+    std::vector<T> tmp(static_cast<size_t>(3 * H));
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, L.reverse);
       const int64_t rows = std::min(j1, s.bs[t]) - j0;
@@ -602,7 +679,8 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
                      dgh + row * GH,
                      dhg + row * GH,
                      L.lstm && ln ? dchat.data() + row * H : nullptr,
-                     proj ? R.data() + row * H : nullptr};
+                     proj ? R.data() + row * H : nullptr,
+                     tmp.data()};
       unzone_h(br);
       if (L.lstm) {
         if (proj) {
@@ -626,7 +704,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
     }
   });
   // h_{t-1} of every row as the recurrent product saw it (times the recurrent mask).
-  std::vector<T> hprev(static_cast<size_t>(N * P));
+  Buffer<T> hprev(N * P);
   for (int64_t t = 0; t < s.T; ++t) {
     const int64_t tp = s.prev_of(t, L.reverse), n_prev = s.rows_with_prev(t, L.reverse);
     for (int64_t j = 0; j < s.bs[t]; ++j) {
@@ -640,7 +718,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
     }
   }
   sequence_gemm<T>(true, GH, P, N, dhg, GH, hprev.data(), P, T(0), dw_hh, P);
-  hprev = std::vector<T>();
+  hprev.p.reset();
   if (db_ih != nullptr) column_sums<T>(db_ih, dgx.data(), GH, nullptr, 0, N, GH);
   if (db_hh != nullptr) column_sums<T>(db_hh, dgh, GH, nullptr, 0, N, GH);
   if (ln) {
