@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+import rnnfast
 from rnnfast import ops, reference as ref
 
 T, B, I, H = 5, 3, 4, 6
@@ -160,19 +161,44 @@ def test_opcheck(kind):
     torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_same_bits_on_any_thread_count(kind):
-    """Each thread owns whole batch rows: the result does not depend on the split."""
-    tensors, kwargs, leaves = _layer(kind, torch.float32, ln=True, zone="train", rec=True,
-                                     wd=False, batch=16, hidden=32, inp=8)
+def _on_threads(n, fn):
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = _run(ops, kind, tensors, kwargs, leaves)
-        torch.set_num_threads(2)
-        two = _run(ops, kind, tensors, kwargs, leaves)
+        torch.set_num_threads(n)
+        return fn()
     finally:
         torch.set_num_threads(before)
+
+
+# The threads share a step by batch rows from 4 rows per thread up, by columns of the products
+# below (batch 1 and 3 here); both are large enough to run on 2 threads.
+SPLITS = [pytest.param(16, 32, id="rows"), pytest.param(1, 128, id="columns-b1"),
+          pytest.param(3, 64, id="columns-b3")]
+
+
+@pytest.mark.parametrize("batch,hidden", SPLITS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_float64_on_two_threads(kind, batch, hidden):
+    tensors, kwargs, leaves = _layer(kind, torch.float64, ln=True, zone="train", rec=True,
+                                     wd=True, batch=batch, hidden=hidden, inp=8, steps=6)
+    kwargs["reverse"] = True
+    got = _on_threads(2, lambda: _run(ops, kind, tensors, kwargs, leaves))
+    want = _run(ref, kind, tensors, kwargs, leaves)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(rnnfast.build_info()["step_gemm"] != "rnnfast panel micro-kernel",
+                    reason="only rnnfast's panel micro-kernel sums each element in one order "
+                           "whatever the split (the BLAS's packed GEMM may not)")
+@pytest.mark.parametrize("batch,hidden", SPLITS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_same_bits_on_any_thread_count(kind, batch, hidden):
+    """float32 gives the same bits on one thread and on two (split by rows or by columns)."""
+    tensors, kwargs, leaves = _layer(kind, torch.float32, ln=True, zone="train", rec=True,
+                                     wd=False, batch=batch, hidden=hidden, inp=8)
+    one = _on_threads(1, lambda: _run(ops, kind, tensors, kwargs, leaves))
+    two = _on_threads(2, lambda: _run(ops, kind, tensors, kwargs, leaves))
     for a, b in zip(one[0] + one[1], two[0] + two[1]):
         assert torch.equal(a, b)
 

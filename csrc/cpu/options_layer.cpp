@@ -9,8 +9,10 @@
 // Threads: each thread owns a fixed block of batch rows for the whole sequence. A row's
 // recurrence never reads another row, so the step loop needs no barrier at all, and the
 // layer normalisations (over the G*H gate pre-activations, over the H cells) are sums
-// over one row, inside one thread. Every value is computed by the same code in the same
-// order whatever the number of threads: the results are bitwise independent of it.
+// over one row, inside one thread. With fewer than 4 rows per thread the step's product is
+// split by columns of W_hh instead (two barriers a step). Every value is summed in one order
+// whatever the split: float32 results are bitwise independent of the thread count where the
+// kernel set has rnnfast's panel and blocked GEMMs (the AVX2 and AVX-512 sets).
 // Per step a thread multiplies its rows of h_{t-1} by all of W_hh (packed once per call
 // for that thread); the input side is one whole-sequence GEMM before the loop, the weight
 // gradients whole-sequence GEMMs after it (as in layer.cpp).
@@ -35,6 +37,7 @@
 #include <memory>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -43,6 +46,7 @@
 
 #include "../core/checks.h"
 #include "blas.h"
+#include "pointwise.h"
 
 #define RNNFAST_ISA options_layer
 #include "fast_math.h"
@@ -460,6 +464,22 @@ void column_sums(T* out, const T* A, int64_t lda, const T* Bm, int64_t ldb, int6
   });
 }
 
+// C = op(A) B for the whole-sequence products (as sequence_gemm, beta 0). float32 where the
+// kernel set has a blocked GEMM takes it at every size: its result does not depend on the
+// thread count (sequence_gemm hands small products, and on Intel CPUs with MKL large ones too,
+// to the BLAS, whose sums may). Otherwise sequence_gemm.
+template <typename T>
+void whole_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_kernels().blocked_gemm_f32 != nullptr) {
+      blocked_sequence_gemm(trans_a, M, N, K, A, lda, B, ldb, false, C, ldc);
+      return;
+    }
+  }
+  sequence_gemm<T>(trans_a, M, N, K, A, lda, B, ldb, T(0), C, ldc);
+}
+
 // ------------------------------------------------------------------ the executor
 
 template <typename T>
@@ -497,27 +517,47 @@ int64_t workspace_cols(bool lstm, bool ln, int64_t H) {
   return ln ? 10 * H + 2 : 4 * H;
 }
 
-// Runs fn(j0, j1) for each thread's block of batch rows, all in one parallel region (one
-// thread inside another region, or when a step carries too little work to split).
+// Runs fn(tid, nt) on each thread of one parallel region (one thread inside another
+// region, or when a step carries too little work to split).
 template <typename F>
-void over_row_blocks(int64_t B, int64_t step_flops, const F& fn) {
+void on_threads(int64_t step_flops, const F& fn) {
   int nt = 1;
 #ifdef _OPENMP
-  if (!at::in_parallel_region() && step_flops >= 64 * 1024)
-    nt = static_cast<int>(std::min<int64_t>(at::get_num_threads(), B));
+  if (!at::in_parallel_region() && step_flops >= 64 * 1024) nt = at::get_num_threads();
 #endif
   if (nt <= 1) {
-    fn(int64_t(0), B);
+    fn(0, 1);
     return;
   }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
   {
     const SequentialBlasScope sequential_blas;
-    const int64_t n = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t per = B / n, rem = B % n;
-    const int64_t j0 = tid * per + std::min(tid, rem);
-    fn(j0, j0 + per + (tid < rem ? 1 : 0));
+    fn(omp_get_thread_num(), omp_get_num_threads());
+  }
+#endif
+}
+
+// [begin, end) of thread tid's share of n (in blocks of `align`).
+std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt, int64_t align = 1) {
+  const int64_t blocks = (n + align - 1) / align, per = blocks / nt, rem = blocks % nt;
+  const int64_t b0 = tid * per + std::min<int64_t>(tid, rem);
+  const int64_t b1 = b0 + per + (tid < rem ? 1 : 0);
+  return {std::min(n, b0 * align), std::min(n, b1 * align)};
+}
+
+// How the threads share a step. By rows (a block of batch rows each, all of W_hh, no barrier)
+// while each has kMinRowsPerThread rows or more; below that, a thread streaming all of W_hh
+// for a row or two is bounded by reading it, so the product is split by columns instead (a
+// slice of W_hh each, for all rows), with a barrier after it and one after the rows' pointwise
+// work (each row's layer normalisation still inside one thread).
+constexpr int64_t kMinRowsPerThread = 4;
+bool split_by_columns(int64_t B, int nt) { return nt > 1 && B < kMinRowsPerThread * nt; }
+
+inline void step_barrier(int nt) {
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp barrier
   }
 #endif
 }
@@ -535,7 +575,7 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
     Buffer<T> w_t(L.I * GH);
     for (int64_t r = 0; r < GH; ++r)
       for (int64_t k = 0; k < L.I; ++k) w_t.data()[k * GH + r] = L.w_ih[r * L.I + k];
-    sequence_gemm<T>(false, N, GH, L.I, L.x, L.I, w_t.data(), GH, T(0), xg.data(), GH);
+    whole_gemm<T>(false, N, GH, L.I, L.x, L.I, w_t.data(), GH, xg.data(), GH);
   }
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -555,60 +595,70 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
     }
   });
   const int64_t step_flops = 2 * B * GH * P + (L.w_hr != nullptr ? 2 * B * H * P : 0);
-  over_row_blocks(B, step_flops, [&](int64_t j0, int64_t j1) {
+  Buffer<T> hg(B * GH);  // the recurrent product of a step, row j at hg + j * GH
+  Buffer<T> hm(L.rec_mask != nullptr ? B * P : 0);  // h_{t-1} times the recurrent mask
+  if (L.rec_mask != nullptr)
+    for (int64_t i = 0; i < B * P; ++i) hm.data()[i] = h[i] * L.rec_mask[i];
+  const T* const hin = L.rec_mask != nullptr ? hm.data() : h;
+  on_threads(step_flops, [&](int tid, int nt) {
+    const bool by_cols = split_by_columns(B, nt);
+    const auto [j0, j1] = share(B, tid, nt);
+    const auto [c0, c1] = by_cols ? share(GH, tid, nt, 16) : std::pair<int64_t, int64_t>{0, GH};
     const int64_t nb = j1 - j0;
-    if (nb <= 0) return;
-    // All of W_hh, packed once for this thread (the same product code for any row block).
-    const PackedWeight<T> packed(true, GH, P, nb, L.w_hh, P);
-    std::vector<T> hm(L.rec_mask != nullptr ? static_cast<size_t>(nb * P) : 0);
-    std::vector<T> hg(static_cast<size_t>(nb * GH));
-    std::vector<T> hnew(static_cast<size_t>(nb * std::max(H, P)));
+    // This thread's W_hh (all of it, or its slice of rows), packed once.
+    const PackedWeight<T> packed(true, c1 - c0, P, by_cols ? B : std::max<int64_t>(nb, 1),
+                                 L.w_hh + c0 * P, P);
+    std::vector<T> hnew(static_cast<size_t>(std::max<int64_t>(nb, 1) * std::max(H, P)));
     std::vector<T> pout(L.w_hr != nullptr ? static_cast<size_t>(nb * P) : 0);
     std::vector<T> tmp(static_cast<size_t>(H));
     for (int64_t step = 0; step < s.T; ++step) {
       const int64_t t = s.time_at(step, L.reverse);
-      const int64_t rows = std::min(j1, s.bs[t]) - j0;
-      if (rows <= 0) continue;
-      const int64_t row = s.off[t] + j0;
-      T* const hs = h + j0 * P;
-      const T* hin = hs;
-      if (L.rec_mask != nullptr) {
-        for (int64_t i = 0; i < rows * P; ++i) hm[i] = hs[i] * L.rec_mask[j0 * P + i];
-        hin = hm.data();
+      const int64_t b = s.bs[t], rows = std::min(j1, b) - j0;
+      if (by_cols) {
+        if (c1 > c0) packed.gemm(b, hin, P, T(0), hg.data() + c0, GH);
+        step_barrier(nt);  // every column of the product is in place
+      } else if (rows > 0) {
+        packed.gemm(rows, hin + j0 * P, P, T(0), hg.data() + j0 * GH, GH);
       }
-      packed.gemm(rows, hin, P, T(0), hg.data(), GH);
-      StepRows<T> st{rows,
-                     H,
-                     P,
-                     xg.data() + row * GH,
-                     GH,
-                     hg.data(),
-                     L.lstm ? nullptr : L.b_hh,
-                     L.ln_hh,
-                     L.ln_c,
-                     L.ln_c_b,
-                     hs,
-                     L.lstm ? c + j0 * H : nullptr,
-                     hnew.data(),
-                     L.zh != nullptr ? L.zh + (t * B + j0) * P : nullptr,
-                     L.zc != nullptr ? L.zc + (t * B + j0) * H : nullptr,
-                     L.zp,
-                     ws != nullptr ? ws + row * L.ws_ld : nullptr,
-                     L.ws_ld,
-                     cells != nullptr ? cells + row * H : nullptr,
-                     tmp.data()};
-      if (L.lstm) {
-        lstm_rows(st);
-        if (L.w_hr != nullptr) {
-          gemm<T>(false, true, rows, P, H, T(1), hnew.data(), H, L.w_hr, H, T(0), pout.data(), P);
-          zone_h(st, pout.data(), y + row * P);
+      if (rows > 0) {
+        const int64_t row = s.off[t] + j0;
+        T* const hs = h + j0 * P;
+        StepRows<T> st{rows,
+                       H,
+                       P,
+                       xg.data() + row * GH,
+                       GH,
+                       hg.data() + j0 * GH,
+                       L.lstm ? nullptr : L.b_hh,
+                       L.ln_hh,
+                       L.ln_c,
+                       L.ln_c_b,
+                       hs,
+                       L.lstm ? c + j0 * H : nullptr,
+                       hnew.data(),
+                       L.zh != nullptr ? L.zh + (t * B + j0) * P : nullptr,
+                       L.zc != nullptr ? L.zc + (t * B + j0) * H : nullptr,
+                       L.zp,
+                       ws != nullptr ? ws + row * L.ws_ld : nullptr,
+                       L.ws_ld,
+                       cells != nullptr ? cells + row * H : nullptr,
+                       tmp.data()};
+        if (L.lstm) {
+          lstm_rows(st);
+          if (L.w_hr != nullptr) {
+            gemm<T>(false, true, rows, P, H, T(1), hnew.data(), H, L.w_hr, H, T(0), pout.data(), P);
+            zone_h(st, pout.data(), y + row * P);
+          } else {
+            zone_h(st, hnew.data(), y + row * P);
+          }
         } else {
+          gru_rows(st);
           zone_h(st, hnew.data(), y + row * P);
         }
-      } else {
-        gru_rows(st);
-        zone_h(st, hnew.data(), y + row * P);
+        if (L.rec_mask != nullptr)
+          for (int64_t i = 0; i < rows * P; ++i) hm.data()[j0 * P + i] = hs[i] * L.rec_mask[j0 * P + i];
       }
+      if (by_cols) step_barrier(nt);  // h_t complete before the next product reads it
     }
   });
 }
@@ -632,74 +682,93 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
   T* const dgh = L.lstm ? dgx.data() : dgh_buf.data();
   T* const dhg = ln ? dhg_buf.data() : dgh;
   const int64_t step_flops = 2 * B * GH * P + (proj ? 2 * B * H * P : 0);
-  over_row_blocks(B, step_flops, [&](int64_t j0, int64_t j1) {
-    const int64_t nb = j1 - j0;
-    if (nb <= 0) return;
-    const PackedWeight<T> packed(false, P, GH, nb, L.w_hh, P);  // dL/dh_{t-1} = dG W_hh
-    std::vector<T> dht(static_cast<size_t>(nb * P)), dhr(static_cast<size_t>(nb * P));
+  Buffer<T> dhr(B * P);  // a step's dG W_hh (times the recurrent mask: added by the rows' owner)
+  on_threads(step_flops, [&](int tid, int nt) {
+    const bool by_cols = split_by_columns(B, nt);
+    const auto [j0, j1] = share(B, tid, nt);
+    const auto [p0, p1] = by_cols ? share(P, tid, nt, 16) : std::pair<int64_t, int64_t>{0, P};
+    const int64_t nb = std::max<int64_t>(j1 - j0, 1);
+    // dL/dh_{t-1} = dG W_hh: this thread's columns of W_hh (all, or its slice), packed once.
+    const PackedWeight<T> packed(false, p1 - p0, GH, by_cols ? B : nb, L.w_hh + p0, P);
+    std::vector<T> dht(static_cast<size_t>(nb * P));
     std::vector<T> dr(proj ? static_cast<size_t>(nb * H) : 0);
-    std::vector<T> prev(static_cast<size_t>(nb * (L.lstm ? H : P)));
     const int64_t W = L.lstm ? H : P;  // width of the previous state the cell reads
+    std::vector<T> prev(static_cast<size_t>(nb * W));
     std::vector<T> tmp(static_cast<size_t>(3 * H));
+    // dh += (mask *) dhr for this thread's first `rows` rows.
+    const auto add_product = [&](int64_t rows) {
+      T* __restrict d = dh + j0 * P;
+      const T* __restrict v = dhr.data() + j0 * P;
+      if (L.rec_mask != nullptr) {
+        const T* __restrict m = L.rec_mask + j0 * P;
+        for (int64_t i = 0; i < rows * P; ++i) d[i] += m[i] * v[i];
+      } else {
+        for (int64_t i = 0; i < rows * P; ++i) d[i] += v[i];
+      }
+    };
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, L.reverse);
-      const int64_t rows = std::min(j1, s.bs[t]) - j0;
-      if (rows <= 0) continue;
-      const int64_t row = s.off[t] + j0;
-      T* const dhs = dh + j0 * P;
-      if (dy != nullptr)
-        for (int64_t i = 0; i < rows * P; ++i) dhs[i] += dy[row * P + i];
-      // The previous state of these rows: the previous step's (c_{t-1} saved, h_{t-1} the
-      // output) or the initial one.
-      const int64_t tp = s.prev_of(t, L.reverse), n_prev = s.rows_with_prev(t, L.reverse);
-      const T* src_prev = L.lstm ? cells : y;
-      const T* init = L.lstm ? cx : hx;
-      for (int64_t j = 0; j < rows; ++j) {
-        const int64_t jj = j0 + j;
-        const T* p = jj < n_prev ? src_prev + (s.off[tp] + jj) * W : init + jj * W;
-        std::memcpy(prev.data() + j * W, p, sizeof(T) * W);
-      }
-      BackRows<T> br{rows,
-                     H,
-                     P,
-                     ws + row * L.ws_ld,
-                     L.ws_ld,
-                     L.ln_hh,
-                     L.ln_c,
-                     L.ln_c_b,
-                     prev.data(),
-                     dhs,
-                     dht.data(),
-                     nullptr,
-                     L.lstm ? dc + j0 * H : nullptr,
-                     L.zh != nullptr ? L.zh + (t * B + j0) * P : nullptr,
-                     L.zc != nullptr ? L.zc + (t * B + j0) * H : nullptr,
-                     L.zp,
-                     dgx.data() + row * GH,
-                     dgh + row * GH,
-                     dhg + row * GH,
-                     L.lstm && ln ? dchat.data() + row * H : nullptr,
-                     proj ? R.data() + row * H : nullptr,
-                     tmp.data()};
-      unzone_h(br);
-      if (L.lstm) {
-        if (proj) {
-          std::memcpy(DH.data() + row * P, dht.data(), sizeof(T) * rows * P);
-          gemm<T>(false, false, rows, H, P, T(1), dht.data(), P, L.w_hr, H, T(0), dr.data(), H);
-          br.dr = dr.data();
-        } else {
-          br.dr = dht.data();
+      const int64_t b = s.bs[t], rows = std::min(j1, b) - j0;
+      if (rows > 0) {
+        const int64_t row = s.off[t] + j0;
+        T* const dhs = dh + j0 * P;
+        if (dy != nullptr)
+          for (int64_t i = 0; i < rows * P; ++i) dhs[i] += dy[row * P + i];
+        // The previous state of these rows: the previous step's (c_{t-1} saved, h_{t-1} the
+        // output) or the initial one.
+        const int64_t tp = s.prev_of(t, L.reverse), n_prev = s.rows_with_prev(t, L.reverse);
+        const T* src_prev = L.lstm ? cells : y;
+        const T* init = L.lstm ? cx : hx;
+        for (int64_t j = 0; j < rows; ++j) {
+          const int64_t jj = j0 + j;
+          const T* p = jj < n_prev ? src_prev + (s.off[tp] + jj) * W : init + jj * W;
+          std::memcpy(prev.data() + j * W, p, sizeof(T) * W);
         }
-        lstm_back(br);
-      } else {
-        gru_back(br);
+        BackRows<T> br{rows,
+                       H,
+                       P,
+                       ws + row * L.ws_ld,
+                       L.ws_ld,
+                       L.ln_hh,
+                       L.ln_c,
+                       L.ln_c_b,
+                       prev.data(),
+                       dhs,
+                       dht.data(),
+                       nullptr,
+                       L.lstm ? dc + j0 * H : nullptr,
+                       L.zh != nullptr ? L.zh + (t * B + j0) * P : nullptr,
+                       L.zc != nullptr ? L.zc + (t * B + j0) * H : nullptr,
+                       L.zp,
+                       dgx.data() + row * GH,
+                       dgh + row * GH,
+                       dhg + row * GH,
+                       L.lstm && ln ? dchat.data() + row * H : nullptr,
+                       proj ? R.data() + row * H : nullptr,
+                       tmp.data()};
+        unzone_h(br);
+        if (L.lstm) {
+          if (proj) {
+            std::memcpy(DH.data() + row * P, dht.data(), sizeof(T) * rows * P);
+            gemm<T>(false, false, rows, H, P, T(1), dht.data(), P, L.w_hr, H, T(0), dr.data(), H);
+            br.dr = dr.data();
+          } else {
+            br.dr = dht.data();
+          }
+          lstm_back(br);
+        } else {
+          gru_back(br);
+        }
+        if (!by_cols) {
+          packed.gemm(rows, dhg + row * GH, GH, T(0), dhr.data() + j0 * P, P);
+          add_product(rows);
+        }
       }
-      packed.gemm(rows, dhg + row * GH, GH, T(0), dhr.data(), P);
-      if (L.rec_mask != nullptr) {
-        const T* m = L.rec_mask + j0 * P;
-        for (int64_t i = 0; i < rows * P; ++i) dhs[i] += m[i] * dhr[i];
-      } else {
-        for (int64_t i = 0; i < rows * P; ++i) dhs[i] += dhr[i];
+      if (by_cols) {
+        step_barrier(nt);  // every row of dG_t is in place
+        if (p1 > p0) packed.gemm(b, dhg + s.off[t] * GH, GH, T(0), dhr.data() + p0, P);
+        step_barrier(nt);  // every column of dG_t W_hh is in place
+        if (rows > 0) add_product(rows);
       }
     }
   });
@@ -717,7 +786,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
       }
     }
   }
-  sequence_gemm<T>(true, GH, P, N, dhg, GH, hprev.data(), P, T(0), dw_hh, P);
+  whole_gemm<T>(true, GH, P, N, dhg, GH, hprev.data(), P, dw_hh, P);
   hprev.p.reset();
   if (db_ih != nullptr) column_sums<T>(db_ih, dgx.data(), GH, nullptr, 0, N, GH);
   if (db_hh != nullptr) column_sums<T>(db_hh, dgh, GH, nullptr, 0, N, GH);
@@ -735,9 +804,9 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
                            ws[r * L.ws_ld + L.rstd_ih_col()], GH, dgx.data() + r * GH);
     });
   }
-  sequence_gemm<T>(true, GH, L.I, N, dgx.data(), GH, L.x, L.I, T(0), dw_ih, L.I);
-  if (dx != nullptr) sequence_gemm<T>(false, N, L.I, GH, dgx.data(), GH, L.w_ih, L.I, T(0), dx, L.I);
-  if (proj) sequence_gemm<T>(true, P, H, N, DH.data(), P, R.data(), H, T(0), dw_hr, H);
+  whole_gemm<T>(true, GH, L.I, N, dgx.data(), GH, L.x, L.I, dw_ih, L.I);
+  if (dx != nullptr) whole_gemm<T>(false, N, L.I, GH, dgx.data(), GH, L.w_ih, L.I, dx, L.I);
+  if (proj) whole_gemm<T>(true, P, H, N, DH.data(), P, R.data(), H, dw_hr, H);
 }
 
 // ------------------------------------------------------------------ operators
