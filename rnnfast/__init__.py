@@ -5,6 +5,10 @@ Use ``rnnfast.LSTM``, ``GRU``, ``RNN`` (and ``LSTMCell``, ``GRUCell``,
 ``state_dict``, inputs, outputs and gradients, with forward and
 backpropagation-through-time run by hand-written fused kernels. Or convert an
 existing model in place with ``rnnfast.convert(model)``.
+
+``LSTM`` and ``GRU`` also take keyword-only options beyond torch.nn (``layer_norm``,
+``zoneout``, ``recurrent_dropout``, ``weight_dropout``; ``LSTMCell``/``GRUCell``:
+``layer_norm``), specified by :mod:`rnnfast.reference`.
 """
 from ._version import __version__
 from . import ops

@@ -14,6 +14,11 @@ Both run rnnfast's own operators (``torch.ops.rnnfast.*``), not torch.nn's kerne
   (:func:`scriptable`), since a scripted module whose forward is overloaded has no
   ``forward`` to call.
 
+* **Options beyond torch.nn** (``layer_norm``, ``zoneout``, ``recurrent_dropout``,
+  ``weight_dropout``): refused by both, with an error naming them
+  (:func:`refuse_options`). The TorchScript path is torch.nn's recurrence, which has none
+  of them, and a trace would freeze training masks into the graph.
+
 This module must stay TorchScript-compilable: no ``from __future__ import annotations``,
 ``typing`` annotations only.
 """
@@ -29,7 +34,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "traced_lstm_layer", "traced_gru_layer",
            "LSTMScript", "OneStateScript", "LSTMCellScript", "GRUCellScript", "RNNCellScript",
-           "scriptable"]
+           "scriptable", "refuse_options"]
 
 
 def _grad(t: Optional[Tensor]) -> bool:
@@ -69,6 +74,17 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
     out, hy = torch.ops.rnnfast.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
                                             reverse, relu)
     return out, hy
+
+
+def refuse_options(description: str, action: str, options: List[str]) -> None:
+    """Raise NotImplementedError: the module ``description`` (e.g.
+    ``rnnfast.LSTM(layer_norm=True)``) has ``options`` beyond torch.nn, and cannot be
+    ``action`` (``"compiled with torch.jit.script"``, ``"traced with torch.jit.trace"``)."""
+    raise NotImplementedError(
+        f"{description} cannot be {action}: TorchScript runs torch.nn's recurrence, which "
+        f"has no {' or '.join(options)} (and a trace would freeze training-mode masks into "
+        "the graph). Use torch.compile or torch.export instead, or a model without these "
+        "options.")
 
 
 _scripted: dict = {}
@@ -491,6 +507,10 @@ def scriptable(module: torch.nn.Module) -> torch.nn.Module:
     """
     from .modules import GRU, LSTM, RNN
 
+    options = getattr(module, "_options", None)
+    if options is not None and options():
+        refuse_options(module._describe_options(), "compiled with torch.jit.script",
+                       list(options()))
     if type(module).forward not in (LSTM.forward, GRU.forward, RNN.forward):
         return module
     if not _scripted_on_its_own():

@@ -6,6 +6,11 @@ messages; their forward and backward run rnnfast's fused kernels (one operator
 call per layer and direction, hand-written BPTT). ``LSTMCell``, ``GRUCell`` and
 ``RNNCell`` likewise, each one fused operator call forward and backward.
 
+``LSTM``, ``GRU``, ``LSTMCell`` and ``GRUCell`` also take keyword-only options beyond
+torch.nn (layer normalisation; the layers also zoneout, recurrent and weight dropout),
+with the formulas and mask draw order of :mod:`rnnfast.reference`. Left at their defaults
+they change nothing: same parameters, ``state_dict`` and results as torch.nn.
+
 The layers derive from ``torch.nn.RNNBase`` (which owns the parameter layout), not
 from ``torch.nn.LSTM``/``GRU``/``RNN``: ``torch.compile`` refuses to trace
 subclasses of those three, and rnnfast layers must compile with ``fullgraph=True``.
@@ -15,13 +20,14 @@ by construction.
 """
 # No ``from __future__ import annotations`` here: TorchScript reads the annotations of the
 # layers' overloaded forward as objects.
+import math
 from typing import Optional, Union, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional, ops
+from . import functional, ops, reference
 # The TorchScript paths of the layers and cells (their forward runs them when scripted).
 from ._torchscript import (GRUCellScript, LSTMCellScript, LSTMScript, OneStateScript,
                            RNNCellScript)
@@ -69,16 +75,162 @@ def _check_state_like(weight: Tensor, input: Tensor, states: tuple[Tensor, ...])
             f"{input.device} and parameter tensor at {weight.device}")
 
 
-class _RecurrentLayer(nn.RNNBase):
+# ------------------------------------------------------------- options beyond torch.nn
+
+#: The layers' options beyond torch.nn, with their defaults (the cells take layer_norm).
+_OPTION_DEFAULTS = {"layer_norm": False, "zoneout": 0.0, "recurrent_dropout": 0.0,
+                    "weight_dropout": 0.0}
+#: The options that draw random masks in training mode.
+_STOCHASTIC_OPTIONS = ("zoneout", "recurrent_dropout", "weight_dropout")
+#: Prefixes of the layer-normalisation parameters' names (reference.LAYER_NORM_NAMES).
+_LN_PREFIXES = ("weight_ln_", "bias_ln_")
+
+
+def _check_options(layer_norm, probabilities: dict) -> dict:
+    """The options as stored: ``layer_norm`` a bool (else TypeError, torch's wording for
+    bool arguments), each probability a float in [0, 1) (else ValueError naming it)."""
+    if not isinstance(layer_norm, bool):
+        raise TypeError(f"layer_norm should be of type bool, got: {type(layer_norm).__name__}")
+    options = {"layer_norm": layer_norm}
+    for name, p in probabilities.items():
+        options[name] = reference._check_probability(name, p)
+    return options
+
+
+def _is_layer_norm_name(name: str) -> bool:
+    return name.startswith(_LN_PREFIXES)
+
+
+def _layer_norm_shapes(mode: str, hidden_size: int) -> dict:
+    """Name (without layer suffix) -> size of the layer-normalisation parameters of one
+    layer and direction (or one cell), in reference.LAYER_NORM_NAMES order."""
+    if mode == "LSTM":
+        return {"weight_ln_ih": 4 * hidden_size, "weight_ln_hh": 4 * hidden_size,
+                "weight_ln_c": hidden_size, "bias_ln_c": hidden_size}
+    return {"weight_ln_ih": 3 * hidden_size, "weight_ln_hh": 3 * hidden_size}
+
+
+def _reset_with_layer_norm(module: nn.Module) -> None:
+    """torch.nn's ``reset_parameters`` (every parameter uniform in ``±1/sqrt(H)``, in
+    registration order, so the torch.nn parameters, registered first, draw exactly what
+    torch.nn's draw), except the layer-normalisation parameters: weights 1, biases 0."""
+    stdv = 1.0 / math.sqrt(module.hidden_size) if module.hidden_size > 0 else 0
+    for name, weight in module.named_parameters():
+        if not _is_layer_norm_name(name):
+            nn.init.uniform_(weight, -stdv, stdv)
+    with torch.no_grad():
+        for name, weight in module.named_parameters():
+            if _is_layer_norm_name(name):
+                weight.fill_(0.0 if name.startswith("bias_") else 1.0)
+
+
+class _Options:
+    """The options beyond torch.nn of a layer or cell (a base class of rnnfast's layers
+    and cells): their non-default values, how they read in messages and in ``repr``, and
+    the refusals where the model would be handled the torch.nn way (TorchScript, ONNX)."""
+
+    _public_name = ""
+    #: The options this class takes (their defaults are class attributes of it).
+    _option_names: tuple = ()
+
+    def _options(self) -> dict:
+        """The options set to a non-default value, name -> value ({} for RNN, RNNCell and
+        every module left at the defaults)."""
+        found = {}
+        for name in self._option_names:
+            value = getattr(self, name)
+            if value != _OPTION_DEFAULTS[name]:
+                found[name] = value
+        return found
+
+    def _describe_options(self) -> str:
+        """E.g. ``rnnfast.LSTM(layer_norm=True, zoneout=0.1)``."""
+        args = ", ".join(f"{name}={value!r}" for name, value in self._options().items())
+        return f"rnnfast.{self._public_name}({args})"
+
+    def _options_repr(self) -> str:
+        return "".join(f", {name}={value!r}" for name, value in self._options().items())
+
+    def _refuse_capture(self, input: Tensor) -> None:
+        """With options: refuse an ONNX export (both exporters) or a ``torch.jit.trace``
+        that records this call, naming the options (torch.nn's recurrences, which those
+        turn the layer into, have none)."""
+        if not self._options():
+            return
+        tracing = torch.jit.is_tracing()
+        if ops._onnx_dynamo(input) or (tracing and (ops._legacy_onnx_exporting()
+                                                    or ops._onnx_exporting())):
+            from .onnx import refuse_options
+            refuse_options(self._describe_options(), self._public_name.replace("Cell", ""),
+                           list(self._options()))
+        if tracing:
+            from ._torchscript import refuse_options as refuse_torchscript
+            refuse_torchscript(self._describe_options(), "traced with torch.jit.trace",
+                               list(self._options()))
+
+
+class _RecurrentLayer(_Options, nn.RNNBase):
     """The forward logic shared by rnnfast.LSTM, GRU and RNN.
 
     Subclasses define the state structure (``_num_states``, ``_state_sizes``), the
     rank-mismatch messages, their function in rnnfast.functional (``_functional``, which
     ``_run`` calls with the fused kernels) and torch's implementation (``_torch_fn``, the
     fallback).
+
+    The options beyond torch.nn (LSTM and GRU): :meth:`_setup_options` stores them and
+    registers the layer-normalisation parameters after torch.nn's, so that torch.nn's
+    parameter bookkeeping (``_flat_weights_names``, ``_all_weights``) is untouched and
+    lists torch.nn's parameters only.
     """
 
     _num_states = 1
+
+    def _setup_options(self, options: dict) -> None:
+        """Store the checked ``options`` (:func:`_check_options`) and, with ``layer_norm``,
+        register ``weight_ln_ih_l{k}{s}``, ``weight_ln_hh_l{k}{s}`` (and, LSTM,
+        ``weight_ln_c_l{k}{s}``, ``bias_ln_c_l{k}{s}``) for every layer and direction,
+        weights 1 and biases 0, on the device and dtype of torch.nn's parameters."""
+        for name, value in options.items():
+            setattr(self, name, value)
+        if not options["layer_norm"]:
+            return
+        like = self._flat()[0]
+        shapes = _layer_norm_shapes(self.mode, self.hidden_size)
+        for names in self._all_weights:
+            suffix = names[0][len("weight_ih"):]  # "_l{k}" or "_l{k}_reverse"
+            for base, size in shapes.items():
+                value = 0.0 if base.startswith("bias_") else 1.0
+                self.register_parameter(base + suffix, nn.Parameter(
+                    torch.full((size,), value, dtype=like.dtype, device=like.device)))
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (uniform in ``±1/sqrt(hidden_size)``, drawing exactly
+        what torch.nn's draws); layer-normalisation weights 1, biases 0."""
+        _reset_with_layer_norm(self)
+
+    def _layer_norm_params(self) -> Optional[list]:
+        """The ``layer_norm`` argument of rnnfast.functional/reference: one tuple per layer
+        and direction, or None without layer normalisation."""
+        if not getattr(self, "layer_norm", False):
+            return None
+        params = reference.layer_norm_params_from_module(self)
+        if params is None:
+            raise RuntimeError(f"{self._describe_options()}: the layer has no "
+                               "layer-normalisation parameters (weight_ln_ih_l0, ...); "
+                               "set layer_norm=True when constructing it")
+        return params
+
+    def _option_kwargs(self) -> dict:
+        """The options as keyword arguments of rnnfast.functional.lstm/gru and
+        rnnfast.reference.lstm/gru ({} without any, so the plain path runs)."""
+        if not self._options():
+            return {}
+        return dict(layer_norm=self._layer_norm_params(), zoneout=self.zoneout,
+                    recurrent_dropout=self.recurrent_dropout,
+                    weight_dropout=self.weight_dropout)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._options_repr()
 
     def _state_sizes(self) -> tuple[int, ...]:
         return (self.hidden_size,)
@@ -153,6 +305,13 @@ class _RecurrentLayer(nn.RNNBase):
 
     def _torch_fallback(self, input: Tensor, states: tuple[Tensor, ...],
                         batch_sizes: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        options = self._option_kwargs()
+        if options:  # torch.nn has no such options: the reference runs them
+            fn = reference.lstm if self.mode == "LSTM" else reference.gru
+            output, finals = fn(input, self._as_hx(states), reference.params_from_module(self),
+                                self.num_layers, self.bidirectional, self.batch_first,
+                                self.dropout, self.training, batch_sizes, **options)
+            return output, tuple(finals) if isinstance(finals, tuple) else (finals,)
         fn, hx = self._torch_fn(), self._as_hx(states)
         if batch_sizes is None:
             result = fn(input, hx, self._flat(), self.bias, self.num_layers, self.dropout,
@@ -167,6 +326,8 @@ class _RecurrentLayer(nn.RNNBase):
 
     def forward(self, input: Union[Tensor, PackedSequence], hx=None):
         """Run the layer; same inputs, outputs and errors as torch.nn's ``forward``."""
+        if self._options():
+            self._refuse_capture(input[0] if isinstance(input, PackedSequence) else input)
         orig_input = input
         batch_sizes = None
         sorted_indices = None
@@ -258,6 +419,29 @@ class LSTM(LSTMScript, _RecurrentLayer):
         proj_size: if > 0, project h to this size (``weight_hr_l{k}``). Default: 0.
         device, dtype: factory keyword arguments for the parameters.
 
+    Keyword-only options beyond torch.nn (formulas and mask draw order in
+    :mod:`rnnfast.reference`; the defaults leave the layer exactly torch.nn's, parameters
+    and ``state_dict`` included):
+
+    Args:
+        layer_norm: layer-normalised LSTM: ``LN(x W_ih^T) + LN(h W_hh^T) + b`` (each LN
+            over all 4H gate columns) and ``h = o * tanh(LN(c))``; adds the parameters
+            ``weight_ln_ih_l{k}{s}`` (4H), ``weight_ln_hh_l{k}{s}`` (4H),
+            ``weight_ln_c_l{k}{s}`` (H), initialised to 1, and ``bias_ln_c_l{k}{s}`` (H),
+            initialised to 0 (``s`` is ``""`` or ``"_reverse"``). Default: False.
+        zoneout: probability that each element of h and c keeps its previous value at a
+            step; training draws masks, evaluation uses ``p * old + (1 - p) * new``.
+            Default: 0.
+        recurrent_dropout: variational dropout of h where it enters ``W_hh`` (one mask per
+            sequence, layer and direction); training only. Default: 0.
+        weight_dropout: DropConnect on ``W_hh`` (one mask per call, layer and direction);
+            training only. Default: 0.
+
+    Masks are drawn from torch's generator of the input's device: the same
+    ``torch.manual_seed`` gives the same masks as :func:`rnnfast.reference.lstm`.
+    A layer with options cannot be scripted, traced, exported to ONNX or dynamically
+    quantized (torch.nn's LSTM has no such options); it compiles with torch.compile.
+
     Inputs: ``input, (h_0, c_0)`` exactly as torch.nn.LSTM: ``input`` is (T, B, I),
     (B, T, I) with ``batch_first``, unbatched (T, I), or a
     :class:`~torch.nn.utils.rnn.PackedSequence`; ``(h_0, c_0)`` is optional.
@@ -277,13 +461,29 @@ class LSTM(LSTMScript, _RecurrentLayer):
 
     _num_states = 2
     _functional = staticmethod(functional.lstm)
+    _public_name = "LSTM"
+    _option_names = tuple(_OPTION_DEFAULTS)
+    # The options' defaults (also what a layer pickled before they existed reads).
+    layer_norm = False
+    zoneout = 0.0
+    recurrent_dropout = 0.0
+    weight_dropout = 0.0
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, layer_norm: bool = False,
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
+        options = _check_options(layer_norm, dict(zoneout=zoneout,
+                                                  recurrent_dropout=recurrent_dropout,
+                                                  weight_dropout=weight_dropout))
         super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype)
+        self._setup_options(options)
+
+    def _functional_options(self) -> dict:
+        return self._option_kwargs()
 
     # torch.nn.LSTM's own checks and state permutation (same messages by construction).
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
@@ -349,16 +549,41 @@ class GRU(OneStateScript, _RecurrentLayer):
         input_size, hidden_size, num_layers, bias, batch_first, dropout,
         bidirectional, device, dtype: as :class:`torch.nn.GRU` (no ``proj_size``).
 
+    Keyword-only options beyond torch.nn, as :class:`LSTM`'s (formulas in
+    :mod:`rnnfast.reference`; defaults leave the layer exactly torch.nn's):
+
+    Args:
+        layer_norm: ``gi = LN(x W_ih^T) + b_ih``, ``gh = LN(h W_hh^T) + b_hh`` (each LN
+            over 3H); adds ``weight_ln_ih_l{k}{s}`` and ``weight_ln_hh_l{k}{s}`` (3H),
+            initialised to 1. Default: False.
+        zoneout, recurrent_dropout, weight_dropout: as :class:`LSTM` (zoneout of h only).
+
     Inputs: ``input, h_0`` and outputs ``output, h_n`` exactly as torch.nn.GRU.
-    float32, float64 and bfloat16 run rnnfast's kernels; float16 on the CPU falls back to torch.
+    float32, float64 and bfloat16 run rnnfast's kernels; float16 on the CPU falls back to torch
+    (to rnnfast.reference with options).
     """
 
     _functional = staticmethod(functional.gru)
+    _public_name = "GRU"
+    _option_names = tuple(_OPTION_DEFAULTS)
+    layer_norm = False
+    zoneout = 0.0
+    recurrent_dropout = 0.0
+    weight_dropout = 0.0
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, layer_norm: bool = False, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, weight_dropout: float = 0.0,
+                 **kwargs) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        options = _check_options(layer_norm, dict(zoneout=zoneout,
+                                                  recurrent_dropout=recurrent_dropout,
+                                                  weight_dropout=weight_dropout))
         super().__init__("GRU", *args, **kwargs)
+        self._setup_options(options)
+
+    def _functional_options(self) -> dict:
+        return self._option_kwargs()
 
     @overload
     @_overload_method
@@ -398,6 +623,7 @@ class RNN(OneStateScript, _RecurrentLayer):
     """
 
     _functional = staticmethod(functional.rnn)
+    _public_name = "RNN"
 
     def __init__(self, *args, **kwargs) -> None:
         if "proj_size" in kwargs:
@@ -446,11 +672,50 @@ class RNN(OneStateScript, _RecurrentLayer):
 
 # ----------------------------------------------------------------------------- cells
 
-class _RecurrentCell(nn.RNNCellBase):
+class _RecurrentCell(_Options, nn.RNNCellBase):
     """Shared logic of rnnfast's cells: one time step, one fused operator call."""
 
     _name = ""
     _num_states = 1
+
+    def _setup_layer_norm(self, layer_norm: bool) -> None:
+        """Store ``layer_norm`` and, if set, register the cell's layer-normalisation
+        parameters (``weight_ln_ih``, ``weight_ln_hh`` and, LSTMCell, ``weight_ln_c``,
+        ``bias_ln_c``) after torch.nn's: weights 1, biases 0."""
+        self.layer_norm = layer_norm
+        if not layer_norm:
+            return
+        like = self.weight_ih
+        mode = "LSTM" if self._name == "LSTMCell" else "GRU"
+        for name, size in _layer_norm_shapes(mode, self.hidden_size).items():
+            value = 0.0 if name.startswith("bias_") else 1.0
+            self.register_parameter(name, nn.Parameter(
+                torch.full((size,), value, dtype=like.dtype, device=like.device)))
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (uniform in ``±1/sqrt(hidden_size)``, drawing exactly
+        what torch.nn's draws); layer-normalisation weights 1, biases 0."""
+        _reset_with_layer_norm(self)
+
+    def _layer_norm_params(self) -> Optional[tuple]:
+        """The ``layer_norm`` argument of the layer operators for this cell, or None."""
+        if not getattr(self, "layer_norm", False):
+            return None
+        params = reference.cell_layer_norm_params_from_module(self)
+        if params is None:
+            raise RuntimeError(f"{self._describe_options()}: the cell has no "
+                               "layer-normalisation parameters (weight_ln_ih, ...); set "
+                               "layer_norm=True when constructing it")
+        return params
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._options_repr()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: the cell itself (refused with options,
+        rnnfast/_torchscript.py)."""
+        from ._torchscript import scriptable
+        return scriptable(self)
 
     def _check_cell_inputs(self, input: Tensor, hx) -> None:
         if input.dim() not in (1, 2):
@@ -518,16 +783,27 @@ class LSTMCell(LSTMCellScript, _RecurrentCell):
 
     Args:
         input_size, hidden_size, bias, device, dtype: as torch.nn.LSTMCell.
+        layer_norm: keyword-only; the layer-normalised LSTM step of
+            :mod:`rnnfast.reference` (as :class:`LSTM`'s ``layer_norm``), with the
+            parameters ``weight_ln_ih`` (4H), ``weight_ln_hh`` (4H), ``weight_ln_c`` (H),
+            initialised to 1, and ``bias_ln_c`` (H), initialised to 0. Default: False
+            (exactly torch.nn.LSTMCell). A cell sees one step, not a sequence, so it takes
+            no zoneout or recurrent/weight dropout: those are the layers' options.
 
     ``forward(input, (h, c)=None) -> (h', c')`` with input (B, I) or (I,).
     """
 
     _name = "LSTMCell"
+    _public_name = "LSTMCell"
+    _option_names = ("layer_norm",)
     _num_states = 2
+    layer_norm = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, layer_norm: bool = False) -> None:
+        _check_options(layer_norm, {})
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+        self._setup_layer_norm(layer_norm)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, Tensor]:
@@ -538,8 +814,19 @@ class LSTMCell(LSTMCellScript, _RecurrentCell):
 
     def _eager_forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]]
                        ) -> tuple[Tensor, Tensor]:
+        if self.layer_norm:
+            self._refuse_capture(input)
         input, (h, c), is_batched = self._prepare(input, hx)
-        if ops.runs_kernels(input):
+        layer_norm = self._layer_norm_params()
+        if layer_norm is not None:
+            if ops.runs_kernels(input):  # one step of the layer-normalised layer
+                _, h, c = ops.lstm_layer(input.unsqueeze(0), h, c, self.weight_ih,
+                                         self.weight_hh, self.bias_ih, self.bias_hh,
+                                         layer_norm=layer_norm)
+            else:
+                h, c = reference.lstm_cell(input, h, c, self.weight_ih, self.weight_hh,
+                                           self.bias_ih, self.bias_hh, layer_norm=layer_norm)
+        elif ops.runs_kernels(input):
             h, c = ops.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
                                  self.bias_hh)
         else:
@@ -555,15 +842,25 @@ class GRUCell(GRUCellScript, _RecurrentCell):
 
     Args:
         input_size, hidden_size, bias, device, dtype: as torch.nn.GRUCell.
+        layer_norm: keyword-only; the layer-normalised GRU step of :mod:`rnnfast.reference`
+            (as :class:`GRU`'s ``layer_norm``), with the parameters ``weight_ln_ih`` and
+            ``weight_ln_hh`` (3H), initialised to 1. Default: False (exactly
+            torch.nn.GRUCell). No zoneout or recurrent/weight dropout: a cell sees one
+            step, not a sequence; those are the layers' options.
 
     ``forward(input, h=None) -> h'`` with input (B, I) or (I,).
     """
 
     _name = "GRUCell"
+    _public_name = "GRUCell"
+    _option_names = ("layer_norm",)
+    layer_norm = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, layer_norm: bool = False) -> None:
+        _check_options(layer_norm, {})
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+        self._setup_layer_norm(layer_norm)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step; same inputs, outputs and errors as :meth:`torch.nn.GRUCell.forward`."""
@@ -572,8 +869,18 @@ class GRUCell(GRUCellScript, _RecurrentCell):
         return self._script_forward(input, hx)  # rnnfast/_torchscript.py
 
     def _eager_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        if self.layer_norm:
+            self._refuse_capture(input)
         input, (h,), is_batched = self._prepare(input, hx)
-        if ops.runs_kernels(input):
+        layer_norm = self._layer_norm_params()
+        if layer_norm is not None:
+            if ops.runs_kernels(input):  # one step of the layer-normalised layer
+                _, h = ops.gru_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
+                                     self.bias_ih, self.bias_hh, layer_norm=layer_norm)
+            else:
+                h = reference.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih,
+                                       self.bias_hh, layer_norm=layer_norm)
+        elif ops.runs_kernels(input):
             _, h = ops.gru_layer(input.unsqueeze(0), h, self.weight_ih, self.weight_hh,
                                  self.bias_ih, self.bias_hh)
         else:
@@ -593,6 +900,7 @@ class RNNCell(RNNCellScript, _RecurrentCell):
     """
 
     _name = "RNNCell"
+    _public_name = "RNNCell"
     __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,

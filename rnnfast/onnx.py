@@ -24,7 +24,9 @@ exporter replaces the packed data by the padded tensor and the batch sizes by th
 Not expressible, refused with :class:`OnnxExportError` at export time: LSTM with
 ``proj_size > 0`` (the ONNX LSTM node has no projection); a bidirectional layer on a
 ``PackedSequence`` with ``dynamo=False``, and any layer on a ``PackedSequence`` with
-``dynamo=True``.
+``dynamo=True``; a layer or cell with options beyond torch.nn (``layer_norm``,
+``zoneout``, ``recurrent_dropout``, ``weight_dropout``: the standard nodes have none),
+with either exporter (:func:`refuse_options`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["OnnxExportError", "onnx_translation_table", "register_symbolics"]
+__all__ = ["OnnxExportError", "onnx_translation_table", "register_symbolics",
+           "refuse_options"]
 
 #: Gate blocks of torch's layout, in ONNX's order: LSTM torch i,f,g,o -> ONNX i,o,f,c;
 #: GRU torch r,z,n -> ONNX z,r,h; RNN one block.
@@ -65,6 +68,16 @@ def refuse_packed(kind: str) -> None:
     """Raise :class:`OnnxExportError`: the dynamo exporter cannot take a layer run on a
     PackedSequence."""
     _refuse(kind, False, True)
+
+
+def refuse_options(description: str, kind: str, options: list[str]) -> None:
+    """Raise :class:`OnnxExportError`: the module ``description`` (e.g.
+    ``rnnfast.LSTM(layer_norm=True)``) uses ``options`` beyond torch.nn, which the standard
+    ONNX ``kind`` node cannot express."""
+    raise OnnxExportError(
+        f"{description} cannot be exported to ONNX: the standard ONNX {kind} node has no "
+        f"{' or '.join(options)} (torch.nn.{kind} has none either). Export a model without "
+        "these options, or run it with torch.compile / torch.export instead.")
 
 
 def _gate_index(kind: str, rows: int) -> list[int]:

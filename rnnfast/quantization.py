@@ -37,7 +37,10 @@ rnnfast mirrors that: an ``rnnfast.RNN`` stays in float too. ``RNNCell`` is quan
 torch's is. Layers without bias get what torch's ``from_float`` gives the torch.nn module (an
 ``AssertionError``). An LSTM with ``proj_size`` is refused with a ``RuntimeError`` that says
 to leave it in float: torch's dynamic quantized LSTM has no projection, and torch.nn's
-such LSTM quantizes to a module that fails when run.
+such LSTM quantizes to a module that fails when run. A layer or cell with options beyond
+torch.nn (``layer_norm``, ``zoneout``, ``recurrent_dropout``, ``weight_dropout``) has no
+torch.nn twin: :func:`to_torch`, and so quantizing it, is refused with a
+``NotImplementedError`` naming the options.
 """
 from __future__ import annotations
 
@@ -87,10 +90,21 @@ def to_torch(module: nn.Module) -> nn.Module:
 
     Returns:
         The ``torch.nn`` module of the same kind.
+
+    Raises:
+        NotImplementedError: the module uses options torch.nn does not have
+            (``layer_norm``, ``zoneout``, ``recurrent_dropout``, ``weight_dropout``).
     """
     cls = TORCH_CLASSES.get(type(module))
     if cls is None:
         raise TypeError(f"to_torch expects an rnnfast layer or cell, got {type(module)}")
+    if module._options():
+        raise NotImplementedError(
+            f"{module._describe_options()} has no torch.nn equivalent: torch.nn.{cls.__name__} "
+            f"has no {' or '.join(module._options())}, so it cannot be converted to torch.nn "
+            "nor dynamically quantized (torch.ao.quantization.quantize_dynamic). Leave this "
+            "layer in float: name it out of the quantize_dynamic spec (e.g. a set of module "
+            "names, or a qconfig of None for it).")
     if isinstance(module, nn.RNNBase):
         kwargs: dict[str, Any] = dict(
             input_size=module.input_size, hidden_size=module.hidden_size,

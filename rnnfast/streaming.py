@@ -10,7 +10,9 @@ the layer's state between calls. :class:`StreamingState` keeps it for you::
     s.reset(rows=[0])             # a new stream in row 0
 
 Stepping through a sequence gives the same outputs and final state as one call of the
-layer on the whole sequence.
+layer on the whole sequence. That includes rnnfast's options beyond torch.nn in evaluation
+mode (``layer_norm``; ``zoneout`` in its evaluation form); in training mode, where zoneout
+and the dropouts draw masks per sequence, a layer with them is refused.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .modules import _RecurrentLayer
+from .modules import _STOCHASTIC_OPTIONS, _RecurrentLayer
 
 __all__ = ["StreamingState"]
 
@@ -215,6 +217,7 @@ class StreamingState:
             raise RuntimeError(f"step(): x has batch size {batch}, the state has "
                                f"{self._state[0].size(1)} rows; reset() (or set state) to "
                                "change the batch size")
+        self._refuse_training_masks()
         fast = self._direct(seq)
         if fast is not None:
             out, self._state = fast
@@ -227,6 +230,21 @@ class StreamingState:
         if dim == 2:
             return out.squeeze(time_dim)
         return out
+
+    def _refuse_training_masks(self) -> None:
+        """An rnnfast layer in training mode with zoneout, recurrent or weight dropout draws
+        its masks once per call over the whole sequence: stepping would draw new ones at
+        every step (another model), so it is refused, naming the options."""
+        layer = self.layer
+        if not isinstance(layer, _RecurrentLayer) or not layer.training:
+            return
+        drawn = [name for name in _STOCHASTIC_OPTIONS if name in layer._options()]
+        if drawn:
+            raise NotImplementedError(
+                f"StreamingState: {layer._describe_options()} in training mode draws its "
+                f"{' and '.join(drawn)} masks once per sequence, which a step-by-step stream "
+                "cannot reproduce; stream it in evaluation mode (layer.eval()) instead, or "
+                "call the layer on whole sequences to train it.")
 
     def _direct(self, seq: Tensor) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
         """The step through rnnfast's operators, one call per layer, without the module's
@@ -254,15 +272,30 @@ class StreamingState:
         operators = ops._ops()
         mode = layer.mode
         x, finals = seq, [[] for _ in state]
+        # Options (layer_norm; zoneout, in its evaluation form): ops.lstm_layer/gru_layer
+        # take them (training mode reaches here only without zoneout or dropouts).
+        options = layer._option_kwargs()
+        layer_norm = options.get("layer_norm")
+        zoneout = 0.0 if layer.training else options.get("zoneout", 0.0)
         with torch.no_grad():
             for k, params in enumerate(layer._layer_params()):
+                ln = None if layer_norm is None else layer_norm[k]
                 if mode == "LSTM":
-                    x, h, c, _, _ = operators.lstm_forward(x, state[0][k], state[1][k], *params,
-                                                           None, False, False)
+                    if options:
+                        x, h, c = ops.lstm_layer(x, state[0][k], state[1][k], *params,
+                                                 layer_norm=ln, zoneout=zoneout)
+                    else:
+                        x, h, c, _, _ = operators.lstm_forward(x, state[0][k], state[1][k],
+                                                               *params, None, False, False)
                     finals[0].append(h)
                     finals[1].append(c)
                 elif mode == "GRU":
-                    x, h, _ = operators.gru_forward(x, state[0][k], *params, None, False, False)
+                    if options:
+                        x, h = ops.gru_layer(x, state[0][k], *params, layer_norm=ln,
+                                             zoneout=zoneout)
+                    else:
+                        x, h, _ = operators.gru_forward(x, state[0][k], *params, None, False,
+                                                        False)
                     finals[0].append(h)
                 else:
                     x, h = operators.rnn_forward(x, state[0][k], *params, None, False,
