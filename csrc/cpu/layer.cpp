@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -126,12 +127,6 @@ Range split(int64_t n, int nt, int tid, int64_t align = 16) {
 // barrier on a busy machine is the worst case).
 constexpr int64_t kMinParallelStepFlops = 64 * 1024;
 
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // The load monitor (layer.h, StepLoopLoad). A thread waits at a barrier only for the
 // others' share of a step to finish. Alone on the machine that is the imbalance of an
 // even split: a wait shorter than the thread's own work since the last barrier. With a
@@ -148,7 +143,6 @@ int64_t now_ns() {
 // So one loaded loop is enough, but the first back-off is short (kFirstBackoffNs): a
 // passing preemption costs 50 ms of one-thread loops, lasting load doubles it to 8 s.
 constexpr double kLoadedWaitFraction = 0.25;
-constexpr int64_t kMinStallNs = 50 * 1000;
 constexpr int64_t kMinMonitoredLoopNs = 200 * 1000;  // shorter loops tell too little
 constexpr int64_t kFirstBackoffNs = 50LL * 1000 * 1000;
 constexpr int64_t kMaxBackoffNs = 8LL * 1000 * 1000 * 1000;
@@ -184,34 +178,6 @@ LoadMonitor& load_monitor() {
   static LoadMonitor monitor;
   return monitor;
 }
-
-// A thread's barrier: the OpenMP barrier of its region, timed (the stalled time goes
-// to the thread's slot when the region ends). On one thread, nothing.
-class StepSync {
- public:
-  explicit StepSync(int64_t* slot) : slot_(slot), last_(slot != nullptr ? now_ns() : 0) {}
-  StepSync(const StepSync&) = delete;
-  StepSync& operator=(const StepSync&) = delete;
-  ~StepSync() {
-    if (slot_ != nullptr) *slot_ = stalled_;
-  }
-  void barrier() {
-#ifdef _OPENMP
-    if (slot_ == nullptr) return;
-    const int64_t arrived = now_ns();
-#pragma omp barrier
-    const int64_t left = now_ns();
-    const int64_t wait = left - arrived;
-    if (wait > arrived - last_ && wait > kMinStallNs) stalled_ += wait;
-    last_ = left;
-#endif
-  }
-
- private:
-  int64_t* slot_;
-  int64_t last_;  // when this thread last left a barrier (or began)
-  int64_t stalled_ = 0;
-};
 
 // Runs fn(tid, nt, sync) on every thread of one parallel region (torch's intra-op
 // thread count; one thread when called from inside another parallel region, when a
@@ -687,6 +653,11 @@ template void layer_backward<float>(const core::LayerBackward<float>&,
                                     const BackwardScratch<float>&);
 template void layer_backward<double>(const core::LayerBackward<double>&,
                                      const BackwardScratch<double>&);
+
+void step_loop_region(int64_t step_flops, bool split_invariant,
+                      const std::function<void(int tid, int nt, StepSync& sync)>& fn) {
+  parallel_region(step_flops, split_invariant, fn);
+}
 
 StepLoopLoad step_loop_load() {
   LoadMonitor& monitor = load_monitor();

@@ -36,7 +36,9 @@
 // (proj_size or H), G gates (4, 3, 1), ld row stride of the saved rows (see pointwise.h).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 
 #include "pointwise.h"
 #include "../core/layer.h"
@@ -120,6 +122,54 @@ struct BackwardScratch {
   // h_{t-1}; RNN: h_t, its saved row), each thread up-converting its own units.
   T* ystep = nullptr;
 };
+
+
+// Steady-clock nanoseconds.
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A barrier wait counts as stalled (the load monitor, layer.cpp) only beyond this.
+constexpr int64_t kMinStallNs = 50 * 1000;
+
+// A thread's barrier: the OpenMP barrier of its region, timed (the stalled time goes
+// to the thread's slot when the region ends). On one thread, nothing.
+class StepSync {
+ public:
+  explicit StepSync(int64_t* slot) : slot_(slot), last_(slot != nullptr ? now_ns() : 0) {}
+  StepSync(const StepSync&) = delete;
+  StepSync& operator=(const StepSync&) = delete;
+  ~StepSync() {
+    if (slot_ != nullptr) *slot_ = stalled_;
+  }
+  void barrier() {
+#ifdef _OPENMP
+    if (slot_ == nullptr) return;
+    const int64_t arrived = now_ns();
+#pragma omp barrier
+    const int64_t left = now_ns();
+    const int64_t wait = left - arrived;
+    if (wait > arrived - last_ && wait > kMinStallNs) stalled_ += wait;
+    last_ = left;
+#endif
+  }
+
+ private:
+  int64_t* slot_;
+  int64_t last_;  // when this thread last left a barrier (or began)
+  int64_t stalled_ = 0;
+};
+
+
+// Runs fn(tid, nt, sync) on every thread of one parallel region, as the step loops of this
+// file do (layer.cpp): torch's intra-op thread count, one thread inside another parallel
+// region or below 64K flops a step, and, for a loop whose result does not depend on the
+// split (`split_invariant`), one thread while the load monitor says the threads are not all
+// running; sync.barrier() is the timed step barrier whose waits the monitor judges.
+void step_loop_region(int64_t step_flops, bool split_invariant,
+                      const std::function<void(int tid, int nt, StepSync& sync)>& fn);
 
 template <typename T>
 void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w);

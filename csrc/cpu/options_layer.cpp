@@ -46,6 +46,7 @@
 
 #include "../core/checks.h"
 #include "blas.h"
+#include "layer.h"
 #include "pointwise.h"
 
 #define RNNFAST_ISA options_layer
@@ -517,27 +518,6 @@ int64_t workspace_cols(bool lstm, bool ln, int64_t H) {
   return ln ? 10 * H + 2 : 4 * H;
 }
 
-// Runs fn(tid, nt) on each thread of one parallel region (one thread inside another
-// region, or when a step carries too little work to split).
-template <typename F>
-void on_threads(int64_t step_flops, const F& fn) {
-  int nt = 1;
-#ifdef _OPENMP
-  if (!at::in_parallel_region() && step_flops >= 64 * 1024) nt = at::get_num_threads();
-#endif
-  if (nt <= 1) {
-    fn(0, 1);
-    return;
-  }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  {
-    const SequentialBlasScope sequential_blas;
-    fn(omp_get_thread_num(), omp_get_num_threads());
-  }
-#endif
-}
-
 // [begin, end) of thread tid's share of n (in blocks of `align`).
 std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt, int64_t align = 1) {
   const int64_t blocks = (n + align - 1) / align, per = blocks / nt, rem = blocks % nt;
@@ -551,16 +531,19 @@ std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt, int64_t align = 1)
 // for a row or two is bounded by reading it, so the product is split by columns instead (a
 // slice of W_hh each, for all rows), with a barrier after it and one after the rows' pointwise
 // work (each row's layer normalisation still inside one thread).
+// The step loops run in layer.h's step_loop_region, under its load monitor: a split loop whose
+// threads wait for each other too long runs on one thread for a while (a row-split loop has
+// no barrier and never waits; a column-split one has two barriers a step).
 constexpr int64_t kMinRowsPerThread = 4;
+
+// Whether a loop's float32 result is the same bits on any split (rnnfast's panel GEMM), so
+// the load monitor may put it on one thread.
+template <typename T>
+bool float_split_invariant() {
+  return std::is_same_v<T, float> && step_gemm_split_invariant_f32();
+}
 bool split_by_columns(int64_t B, int nt) { return nt > 1 && B < kMinRowsPerThread * nt; }
 
-inline void step_barrier(int nt) {
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp barrier
-  }
-#endif
-}
 
 // h, c: [B, P] and [B, H], in the initial states, out the final ones. ws, cells or nullptr.
 template <typename T>
@@ -600,7 +583,7 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
   if (L.rec_mask != nullptr)
     for (int64_t i = 0; i < B * P; ++i) hm.data()[i] = h[i] * L.rec_mask[i];
   const T* const hin = L.rec_mask != nullptr ? hm.data() : h;
-  on_threads(step_flops, [&](int tid, int nt) {
+  step_loop_region(step_flops, float_split_invariant<T>(), [&](int tid, int nt, StepSync& sync) {
     const bool by_cols = split_by_columns(B, nt);
     const auto [j0, j1] = share(B, tid, nt);
     const auto [c0, c1] = by_cols ? share(GH, tid, nt, 16) : std::pair<int64_t, int64_t>{0, GH};
@@ -616,7 +599,7 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
       const int64_t b = s.bs[t], rows = std::min(j1, b) - j0;
       if (by_cols) {
         if (c1 > c0) packed.gemm(b, hin, P, T(0), hg.data() + c0, GH);
-        step_barrier(nt);  // every column of the product is in place
+        sync.barrier();  // every column of the product is in place
       } else if (rows > 0) {
         packed.gemm(rows, hin + j0 * P, P, T(0), hg.data() + j0 * GH, GH);
       }
@@ -658,7 +641,7 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
         if (L.rec_mask != nullptr)
           for (int64_t i = 0; i < rows * P; ++i) hm.data()[j0 * P + i] = hs[i] * L.rec_mask[j0 * P + i];
       }
-      if (by_cols) step_barrier(nt);  // h_t complete before the next product reads it
+      if (by_cols) sync.barrier();  // h_t complete before the next product reads it
     }
   });
 }
@@ -683,7 +666,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
   T* const dhg = ln ? dhg_buf.data() : dgh;
   const int64_t step_flops = 2 * B * GH * P + (proj ? 2 * B * H * P : 0);
   Buffer<T> dhr(B * P);  // a step's dG W_hh (times the recurrent mask: added by the rows' owner)
-  on_threads(step_flops, [&](int tid, int nt) {
+  step_loop_region(step_flops, float_split_invariant<T>(), [&](int tid, int nt, StepSync& sync) {
     const bool by_cols = split_by_columns(B, nt);
     const auto [j0, j1] = share(B, tid, nt);
     const auto [p0, p1] = by_cols ? share(P, tid, nt, 16) : std::pair<int64_t, int64_t>{0, P};
@@ -765,9 +748,9 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
         }
       }
       if (by_cols) {
-        step_barrier(nt);  // every row of dG_t is in place
+        sync.barrier();  // every row of dG_t is in place
         if (p1 > p0) packed.gemm(b, dhg + s.off[t] * GH, GH, T(0), dhr.data() + p0, P);
-        step_barrier(nt);  // every column of dG_t W_hh is in place
+        sync.barrier();  // every column of dG_t W_hh is in place
         if (rows > 0) add_product(rows);
       }
     }
