@@ -142,8 +142,13 @@ def test_vmap_over_sequences(name):
     stacked = torch.utils._pytree.tree_map(lambda *t: torch.stack(t), *states)
     got = torch.func.vmap(lambda x, s: m(x, *s))(xs, stacked)
     expected = [m(x, *s) for x, s in zip(xs, states)]
+    # vmap folds the samples into one batch. rnnfast's step products give each row the same
+    # bits whatever the batch; the LSTM's projection is the BLAS's, whose sums may depend on
+    # the number of rows (MKL on AMD CPUs): there, float32 rounding.
+    exact = getattr(m, "proj_size", 0) == 0
+    tol = dict(atol=0, rtol=0) if exact else dict(atol=1e-6, rtol=1e-5)
     for g, e in zip(flat(got), zip(*[flat(e) for e in expected])):
-        torch.testing.assert_close(g, torch.stack(e), atol=0, rtol=0)
+        torch.testing.assert_close(g, torch.stack(e), **tol)
 
 
 @pytest.mark.parametrize("name", CELLS)
@@ -193,7 +198,9 @@ def test_vmap_then_backward():
     grad_vmap = xs.grad.clone()
     xs.grad = None
     sum(m(x)[0].sum() for x in xs).backward()
-    torch.testing.assert_close(grad_vmap, xs.grad, atol=0, rtol=0)
+    # dX is a whole-sequence product of all the folded rows; at this size the BLAS's, whose
+    # sums may depend on the number of rows (MKL on AMD CPUs): float32 rounding.
+    torch.testing.assert_close(grad_vmap, xs.grad, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["lstm_2l_bidir", "gru_bidir"])

@@ -141,8 +141,9 @@ def test_single_use_weight_read_in_place(beta):
 def test_short_calls_at_small_batch_match_torch(kind):
     """Calls of one or two steps at batches 1-4 (their weights read in place, unpacked) against
     torch.nn, 2-layer bidirectional, on one and on two threads (same bits on both where the
-    step GEMM is rnnfast's panel kernel)."""
-    same_bits = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+    step GEMM is rnnfast's panel kernel and there is no projection)."""
+    # (Not with a projection: its product is the BLAS's, whose sums may depend on the split.)
+    same_bits = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel" and kind != "lstm_proj"
     classes = {"lstm": (torch.nn.LSTM, rnnfast.LSTM, {}), "lstm_proj": (torch.nn.LSTM, rnnfast.LSTM, {"proj_size": 37}),
                "gru": (torch.nn.GRU, rnnfast.GRU, {}),
                "rnn_tanh": (torch.nn.RNN, rnnfast.RNN, {}), "rnn_relu": (torch.nn.RNN, rnnfast.RNN, {"nonlinearity": "relu"})}
