@@ -553,13 +553,14 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
   // The input side of every row: X W_ih^T, normalised (LN), plus the biases that are added
   // after it (LSTM: b_ih + b_hh; GRU: b_ih).
   Buffer<T> xg(N * GH);
-  {
-    // sequence_gemm takes op(B) row-major: W_ih^T [I, G*H], transposed once.
-    Buffer<T> w_t(L.I * GH);
-    for (int64_t r = 0; r < GH; ++r)
-      for (int64_t k = 0; k < L.I; ++k) w_t.data()[k * GH + r] = L.w_ih[r * L.I + k];
-    whole_gemm<T>(false, N, GH, L.I, L.x, L.I, w_t.data(), GH, xg.data(), GH);
-  }
+  // X W_ih^T by the step loops' product code, each thread a block of W_ih's rows (packed
+  // once, as PackedWeight does for the step products): no transposed copy of W_ih, and the
+  // same bits whatever the split.
+  at::parallel_for(0, GH, 64, [&](int64_t c0, int64_t c1) {
+    const SequentialBlasScope sequential_blas;
+    const PackedWeight<T> packed(true, c1 - c0, L.I, N, L.w_ih + c0 * L.I, L.I);
+    packed.gemm(N, L.x, L.I, T(0), xg.data() + c0, GH);
+  });
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* __restrict v = xg.data() + r * GH;
