@@ -41,13 +41,13 @@ COST_TARGET = 1.3
 CHECK_STEPS = 20
 
 
-def _params(kind: str, H: int, train: bool) -> dict:
+def _params(kind: str, H: int, train: bool, dtype: torch.dtype = torch.float32) -> dict:
     g = torch.Generator().manual_seed(0)
     G = 4 if kind == "lstm" else 3
     k = H ** -0.5
 
     def u(*shape):
-        return ((torch.rand(*shape, generator=g) * 2 - 1) * k).requires_grad_(train)
+        return ((torch.rand(*shape, generator=g) * 2 - 1) * k).to(dtype).requires_grad_(train)
 
     return dict(w_ih=u(G * H, H), w_hh=u(G * H, H), b_ih=u(G * H), b_hh=u(G * H))
 
@@ -86,50 +86,56 @@ class _LoopLayer(nn.Module):
         return torch.stack(ys)
 
 
-def _case(kind: str, shape: str, train: bool):
-    """(loop, ln, plain) callables returning the output, and the tensors to check."""
+def _case(kind: str, shape: str, train: bool, dtype: torch.dtype = torch.float32,
+          steps: int = 0):
+    """{"loop", "ln", "plain"} callables returning the layer's output, and the leaves whose
+    gradients training checks (the first ``steps`` steps only, if given)."""
     from rnnfast import ops
 
     s = GRID_SHAPES[shape]
-    T, B, H = s.T, s.B, s.H
-    p = _params(kind, H, train)
+    T, B, H = steps or s.T, s.B, s.H
+    p = _params(kind, H, train, dtype)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, B, H, generator=g).requires_grad_(train)
-    h0 = torch.zeros(B, H)
-    loop = _LoopLayer(kind, H, p, train)
+    x = torch.randn(s.T, B, H, generator=g)[:T].to(dtype).requires_grad_(train)
+    h0 = torch.zeros(B, H, dtype=dtype)
+    loop = _LoopLayer(kind, H, p, train).to(dtype)
     ln = loop.ln_params()
     layer = ops.lstm_layer if kind == "lstm" else ops.gru_layer
-    states = (h0, torch.zeros(B, H)) if kind == "lstm" else (h0,)
+    states = (h0, torch.zeros(B, H, dtype=dtype)) if kind == "lstm" else (h0,)
     w = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
     fns = {
         "loop": lambda: loop(x, *states),
         "ln": lambda: layer(x, *states, *w, layer_norm=ln)[0],
         "plain": lambda: layer(x, *states, *w)[0],
     }
-    # The check runs the first CHECK_STEPS steps: over hundreds of steps float32 rounding
-    # alone moves a layer-normalised recurrence by up to ~1e-2 (the loop, rnnfast.reference
-    # in float32 and rnnfast alike, measured against float64), which says nothing of either.
-    xs = x[:CHECK_STEPS]
-    check = {"loop": lambda: loop(xs, *states),
-             "ln": lambda: layer(xs, *states, *w, layer_norm=ln)[0]}
-    leaves = [x, *w, *ln]
-    return fns, check, leaves
+    return fns, [x, *w, *ln]
 
 
-def _check(fns: dict, leaves: list, train: bool) -> None:
-    """ln against loop: outputs, and every gradient when training (float32 rounding)."""
-    got, want = fns["ln"](), fns["loop"]()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
-    if train:
-        seed = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
-        a = torch.autograd.grad(got, leaves, seed, allow_unused=True)
-        b = torch.autograd.grad(want, leaves, seed, allow_unused=True)
-        for u, v in zip(a, b):
-            if u is None or v is None:
-                assert u is None and v is None
-                continue
-            scale = v.abs().max().clamp_min(1e-6)
-            torch.testing.assert_close(u / scale, v / scale, rtol=1e-4, atol=5e-5)
+def _check(kind: str, shape: str, train: bool) -> None:
+    """The fused layer against the loop, both in float32, over the first CHECK_STEPS steps,
+    each measured against the loop in float64: the fused layer's error (outputs, and every
+    gradient when training) must be within 4x the float32 loop's own. (Over hundreds of steps
+    float32 rounding alone moves a layer-normalised recurrence by up to ~1e-2, the loop's and
+    rnnfast's alike, which says nothing of either.)"""
+    results = {}
+    for name, dtype in (("fused", torch.float32), ("loop", torch.float32),
+                        ("exact", torch.float64)):
+        fns, leaves = _case(kind, shape, train, dtype, CHECK_STEPS)
+        out = fns["ln" if name == "fused" else "loop"]()
+        got = [out.detach().double()]
+        if train:
+            seed = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+            got += [gr.double() for gr in torch.autograd.grad(out, leaves, seed)]
+        results[name] = got
+
+    def error(name: str) -> float:
+        return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                   for a, b in zip(results[name], results["exact"]))
+
+    fused, loop = error("fused"), error("loop")
+    if not fused <= 4 * loop + 1e-6:
+        raise AssertionError(f"{kind} {shape}: rnnfast's LayerNorm layer is off by {fused:.2e} "
+                             f"(relative, against float64), the float32 loop by {loop:.2e}")
 
 
 def _time(fn: Callable[[], torch.Tensor], train: bool) -> float:
@@ -163,9 +169,10 @@ def main(argv: List[str] | None = None) -> int:
         for mode in modes:
             train = mode == "train"
             for shape in shapes:
-                fns, check, leaves = _case(kind, shape, train)
                 with torch.set_grad_enabled(train):
-                    _check(check, leaves, train)
+                    _check(kind, shape, train)
+                fns, _leaves = _case(kind, shape, train)
+                with torch.set_grad_enabled(train):
                     for fn in fns.values():  # warm-up
                         _time(fn, train)
                     times: Dict[str, List[float]] = {k: [] for k in fns}
