@@ -669,12 +669,16 @@ def _workspace_cols(kind: str, layer_norm: bool, hidden) -> Any:
     return 10 * hidden + 2 if layer_norm else 4 * hidden
 
 
-def _masks_for(input: Tensor, masks: Optional[reference.LayerMasks]) -> tuple:
-    """(recurrent mask in the input's dtype, zoneout h, zoneout c) for the operators."""
+def _masks_for(input: Tensor, masks: Optional[reference.LayerMasks], zoneout: float) -> tuple:
+    """(recurrent mask in the input's dtype, zoneout h, zoneout c, evaluation zoneout) for the
+    operators: with a training zoneout mask, states without one do not zone out (the
+    evaluation form's p is the reference's only when no zoneout mask is given)."""
     if masks is None:
-        return None, None, None
+        return None, None, None, zoneout
     rec = None if masks.recurrent is None else masks.recurrent.to(input.dtype)
-    return rec, masks.zoneout_h, masks.zoneout_c
+    if masks.zoneout_h is not None or masks.zoneout_c is not None:
+        zoneout = 0.0
+    return rec, masks.zoneout_h, masks.zoneout_c, zoneout
 
 
 def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
@@ -693,7 +697,7 @@ def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes
         reference._check_layer_masks(masks, input, (hx, cx), w_hh, batch_sizes)
         if masks.weight is not None:  # DropConnect: the layer runs on the masked weight
             w_hh = w_hh * masks.weight.to(w_hh.dtype)
-    rec, zh, zc = _masks_for(input, masks)
+    rec, zh, zc, zoneout = _masks_for(input, masks, zoneout)
     need_workspace = _needs_grad((input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *ln))
     out, hy, cy, _ws, _cells = _ops().lstm_options_forward(
         input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *ln, rec, zh, zc, zoneout, batch_sizes,
@@ -716,7 +720,7 @@ def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, 
         reference._check_layer_masks(masks, input, (hx,), w_hh, batch_sizes)
         if masks.weight is not None:
             w_hh = w_hh * masks.weight.to(w_hh.dtype)
-    rec, zh, _zc = _masks_for(input, masks)
+    rec, zh, _zc, zoneout = _masks_for(input, masks, zoneout)
     need_workspace = _needs_grad((input, hx, w_ih, w_hh, b_ih, b_hh, *ln))
     out, hy, _ws = _ops().gru_options_forward(input, hx, w_ih, w_hh, b_ih, b_hh, *ln, rec, zh,
                                              zoneout, batch_sizes, reverse, need_workspace)

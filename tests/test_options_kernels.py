@@ -217,6 +217,20 @@ def test_compiles_fullgraph(kind):
     assert all(t.grad is not None for t in leaves)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_zoneout_mask_of_h_only_with_an_evaluation_p(kind):
+    """A training zoneout mask for h only (no mask for c) and a p: as the reference, the
+    states without a mask do not zone out, and p is not used."""
+    tensors, kwargs, leaves = _layer(kind, torch.float64, ln=False, zone="train", rec=False,
+                                     wd=False)
+    kwargs["masks"] = kwargs["masks"]._replace(zoneout_c=None)
+    kwargs["zoneout"] = 0.4
+    got = _run(ops, kind, tensors, kwargs, leaves)
+    want = _run(ref, kind, tensors, kwargs, leaves)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_bfloat16_runs_the_reference():
     """bfloat16 (and other devices) take rnnfast.reference's path with the same options."""
     tensors, kwargs, leaves = _layer("gru", torch.bfloat16, ln=True, zone="eval", rec=False,
