@@ -637,9 +637,23 @@ def _has_options(layer_norm: Optional[Sequence[Tensor]], masks: Optional[referen
 
 
 def _options_kernels(input: Tensor) -> bool:
-    """Whether the fused option operators (CPU, float32/float64) run this call."""
+    """Whether the fused option operators (CPU: float32, float64, and bfloat16 on float32
+    copies) run this call."""
     return (_namespace == "rnnfast" and input.device.type == "cpu"
-            and input.dtype in (torch.float32, torch.float64))
+            and input.dtype in (torch.float32, torch.float64, torch.bfloat16))
+
+
+def _in_float32(fn: Callable, *args: Any) -> tuple:
+    """``fn`` on float32 copies of the bfloat16 tensors among ``args`` (lists inside too),
+    its tensor results rounded back to bfloat16: the option operators' bfloat16 form (float32
+    arithmetic and state, as the other layers' bfloat16 kernels keep). Differentiable."""
+    def up(a: Any) -> Any:
+        if isinstance(a, Tensor) and a.dtype == torch.bfloat16:
+            return a.float()
+        if isinstance(a, (list, tuple)) and not isinstance(a, reference.LayerMasks):
+            return type(a)(up(t) for t in a)
+        return a
+    return tuple(o.to(torch.bfloat16) for o in fn(*(up(a) for a in args)))
 
 
 def _option_names(layer_norm, masks, zoneout) -> str:
@@ -693,6 +707,9 @@ def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes
         return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                     reverse, layer_norm=layer_norm, masks=masks,
                                     zoneout=zoneout)
+    if input.dtype == torch.bfloat16:
+        return _in_float32(lambda *a: _lstm_options_layer(*a, masks, zoneout), input, hx, cx,
+                           w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, layer_norm)
     if masks is not None:
         reference._check_layer_masks(masks, input, (hx, cx), w_hh, batch_sizes)
         if masks.weight is not None:  # DropConnect: the layer runs on the masked weight
@@ -716,6 +733,9 @@ def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, 
     if path == _COMPOSITE or not _options_kernels(input):
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                                    layer_norm=layer_norm, masks=masks, zoneout=zoneout)
+    if input.dtype == torch.bfloat16:
+        return _in_float32(lambda *a: _gru_options_layer(*a, masks, zoneout), input, hx, w_ih,
+                           w_hh, b_ih, b_hh, batch_sizes, reverse, layer_norm)
     if masks is not None:
         reference._check_layer_masks(masks, input, (hx,), w_hh, batch_sizes)
         if masks.weight is not None:

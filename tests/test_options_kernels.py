@@ -231,14 +231,25 @@ def test_zoneout_mask_of_h_only_with_an_evaluation_p(kind):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_bfloat16_runs_the_reference():
-    """bfloat16 (and other devices) take rnnfast.reference's path with the same options."""
-    tensors, kwargs, leaves = _layer("gru", torch.bfloat16, ln=True, zone="eval", rec=False,
-                                     wd=False)
-    out = ops.gru_layer(*tensors, **kwargs)
-    expect = ref.gru_layer(*tensors, **kwargs)
-    for a, b in zip(out, expect):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bfloat16(kind):
+    """bfloat16 layers run the float32 operators on up-converted values: outputs and gradients
+    in bfloat16, closer to the float64 reference than the reference computed in bfloat16."""
+    args = dict(ln=True, zone="train", rec=True, wd=True, steps=7, batch=4, inp=5, hidden=9)
+    t16, kw16, l16 = _layer(kind, torch.bfloat16, **args)
+    t64, kw64, l64 = _layer(kind, torch.float64, **args)
+    with torch.profiler.profile() as prof:
+        mine = _run(ops, kind, t16, kw16, l16)
+    assert f"rnnfast::{kind}_options_forward" in {e.key for e in prof.key_averages()}
+    assert all(t.dtype == torch.bfloat16 for t in mine[0] + mine[1])
+    exact = _run(ref, kind, t64, kw64, l64)
+    torch_bf16 = _run(ref, kind, t16, kw16, l16)
+
+    def err(got):
+        return max(((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                   for a, b in zip(got[0] + got[1], exact[0] + exact[1]))
+
+    assert err(mine) <= err(torch_bf16)
 
 
 def test_bad_arguments():
