@@ -13,9 +13,11 @@
 // split by columns of W_hh instead (two barriers a step). Every value is summed in one order
 // whatever the split: float32 results are bitwise independent of the thread count where the
 // kernel set has rnnfast's panel and blocked GEMMs (the AVX2 and AVX-512 sets).
-// Per step a thread multiplies its rows of h_{t-1} by all of W_hh (packed once per call
-// for that thread); the input side is one whole-sequence GEMM before the loop, the weight
-// gradients whole-sequence GEMMs after it (as in layer.cpp).
+// Per step a thread multiplies its rows of h_{t-1} by all of W_hh (packed once per call for
+// that thread), or, split by columns, all rows by its slice of W_hh. The input side is one
+// product before the loop (each thread a block of W_ih's rows), the weight gradients
+// whole-sequence products after the backward loop. The step loops run in layer.h's
+// step_loop_region (the load monitor of the plain layers).
 //
 // Saved per row (the workspace, [N, ws_cols]):
 //   LSTM: [0, 4H) i, f, g, o (activated); [4H, 5H) c~_t (the new cell before zoneout), or
@@ -39,10 +41,6 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "../core/checks.h"
 #include "blas.h"
