@@ -197,6 +197,19 @@ inline __attribute__((always_inline)) void gru_gates(int64_t H, const T* __restr
   }
 }
 
+// v = LN(v) * gamma + beta (beta nullptr: none), in place; the normalised row and its rstd go
+// to xhat and *rstd where those are given (the saved row of backward).
+template <typename T>
+inline __attribute__((always_inline)) void layer_norm_row(T* v, int64_t n, const T* gamma,
+                                                          const T* beta, T* xhat, T* rstd) {
+  const T r = normalise(v, n);
+  if (xhat != nullptr) {
+    std::memcpy(xhat, v, sizeof(T) * n);
+    *rstd = r;
+  }
+  affine(n, v, gamma, beta);
+}
+
 // LSTM step, part 1 (before the projection): gates, c_t, r = o * tanh(LN c~) into hnew.
 template <typename T>
 inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) {
@@ -206,14 +219,9 @@ inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) 
     T* g = a.hg + j * GH;
     const T* x = a.xg + j * a.xg_ld;
     T* ws = a.ws != nullptr ? a.ws + j * a.ws_ld : nullptr;
-    if (ln) {
-      const T rstd = normalise(g, GH);
-      if (ws != nullptr) {
-        std::memcpy(ws + 5 * H, g, sizeof(T) * GH);
-        ws[13 * H] = rstd;
-      }
-      affine<T>(GH, g, a.ln_hh, nullptr);
-    }
+    if (ln)
+      layer_norm_row<T>(g, GH, a.ln_hh, nullptr, ws != nullptr ? ws + 5 * H : nullptr,
+                        ws != nullptr ? ws + 13 * H : nullptr);
     add_to(GH, g, x);
     T* cn = a.hnew + j * H;  // c~_t here first
     T* c = a.c + j * H;
@@ -223,12 +231,8 @@ inline __attribute__((always_inline)) void lstm_rows_impl(const StepRows<T>& a) 
     zone_rows(H, c, cn, a.zc != nullptr ? a.zc + j * H : nullptr, a.zp);
     if (a.cells != nullptr) std::memcpy(a.cells + j * H, c, sizeof(T) * H);
     if (ln) {
-      const T rstd = normalise(cn, H);
-      if (ws != nullptr) {
-        std::memcpy(ws + 4 * H, cn, sizeof(T) * H);
-        ws[13 * H + 2] = rstd;
-      }
-      affine(H, cn, a.ln_c, a.ln_c_b);
+      layer_norm_row(cn, H, a.ln_c, a.ln_c_b, ws != nullptr ? ws + 4 * H : nullptr,
+                     ws != nullptr ? ws + 13 * H + 2 : nullptr);
     } else if (ws != nullptr) {
       std::memcpy(ws + 4 * H, cn, sizeof(T) * H);
     }
@@ -245,14 +249,9 @@ inline __attribute__((always_inline)) void gru_rows_impl(const StepRows<T>& a) {
     T* g = a.hg + j * GH;
     const T* x = a.xg + j * a.xg_ld;
     T* ws = a.ws != nullptr ? a.ws + j * a.ws_ld : nullptr;
-    if (ln) {
-      const T rstd = normalise(g, GH);
-      if (ws != nullptr) {
-        std::memcpy(ws + 4 * H, g, sizeof(T) * GH);
-        ws[10 * H] = rstd;
-      }
-      affine<T>(GH, g, a.ln_hh, nullptr);
-    }
+    if (ln)
+      layer_norm_row<T>(g, GH, a.ln_hh, nullptr, ws != nullptr ? ws + 4 * H : nullptr,
+                        ws != nullptr ? ws + 10 * H : nullptr);
     if (a.b_hh != nullptr) add_to(GH, g, a.b_hh);
     gru_gates(H, x, x + H, x + 2 * H, g, g + H, g + 2 * H, a.h + j * a.P, a.hnew + j * H, a.tmp);
     if (ws != nullptr) {
@@ -563,12 +562,9 @@ void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
     for (int64_t r = r0; r < r1; ++r) {
       T* __restrict v = xg.data() + r * GH;
       if (L.ln()) {
-        const T rstd = normalise(v, GH);
-        if (ws != nullptr) {
-          std::memcpy(ws + r * L.ws_ld + L.xhat_ih_col(), v, sizeof(T) * GH);
-          ws[r * L.ws_ld + L.rstd_ih_col()] = rstd;
-        }
-        for (int64_t k = 0; k < GH; ++k) v[k] *= L.ln_ih[k];
+        T* const saved = ws != nullptr ? ws + r * L.ws_ld : nullptr;
+        layer_norm_row<T>(v, GH, L.ln_ih, nullptr, saved != nullptr ? saved + L.xhat_ih_col() : nullptr,
+                          saved != nullptr ? saved + L.rstd_ih_col() : nullptr);
       }
       if (L.b_ih != nullptr)
         for (int64_t k = 0; k < GH; ++k) v[k] += L.b_ih[k];
