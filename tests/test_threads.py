@@ -172,6 +172,10 @@ def test_load_monitor_falls_back_to_one_thread_beside_busy_processes(threads):
         load = _C._step_loop_load()
         assert load["loaded_loops"] >= 1, f"no split loop found its threads stalled: {load}"
         assert load["backoff_s"] > 0, load
+        # The first back-off is 50 ms, which a forward and backward beside busy processes can
+        # outlast (the backward then probes on two threads again). Hold the one-thread mode
+        # for what follows so that it checks what one-thread loops give.
+        _C._hold_step_loops_on_one_thread(30.0)
         xr = x[:30].clone().requires_grad_(True)
         xf = xr.detach().clone().requires_grad_(True)
         out_f, (h_f, c_f) = m(xf)
