@@ -60,15 +60,17 @@ import rnnfast
 info = rnnfast.build_info()
 print(info)
 assert info["cuda"] and "8.0" in info["cuda_archs"] and "9.0" in info["cuda_archs"], info
-for op in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
-           "rnn_backward"):
+ops = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
+       "rnn_backward", "lstm_options_forward", "lstm_options_backward", "gru_options_forward",
+       "gru_options_backward")
+for op in ops:
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rnnfast::{op}", "CUDA"), op
-print("CUDA kernels registered for all six operators")
+print(f"CUDA kernels registered for all {len(ops)} operators")
 EOF
 
 step "emulated-CUDA tests in the CUDA build; GPU tests and GPU benchmark skip cleanly"
 "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/test_cuda_emulated.py" \
-  "$ROOT/tests/test_cuda_device.py" "$ROOT/tests/test_simt_rules.py" -rs 2>&1 | tail -n 8
+  "$ROOT/tests/test_options_cuda_emulated.py" "$ROOT/tests/test_cuda_device.py" "$ROOT/tests/test_simt_rules.py" -rs 2>&1 | tail -n 8
 # The bench package (python -m bench, pytest bench) runs from a temporary directory holding a
 # copy of bench/ only: from the source tree, its rnnfast/ would shadow the installed CUDA build.
 BENCH_RUN="$(mktemp -d)"

@@ -1,7 +1,8 @@
 """Exercise every rnnfast CPU operator under AddressSanitizer/UBSan from Python.
 
 Run by .ci/sanitizers.sh as
-    LD_PRELOAD="libasan.so libubsan.so" python .ci/sanitizer_ops.py build/asan/librnnfast.so
+    LD_PRELOAD="libasan.so libubsan.so" python .ci/sanitizer_ops.py build/asan/librnnfast.so \
+        [build/asan/librnnfast_simt_emu.so]
 It loads the sanitized librnnfast.so into a plain torch process (the rnnfast package is not
 imported: it would register the same operators from rnnfast._C) and calls
 lstm/gru/rnn_forward and _backward directly over a seeded grid of shapes: sizes 1 and
@@ -9,12 +10,17 @@ primes, empty batch, padded and packed (unsorted lengths, batch sizes shrinking 
 both directions, projection, float32/float64, with and without bias, optional upstream
 gradients absent, no input gradient, non-contiguous arguments, and sizes large enough to
 split the step loop over 2 threads. Forward results (and padded backward results) are
-compared with torch.nn so the sanitized build is also checked for correctness; any
-sanitizer report aborts the process with a non-zero status.
+compared with torch.nn so the sanitized build is also checked for correctness. The option
+operators (layer norm, zoneout, recurrent dropout) run over their own grid against
+rnnfast/reference.py (loaded by file path), forward and backward, on the CPU and, given the
+emulator library, as the CUDA operators in the SIMT emulator. Any sanitizer report aborts the
+process with a non-zero status.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import pathlib
 import sys
 
 import torch
@@ -139,6 +145,107 @@ def case(kind, T, B, I, H, proj, packed, reverse, dtype, bias, noncontig, option
         checked += 1
 
 
+def load_reference():
+    path = pathlib.Path(__file__).resolve().parents[1] / "rnnfast" / "reference.py"
+    spec = importlib.util.spec_from_file_location("rnnfast_reference_standalone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def option_case(ns, ref, kind, T, B, I, H, proj, ln, zone, rec, packed, reverse, dtype):
+    """One option operator forward and backward against the reference and its autograd."""
+    global checked
+    lstm = kind == "lstm"
+    P, g = (proj or H), (4 if lstm else 3)
+
+    def t(*shape, scale=0.5):
+        return torch.randn(*shape, dtype=dtype) * scale
+
+    if packed:
+        lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
+        lengths[0] = T
+        bs = torch.tensor([sum(1 for L in lengths if L > s) for s in range(T)])
+        x = t(int(bs.sum()), I)
+    else:
+        bs, x = None, t(T, B, I)
+    hx, cx = t(B, P), t(B, H)
+    w_ih, w_hh = t(g * H, I, scale=0.3), t(g * H, P, scale=0.3)
+    b_ih, b_hh = t(g * H, scale=0.1), t(g * H, scale=0.1)
+    w_hr = t(P, H, scale=0.3) if proj else None
+    lnp = None
+    if ln:
+        lnp = [t(g * H, scale=0.2) + 1, t(g * H, scale=0.2) + 1]
+        if lstm:
+            lnp += [t(H, scale=0.2) + 1, t(H, scale=0.1)]
+    masks = ref.draw_masks(g, H, P, T, B, recurrent_dropout=0.3 if rec else 0.0,
+                           zoneout=0.3 if zone == "train" else 0.0, cell_state=lstm)
+    zoneout = 0.3 if zone == "eval" else 0.0
+    recm = masks.recurrent.to(dtype) if masks.recurrent is not None else None
+    lnargs = lnp or ([None] * (4 if lstm else 2))
+    if lstm:
+        fwd = ns.lstm_options_forward(x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *lnargs, recm,
+                                      masks.zoneout_h, masks.zoneout_c, zoneout, bs, reverse,
+                                      True)
+        outs = fwd[:3]
+    else:
+        fwd = ns.gru_options_forward(x, hx, w_ih, w_hh, b_ih, b_hh, *lnargs, recm,
+                                     masks.zoneout_h, zoneout, bs, reverse, True)
+        outs = fwd[:2]
+    leaves = [v.clone().requires_grad_(True) for v in (x, hx, cx, w_ih, w_hh)]
+    ln_leaves = [v.clone().requires_grad_(True) for v in (lnp or [])]
+    if lstm:
+        want = ref.lstm_layer(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], b_ih, b_hh,
+                              w_hr, bs, reverse, layer_norm=ln_leaves or None, masks=masks,
+                              zoneout=zoneout)
+    else:
+        want = ref.gru_layer(leaves[0], leaves[1], leaves[3], leaves[4], b_ih, b_hh, bs,
+                             reverse, layer_norm=ln_leaves or None, masks=masks,
+                             zoneout=zoneout)
+    for a, b in zip(outs, want):
+        close(a, b.detach(), dtype)
+    seeds = [torch.randn_like(o) for o in outs]
+    if lstm:
+        grads = ns.lstm_options_backward(seeds[0], seeds[1], seeds[2], x, hx, cx, w_ih, w_hh,
+                                         w_hr, *lnargs, recm, masks.zoneout_h,
+                                         masks.zoneout_c, zoneout, fwd[0], fwd[3], fwd[4], bs,
+                                         reverse, True, True)
+        got = [grads[0], grads[1], grads[2], grads[3], grads[4]] + (list(grads[7:11]) if ln else [])
+        wrt = leaves + ln_leaves
+    else:
+        grads = ns.gru_options_backward(seeds[0], seeds[1], x, hx, w_ih, w_hh, *lnargs, recm,
+                                        masks.zoneout_h, zoneout, fwd[0], fwd[2], bs, reverse,
+                                        True, True)
+        got = [grads[0], grads[1], grads[2], grads[3]] + (list(grads[6:8]) if ln else [])
+        wrt = [leaves[0], leaves[1], leaves[3], leaves[4]] + ln_leaves
+    ref_grads = torch.autograd.grad(list(want), wrt, seeds)
+    for a, b in zip(got, ref_grads):
+        close(a, b, dtype)
+    checked += 1
+
+
+def option_grid(ns, label, full):
+    ref = load_reference()
+    n = 0
+    combos = itertools.product(["lstm", "gru"], [False, True], [None, "train", "eval"],
+                               [False, True], [False, True])
+    for kind, ln, zone, rec, packed in combos:
+        if not (ln or zone or rec):
+            continue
+        for dtype in ((torch.float32, torch.float64) if full else (torch.float64,)):
+            proj = 3 if kind == "lstm" and packed else 0
+            option_case(ns, ref, kind, 5, 3, 4, 6, proj, ln, zone, rec, packed, packed, dtype)
+            n += 1
+    if full:
+        # Two threads split by batch rows (16 rows) and by columns of W_hh (batch 3).
+        for kind, (B, H) in itertools.product(["lstm", "gru"], [(16, 40), (3, 96)]):
+            option_case(ns, ref, kind, 6, B, 20, H, 0, True, "train", True, False, True,
+                        torch.float32)
+            n += 1
+    print(f"sanitizer_ops: {n} option operator cases ({label}) forward+backward against the "
+          "reference: OK")
+
+
 def main():
     torch.set_num_threads(2)
     n = 0
@@ -160,6 +267,10 @@ def main():
             n += 1
     print(f"sanitizer_ops: {n} operator cases forward+backward, {checked} compared with "
           "torch.nn: OK")
+    option_grid(ops, "CPU", full=True)
+    if len(sys.argv) > 2 and not sys.argv[2].startswith("--"):
+        torch.ops.load_library(sys.argv[2])
+        option_grid(torch.ops.rnnfast_emu, "CUDA in the SIMT emulator", full=False)
 
 
 def canary():

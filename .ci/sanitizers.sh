@@ -69,6 +69,6 @@ echo "canary reported as expected"
 
 step "every operator from Python under ASan + UBSan"
 ASAN_OPTIONS="$PY_ASAN_OPTIONS" LD_PRELOAD="$ASAN_RT $UBSAN_RT" "$PYTHON" -W ignore \
-  .ci/sanitizer_ops.py "$BUILD/librnnfast.so"
+  .ci/sanitizer_ops.py "$BUILD/librnnfast.so" "$BUILD/librnnfast_simt_emu.so"
 
 step "done in $((SECONDS - t0))s: no sanitizer findings"

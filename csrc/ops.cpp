@@ -32,7 +32,9 @@ void no_cuda(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
   for (const char* name : {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
-                           "rnn_forward", "rnn_backward"}) {
+                           "rnn_forward", "rnn_backward", "lstm_options_forward",
+                           "lstm_options_backward", "gru_options_forward",
+                           "gru_options_backward"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda>());
   }
 }

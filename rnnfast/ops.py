@@ -637,23 +637,26 @@ def _has_options(layer_norm: Optional[Sequence[Tensor]], masks: Optional[referen
 
 
 def _options_kernels(input: Tensor) -> bool:
-    """Whether the fused option operators (CPU: float32, float64, and bfloat16 on float32
-    copies) run this call."""
-    return (_namespace == "rnnfast" and input.device.type == "cpu"
-            and input.dtype in (torch.float32, torch.float64, torch.bfloat16))
+    """Whether the fused option operators run this call: on the CPU float32, float64 and
+    bfloat16; on CUDA (and in the SIMT emulator) float32, float64, float16 and bfloat16.
+    The half types run on float32 copies."""
+    return runs_kernels(input)
 
 
 def _in_float32(fn: Callable, *args: Any) -> tuple:
-    """``fn`` on float32 copies of the bfloat16 tensors among ``args`` (lists inside too),
-    its tensor results rounded back to bfloat16: the option operators' bfloat16 form (float32
-    arithmetic and state, as the other layers' bfloat16 kernels keep). Differentiable."""
+    """``fn`` on float32 copies of the float16/bfloat16 tensors among ``args`` (lists inside
+    too), its tensor results rounded back to the input's dtype (the first argument's): the
+    option operators' half-type form (float32 arithmetic and state, as the other layers'
+    half-type kernels keep). Differentiable."""
+    dtype = args[0].dtype
+
     def up(a: Any) -> Any:
-        if isinstance(a, Tensor) and a.dtype == torch.bfloat16:
+        if isinstance(a, Tensor) and a.dtype in _HALF_DTYPES:
             return a.float()
         if isinstance(a, (list, tuple)) and not isinstance(a, reference.LayerMasks):
             return type(a)(up(t) for t in a)
         return a
-    return tuple(o.to(torch.bfloat16) for o in fn(*(up(a) for a in args)))
+    return tuple(o.to(dtype) for o in fn(*(up(a) for a in args)))
 
 
 def _option_names(layer_norm, masks, zoneout) -> str:
@@ -707,7 +710,7 @@ def _lstm_options_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes
         return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                     reverse, layer_norm=layer_norm, masks=masks,
                                     zoneout=zoneout)
-    if input.dtype == torch.bfloat16:
+    if input.dtype in _HALF_DTYPES:
         return _in_float32(lambda *a: _lstm_options_layer(*a, masks, zoneout), input, hx, cx,
                            w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, layer_norm)
     if masks is not None:
@@ -733,7 +736,7 @@ def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, 
     if path == _COMPOSITE or not _options_kernels(input):
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                                    layer_norm=layer_norm, masks=masks, zoneout=zoneout)
-    if input.dtype == torch.bfloat16:
+    if input.dtype in _HALF_DTYPES:
         return _in_float32(lambda *a: _gru_options_layer(*a, masks, zoneout), input, hx, w_ih,
                            w_hh, b_ih, b_hh, batch_sizes, reverse, layer_norm)
     if masks is not None:
@@ -747,11 +750,11 @@ def _gru_options_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, 
     return out, hy
 
 
-def _register_options() -> None:
-    """Fake kernels and autograd of the option operators (CPU only, namespace rnnfast)."""
-    ops = torch.ops.rnnfast
+def _register_options(ns: str) -> None:
+    """Fake kernels and autograd of the option operators of namespace ``ns``."""
+    ops = getattr(torch.ops, ns)
 
-    @torch.library.register_fake("rnnfast::lstm_options_forward")
+    @torch.library.register_fake(f"{ns}::lstm_options_forward")
     def _lstm_options_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh,
                                    ln_c, ln_c_bias, recurrent_mask, zoneout_h, zoneout_c,
                                    zoneout, batch_sizes, reverse, need_workspace):
@@ -764,7 +767,7 @@ def _register_options() -> None:
                 input.new_empty((n, cols) if need_workspace else (0,)),
                 input.new_empty((n, hidden) if need_workspace else (0,)))
 
-    @torch.library.register_fake("rnnfast::lstm_options_backward")
+    @torch.library.register_fake(f"{ns}::lstm_options_backward")
     def _lstm_options_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
                                     w_hr, ln_ih, ln_hh, ln_c, ln_c_bias, recurrent_mask,
                                     zoneout_h, zoneout_c, zoneout, output, workspace, cells,
@@ -798,9 +801,9 @@ def _register_options() -> None:
                             g[6] if w_hr is not None else None, *(
                                 (g[7], g[8], g[9], g[10]) if ln else (None,) * 4))
 
-    _register_autograd("rnnfast", "lstm_options_forward", _lstm_backward, _lstm_setup)
+    _register_autograd(ns, "lstm_options_forward", _lstm_backward, _lstm_setup)
 
-    @torch.library.register_fake("rnnfast::gru_options_forward")
+    @torch.library.register_fake(f"{ns}::gru_options_forward")
     def _gru_options_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh,
                                   recurrent_mask, zoneout_h, zoneout, batch_sizes, reverse,
                                   need_workspace):
@@ -810,7 +813,7 @@ def _register_options() -> None:
         return (input.new_empty((*input.shape[:-1], hidden)), hx.new_empty(hx.shape),
                 input.new_empty((n, cols) if need_workspace else (0,)))
 
-    @torch.library.register_fake("rnnfast::gru_options_backward")
+    @torch.library.register_fake(f"{ns}::gru_options_backward")
     def _gru_options_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, ln_ih, ln_hh,
                                    recurrent_mask, zoneout_h, zoneout, output, workspace,
                                    batch_sizes, reverse, has_bias, need_grad_input):
@@ -839,7 +842,7 @@ def _register_options() -> None:
         return _input_grads(ctx, g[0], g[1], g[2], g[3], b_ih, b_hh,
                             *((g[6], g[7]) if ln else (None, None)))
 
-    _register_autograd("rnnfast", "gru_options_forward", _gru_backward, _gru_setup)
+    _register_autograd(ns, "gru_options_forward", _gru_backward, _gru_setup)
 
 
-_register_options()
+_register_options("rnnfast")

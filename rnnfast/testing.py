@@ -42,6 +42,7 @@ def emulator() -> ModuleType:
                 "rebuild without RNNFAST_NO_EMULATOR=1: pip install --no-build-isolation -e ."
             ) from e
         ops._register("rnnfast_emu")
+        ops._register_options("rnnfast_emu")
         _emulator = module
     return _emulator
 
@@ -51,9 +52,11 @@ def emulate_cuda(enabled: bool = True) -> Iterator[None]:
     """Run rnnfast's CUDA kernels in the SIMT emulator for CPU tensors.
 
     Within the block, float32/float64/float16/bfloat16 CPU inputs of every rnnfast
-    layer and cell go through the CUDA operators' code (emulated,
+    layer and cell, with or without the options beyond torch.nn (layer normalisation,
+    zoneout, dropouts), go through the CUDA operators' code (emulated,
     ``torch.ops.rnnfast_emu.*``); float16 and bfloat16 need an emulator built with
-    CUDA's headers (:func:`simt_has_half`).
+    CUDA's headers (:func:`simt_has_half`), except for the option layers, which run the
+    half types on float32 copies.
     """
     if enabled:
         emulator()

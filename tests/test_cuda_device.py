@@ -102,3 +102,47 @@ def test_current_stream_is_used():
     s.synchronize()
     ref, _ = m(x)
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("kind", ["LSTM", "LSTM_proj", "GRU"])
+def test_option_layers_match_the_cpu(kind, dtype):
+    """A two-layer bidirectional layer with layer_norm, zoneout and both dropouts, one
+    training step on the GPU and on the CPU from the same module and masks: outputs and
+    gradients agree (the masks are drawn on the CPU and handed to the layer functions, since
+    CUDA's generator draws other numbers)."""
+    from rnnfast import ops, reference
+    name, _, extra = kind.partition("_")
+    torch.manual_seed(0)
+    H, P = 33, (7 if extra == "proj" else 33)
+    G = 4 if name == "LSTM" else 3
+    x = torch.randn(9, 5, 11, dtype=dtype)
+    w_ih = torch.randn(G * H, 11, dtype=dtype) * 0.2
+    w_hh = torch.randn(G * H, P, dtype=dtype) * 0.2
+    b_ih, b_hh = torch.randn(G * H, dtype=dtype) * 0.1, torch.randn(G * H, dtype=dtype) * 0.1
+    w_hr = torch.randn(P, H, dtype=dtype) * 0.2 if extra == "proj" else None
+    h0, c0 = torch.randn(5, P, dtype=dtype), torch.randn(5, H, dtype=dtype)
+    ln = [torch.rand(G * H, dtype=dtype) + 0.5, torch.rand(G * H, dtype=dtype) + 0.5]
+    if name == "LSTM":
+        ln += [torch.rand(H, dtype=dtype) + 0.5, torch.randn(H, dtype=dtype) * 0.1]
+    masks = reference.draw_masks(G, H, P, 9, 5, weight_dropout=0.2, recurrent_dropout=0.3,
+                                 zoneout=0.25, cell_state=name == "LSTM")
+    results = []
+    for device in ("cpu", "cuda"):
+        def on(t):
+            return None if t is None else t.to(device).requires_grad_()
+        args = [on(t) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+        lnp = [on(t) for t in ln]
+        m = reference.LayerMasks(*(None if t is None else t.to(device) for t in masks))
+        if name == "LSTM":
+            outs = ops.lstm_layer(*args, layer_norm=lnp, masks=m, reverse=True)
+            leaves = [t for t in args + lnp if t is not None]
+        else:
+            outs = ops.gru_layer(args[0], args[1], *args[3:7], layer_norm=lnp, masks=m)
+            leaves = args[:2] + args[3:7] + lnp
+        sum(o.square().sum() for o in outs).backward()
+        results.append([o.detach().cpu() for o in outs] + [t.grad.cpu() for t in leaves])
+    for a, b in zip(*results):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)

@@ -40,21 +40,23 @@ def test_no_raw_launch_or_shared_outside_simt():
 
 def test_every_kernel_source_is_emulated():
     """Everything nvcc compiles for the operators is also compiled by emulated_ops.cpp."""
+    emulated_text = (CSRC / "simt" / "emulated_ops.cpp").read_text()
     emulated = _code(CSRC / "simt" / "emulated_ops.cpp")
-    assert '#include "../cuda/rnn_host.h"' in (CSRC / "simt" / "emulated_ops.cpp").read_text()
-    host = (CSRC / "cuda" / "rnn_host.h").read_text()
-    assert '#include "../kernels/rnn_device.cuh"' in host
+    hosts = {"rnn_host.h": "rnn_device.cuh", "options_host.h": "options_device.cuh"}
+    for host, kernels in hosts.items():
+        assert f'#include "../cuda/{host}"' in emulated_text, host
+        assert f'#include "../kernels/{kernels}"' in (CSRC / "cuda" / host).read_text(), host
     for cu in (CSRC / "cuda").glob("*.cu"):
         includes = re.findall(r'#include "([^"]+)"', cu.read_text())
         local = [i for i in includes if not i.startswith(("ATen", "c10", "torch"))]
-        assert "rnn_host.h" in local and set(local) <= {"rnn_host.h", "../core/operators.h"}, \
+        assert "rnn_host.h" in local and set(local) <= set(hosts) | {"../core/operators.h"}, \
             f"{cu.name} includes {local}: emulate them too"
     assert "simt_emu" in emulated
 
 
 def test_kernels_take_no_cuda_only_apis():
     """Kernels use only what simt.h provides (no cudaMalloc, streams of their own, etc.)."""
-    for name in ("rnn_device.cuh", "rnn_host.h"):
+    for name in ("rnn_device.cuh", "rnn_host.h", "options_device.cuh", "options_host.h"):
         path = next(p for p in SOURCES if p.name == name)
         code = _code(path)
         assert not re.search(r"\bcuda(Malloc|Memcpy|StreamCreate|DeviceSynchronize)\b", code), name

@@ -19,15 +19,7 @@
 // whole-sequence products after the backward loop. The step loops run in layer.h's
 // step_loop_region (the load monitor of the plain layers).
 //
-// Saved per row (the workspace, [N, ws_cols]):
-//   LSTM: [0, 4H) i, f, g, o (activated); [4H, 5H) c~_t (the new cell before zoneout), or
-//         with layer_norm its normalised value (c~ - mean) * rstd; with layer_norm also
-//         [5H, 9H) the normalised recurrent product, [9H, 13H) the normalised input
-//         product, and rstd of those three at 13H, 13H + 1, 13H + 2.
-//   GRU:  [0, 3H) r, z, n; [3H, 4H) the n gate's recurrent side (after LN, with b_hn);
-//         with layer_norm [4H, 7H) the normalised recurrent product, [7H, 10H) the
-//         normalised input product, rstd of those two at 10H, 10H + 1.
-// The LSTM also saves c_t (after zoneout) per row (`cells`, [N, H]); the output is h_t.
+// The workspace forward saves for backward: csrc/core/options.h (shared with the CUDA backend).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -43,6 +35,8 @@
 #include <vector>
 
 #include "../core/checks.h"
+#include "../core/operators.h"
+#include "../core/options.h"
 #include "blas.h"
 #include "layer.h"
 #include "pointwise.h"
@@ -437,28 +431,67 @@ RNNFAST_CLONES void gru_back_f32(const BackRows<float>& a) { gru_back_impl(a); }
 void gru_back(const BackRows<float>& a) { gru_back_f32(a); }
 void gru_back(const BackRows<double>& a) { gru_back_impl(a); }
 
-// out[k] = sum over rows i of A[i, k] (* Bm[i, k] if Bm), rows in order, in double, column
-// blocks on torch's threads: the same bits whatever the thread count.
+// Column sums over the rows of A [rows, cols] (row stride lda) for up to three outputs at
+// once: out_j[k] = sum over rows i of A[i, k] * B_j[i, k] (B_j nullptr: of A[i, k] alone),
+// rows in order, in double. Each thread takes a contiguous block of columns and streams the
+// rows (its accumulators stay in L1), so every sum has one order whatever the thread count.
 template <typename T>
-void column_sums(T* out, const T* A, int64_t lda, const T* Bm, int64_t ldb, int64_t rows,
-                 int64_t cols) {
-  constexpr int64_t kBlock = 64;
+struct ColumnSum {
+  T* out;
+  const T* B;   // [rows, ldb] or nullptr
+  int64_t ldb;
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void accumulate_row(int64_t n, double* __restrict acc,
+                                                          const T* __restrict a,
+                                                          const T* __restrict b) {
+  if (b != nullptr) {
+    for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<double>(a[k]) * static_cast<double>(b[k]);
+  } else {
+    for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<double>(a[k]);
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void column_block_sums(const T* A, int64_t lda,
+                                                             int64_t rows, int64_t k0, int64_t n,
+                                                             const ColumnSum<T>* sums, int m) {
+  std::vector<double> acc(static_cast<size_t>(m * n), 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* a = A + i * lda + k0;
+    for (int j = 0; j < m; ++j)
+      accumulate_row(n, acc.data() + j * n, a,
+                     sums[j].B != nullptr ? sums[j].B + i * sums[j].ldb + k0 : nullptr);
+  }
+  for (int j = 0; j < m; ++j)
+    for (int64_t k = 0; k < n; ++k) sums[j].out[k0 + k] = static_cast<T>(acc[j * n + k]);
+}
+
+RNNFAST_CLONES void column_block_sums_f32(const float* A, int64_t lda, int64_t rows, int64_t k0,
+                                          int64_t n, const ColumnSum<float>* sums, int m) {
+  column_block_sums(A, lda, rows, k0, n, sums, m);
+}
+void column_block_sums_of(const float* A, int64_t lda, int64_t rows, int64_t k0, int64_t n,
+                          const ColumnSum<float>* sums, int m) {
+  column_block_sums_f32(A, lda, rows, k0, n, sums, m);
+}
+void column_block_sums_of(const double* A, int64_t lda, int64_t rows, int64_t k0, int64_t n,
+                          const ColumnSum<double>* sums, int m) {
+  column_block_sums(A, lda, rows, k0, n, sums, m);
+}
+
+template <typename T>
+void column_sums(const T* A, int64_t lda, int64_t rows, int64_t cols,
+                 std::initializer_list<ColumnSum<T>> terms) {
+  std::vector<ColumnSum<T>> sums;
+  for (const ColumnSum<T>& t : terms)
+    if (t.out != nullptr) sums.push_back(t);
+  if (sums.empty() || cols == 0) return;
+  constexpr int64_t kBlock = 16;
   at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    double acc[kBlock];
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
-      std::fill(acc, acc + n, 0.0);
-      for (int64_t i = 0; i < rows; ++i) {
-        const T* __restrict a = A + i * lda + k0;
-        if (Bm != nullptr) {
-          const T* __restrict b = Bm + i * ldb + k0;
-          for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<double>(a[k]) * b[k];
-        } else {
-          for (int64_t k = 0; k < n; ++k) acc[k] += a[k];
-        }
-      }
-      for (int64_t k = 0; k < n; ++k) out[k0 + k] = static_cast<T>(acc[k]);
-    }
+    const int64_t k0 = b0 * kBlock, k1 = std::min(cols, b1 * kBlock);
+    column_block_sums_of(A, lda, rows, k0, k1 - k0, sums.data(), static_cast<int>(sums.size()));
   });
 }
 
@@ -504,16 +537,13 @@ struct Layer {
 
   int64_t G() const { return lstm ? 4 : 3; }
   bool ln() const { return ln_hh != nullptr; }
-  // Column of the saved normalised input product and of its rstd.
-  int64_t xhat_ih_col() const { return lstm ? 9 * H : 7 * H; }
-  int64_t rstd_ih_col() const { return lstm ? 13 * H + 1 : 10 * H + 1; }
-  int64_t xhat_hh_col() const { return lstm ? 5 * H : 4 * H; }
+  core::OptionLayout layout() const { return {lstm, ln(), H}; }
+  int64_t xhat_ih_col() const { return layout().xhat_ih_col(); }
+  int64_t rstd_ih_col() const { return layout().rstd_ih_col(); }
+  int64_t xhat_hh_col() const { return layout().xhat_hh_col(); }
 };
 
-int64_t workspace_cols(bool lstm, bool ln, int64_t H) {
-  if (lstm) return ln ? 13 * H + 3 : 5 * H;
-  return ln ? 10 * H + 2 : 4 * H;
-}
+int64_t workspace_cols(bool lstm, bool ln, int64_t H) { return core::OptionLayout{lstm, ln, H}.cols(); }
 
 // [begin, end) of thread tid's share of n (in blocks of `align`).
 std::pair<int64_t, int64_t> share(int64_t n, int tid, int nt, int64_t align = 1) {
@@ -766,15 +796,18 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
   }
   whole_gemm<T>(true, GH, P, N, dhg, GH, hprev.data(), P, dw_hh, P);
   hprev.p.reset();
-  if (db_ih != nullptr) column_sums<T>(db_ih, dgx.data(), GH, nullptr, 0, N, GH);
-  if (db_hh != nullptr) column_sums<T>(db_hh, dgh, GH, nullptr, 0, N, GH);
+  // The bias and gain gradients: one pass over each gradient buffer (the LSTM's dgh is dgx).
+  const ColumnSum<T> ln_ih_sum{dln_ih, ws + L.xhat_ih_col(), L.ws_ld};
+  const ColumnSum<T> ln_hh_sum{dln_hh, ws + L.xhat_hh_col(), L.ws_ld};
+  if (L.lstm) {
+    column_sums<T>(dgx.data(), GH, N, GH, {{db_ih, nullptr, 0}, ln_ih_sum, ln_hh_sum});
+  } else {
+    column_sums<T>(dgx.data(), GH, N, GH, {{db_ih, nullptr, 0}, ln_ih_sum});
+    column_sums<T>(dgh, GH, N, GH, {{db_hh, nullptr, 0}, ln_hh_sum});
+  }
   if (ln) {
-    column_sums<T>(dln_ih, dgx.data(), GH, ws + L.xhat_ih_col(), L.ws_ld, N, GH);
-    column_sums<T>(dln_hh, dgh, GH, ws + L.xhat_hh_col(), L.ws_ld, N, GH);
-    if (L.lstm) {
-      column_sums<T>(dln_c, dchat.data(), H, ws + 4 * H, L.ws_ld, N, H);
-      column_sums<T>(dln_c_b, dchat.data(), H, nullptr, 0, N, H);
-    }
+    if (L.lstm)
+      column_sums<T>(dchat.data(), H, N, H, {{dln_c, ws + 4 * H, L.ws_ld}, {dln_c_b, nullptr, 0}});
     // The input side's LN backward, in place: dgx becomes dL/d(X W_ih^T).
     at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
@@ -789,76 +822,15 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
 
 // ------------------------------------------------------------------ operators
 
-using OptT = std::optional<Tensor>;
 
 template <typename T>
 const T* ptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
-template <typename T>
-T* out_ptr(Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
-}
 
-Tensor contig(const OptT& t, const at::TensorOptions& opts) {
-  if (!present(t)) return Tensor();
-  return t->to(opts).contiguous();
-}
-
-Tensor mask_of(const char* op, const char* name, const OptT& t, at::IntArrayRef shape) {
-  if (!present(t)) return Tensor();
-  TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t->sizes());
-  return t->to(at::kBool).contiguous();
-}
-
-struct Parsed {
-  Dims d;
-  Tensor x, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_b, rec, zh, zc;
-};
-
-Parsed parse(const char* op, bool lstm, const Tensor& input, const Tensor& hx, const Tensor* cx,
-             const Tensor& w_ih, const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
-             const OptT& w_hr, const OptT& ln_ih, const OptT& ln_hh, const OptT& ln_c,
-             const OptT& ln_c_b, const OptT& rec, const OptT& zh, const OptT& zc,
-             const OptT& batch_sizes) {
-  Parsed p;
-  const int64_t G = lstm ? 4 : 3;
-  p.d = check_layer(op, kCpuDtypes, G, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes);
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": float32 or float64 tensors expected, got ", input.scalar_type());
-  const auto opts = input.options();
-  const int64_t H = p.d.H, P = p.d.P, B = p.d.seq.B, T = p.d.seq.T;
-  p.x = input.contiguous();
-  p.w_ih = w_ih.contiguous();
-  p.w_hh = w_hh.contiguous();
-  p.b_ih = contig(b_ih, opts);
-  p.b_hh = contig(b_hh, opts);
-  p.w_hr = contig(w_hr, opts);
-  const bool ln = present(ln_ih) || present(ln_hh);
-  if (ln) {
-    TORCH_CHECK(present(ln_ih) && present(ln_hh) && (!lstm || (present(ln_c) && present(ln_c_b))),
-                op, ": layer normalisation needs all its weights (ln_ih, ln_hh",
-                lstm ? ", ln_c, ln_c_bias)" : ")");
-    check_shape(op, "ln_ih", *ln_ih, {G * H});
-    check_shape(op, "ln_hh", *ln_hh, {G * H});
-    p.ln_ih = contig(ln_ih, opts);
-    p.ln_hh = contig(ln_hh, opts);
-    if (lstm) {
-      check_shape(op, "ln_c", *ln_c, {H});
-      check_shape(op, "ln_c_bias", *ln_c_b, {H});
-      p.ln_c = contig(ln_c, opts);
-      p.ln_c_b = contig(ln_c_b, opts);
-    }
-  }
-  if (present(rec)) {
-    check_shape(op, "recurrent_mask", *rec, {B, P});
-    p.rec = contig(rec, opts);
-  }
-  p.zh = mask_of(op, "zoneout_h", zh, {T, B, P});
-  if (lstm) p.zc = mask_of(op, "zoneout_c", zc, {T, B, H});
-  return p;
-}
+using core::check_saved;
+using core::check_zoneout;
+using Parsed = core::OptionArgs;
 
 template <typename T>
 Layer<T> layer_of(const Parsed& p, bool lstm, bool reverse, double zoneout) {
@@ -887,178 +859,33 @@ Layer<T> layer_of(const Parsed& p, bool lstm, bool reverse, double zoneout) {
   return L;
 }
 
-void check_zoneout(const char* op, double zoneout) {
-  TORCH_CHECK(zoneout >= 0.0 && zoneout < 1.0, op,
-              ": zoneout probability has to be between 0 and 1 (1 excluded), but got ", zoneout);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_options_forward(
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-    const Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const OptT& w_hr, const OptT& ln_ih,
-    const OptT& ln_hh, const OptT& ln_c, const OptT& ln_c_b, const OptT& rec, const OptT& zh,
-    const OptT& zc, double zoneout, const OptT& batch_sizes, bool reverse, bool need_workspace) {
-  const char* op = "rnnfast::lstm_options_forward";
-  check_zoneout(op, zoneout);
-  Parsed p = parse(op, true, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c,
-                   ln_c_b, rec, zh, zc, batch_sizes);
-  const auto opts = input.options();
-  const int64_t N = p.d.seq.N, H = p.d.H, P = p.d.P;
-  Tensor output = at::empty(output_shape(input, P), opts);
-  Tensor hy = hx.contiguous().clone(), cy = cx.contiguous().clone();
-  const int64_t ws_cols = workspace_cols(true, present(ln_hh), H);
-  Tensor ws = need_workspace ? at::empty({N, ws_cols}, opts) : empty0(opts);
-  Tensor cells = need_workspace ? at::empty({N, H}, opts) : empty0(opts);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_options_forward", [&] {
-    const Layer<scalar_t> L = layer_of<scalar_t>(p, true, reverse, zoneout);
-    options_forward<scalar_t>(L, output.data_ptr<scalar_t>(), hy.data_ptr<scalar_t>(),
-                              cy.data_ptr<scalar_t>(), need_workspace ? ws.data_ptr<scalar_t>() : nullptr,
-                              need_workspace ? cells.data_ptr<scalar_t>() : nullptr);
-  });
-  return {output, hy, cy, ws, cells};
-}
-
-std::tuple<Tensor, Tensor, Tensor> gru_options_forward(
-    const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-    const OptT& b_ih, const OptT& b_hh, const OptT& ln_ih, const OptT& ln_hh, const OptT& rec,
-    const OptT& zh, double zoneout, const OptT& batch_sizes, bool reverse, bool need_workspace) {
-  const char* op = "rnnfast::gru_options_forward";
-  check_zoneout(op, zoneout);
-  Parsed p = parse(op, false, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, ln_ih,
-                   ln_hh, std::nullopt, std::nullopt, rec, zh, std::nullopt, batch_sizes);
-  const auto opts = input.options();
-  const int64_t N = p.d.seq.N, H = p.d.H;
-  Tensor output = at::empty(output_shape(input, H), opts);
-  Tensor hy = hx.contiguous().clone();
-  Tensor ws = need_workspace ? at::empty({N, workspace_cols(false, present(ln_hh), H)}, opts)
-                             : empty0(opts);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_options_forward", [&] {
-    const Layer<scalar_t> L = layer_of<scalar_t>(p, false, reverse, zoneout);
-    options_forward<scalar_t>(L, output.data_ptr<scalar_t>(), hy.data_ptr<scalar_t>(), nullptr,
-                              need_workspace ? ws.data_ptr<scalar_t>() : nullptr, nullptr);
-  });
-  return {output, hy, ws};
-}
-
-Tensor rows_of(const OptT& g, int64_t N, int64_t P) {
-  if (!present(g)) return Tensor();
-  return g->contiguous().reshape({N, P});
-}
-
-void check_saved(const char* op, const Tensor& ws, int64_t N, int64_t cols) {
-  TORCH_CHECK(ws.dim() == 2 && ws.size(0) == N && ws.size(1) == cols, op,
-              ": the workspace does not match the layer (was forward run with need_workspace=True "
-              "and the same options?); expected [", N, ", ", cols, "], got ", ws.sizes());
-}
-
-std::vector<Tensor> lstm_options_backward(
-    const OptT& grad_output, const OptT& grad_hy, const OptT& grad_cy, const Tensor& input,
-    const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const OptT& w_hr,
-    const OptT& ln_ih, const OptT& ln_hh, const OptT& ln_c, const OptT& ln_c_b, const OptT& rec,
-    const OptT& zh, const OptT& zc, double zoneout, const Tensor& output, const Tensor& workspace,
-    const Tensor& cells, const OptT& batch_sizes, bool reverse, bool has_bias,
-    bool need_grad_input) {
-  const char* op = "rnnfast::lstm_options_backward";
-  check_zoneout(op, zoneout);
-  Parsed p = parse(op, true, input, hx, &cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, ln_ih,
-                   ln_hh, ln_c, ln_c_b, rec, zh, zc, batch_sizes);
-  const auto opts = input.options();
-  const int64_t N = p.d.seq.N, B = p.d.seq.B, H = p.d.H, P = p.d.P, GH = 4 * H, I = p.d.I;
-  const bool ln = p.ln_hh.defined();
-  check_saved(op, workspace, N, workspace_cols(true, ln, H));
-  check_saved(op, cells, N, H);
-  Tensor y = output.contiguous().reshape({N, P});
-  Tensor dy = rows_of(grad_output, N, P);
-  Tensor dh = state_grad(grad_hy, B, P, opts), dc = state_grad(grad_cy, B, H, opts);
-  Tensor dx = need_grad_input ? at::empty_like(p.x) : empty0(opts);
-  Tensor dw_ih = at::empty({GH, I}, opts), dw_hh = at::empty({GH, P}, opts);
-  Tensor db = has_bias ? at::empty({GH}, opts) : empty0(opts);
-  Tensor dw_hr = p.w_hr.defined() ? at::empty({P, H}, opts) : empty0(opts);
-  Tensor dln_ih = ln ? at::empty({GH}, opts) : empty0(opts), dln_hh = ln ? at::empty({GH}, opts) : empty0(opts);
-  Tensor dln_c = ln ? at::empty({H}, opts) : empty0(opts), dln_c_b = ln ? at::empty({H}, opts) : empty0(opts);
-  Tensor ws = workspace.contiguous(), cl = cells.contiguous(), h0 = hx.contiguous(), c0 = cx.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_options_backward", [&] {
-    using T = scalar_t;
-    const Layer<T> L = layer_of<T>(p, true, reverse, zoneout);
-    options_backward<T>(L, y.data_ptr<T>(), ws.data_ptr<T>(), cl.data_ptr<T>(), h0.data_ptr<T>(),
-                        c0.data_ptr<T>(), dy.defined() ? dy.data_ptr<T>() : nullptr,
-                        dh.data_ptr<T>(), dc.data_ptr<T>(), need_grad_input ? dx.data_ptr<T>() : nullptr,
-                        dw_ih.data_ptr<T>(), dw_hh.data_ptr<T>(), has_bias ? db.data_ptr<T>() : nullptr,
-                        nullptr, p.w_hr.defined() ? dw_hr.data_ptr<T>() : nullptr, out_ptr<T>(dln_ih),
-                        out_ptr<T>(dln_hh), out_ptr<T>(dln_c), out_ptr<T>(dln_c_b));
-  });
-  return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr, dln_ih, dln_hh, dln_c, dln_c_b};
-}
-
-std::vector<Tensor> gru_options_backward(
-    const OptT& grad_output, const OptT& grad_hy, const Tensor& input, const Tensor& hx,
-    const Tensor& w_ih, const Tensor& w_hh, const OptT& ln_ih, const OptT& ln_hh, const OptT& rec,
-    const OptT& zh, double zoneout, const Tensor& output, const Tensor& workspace,
-    const OptT& batch_sizes, bool reverse, bool has_bias, bool need_grad_input) {
-  const char* op = "rnnfast::gru_options_backward";
-  check_zoneout(op, zoneout);
-  Parsed p = parse(op, false, input, hx, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
-                   std::nullopt, ln_ih, ln_hh, std::nullopt, std::nullopt, rec, zh, std::nullopt,
-                   batch_sizes);
-  const auto opts = input.options();
-  const int64_t N = p.d.seq.N, B = p.d.seq.B, H = p.d.H, GH = 3 * H, I = p.d.I;
-  const bool ln = p.ln_hh.defined();
-  check_saved(op, workspace, N, workspace_cols(false, ln, H));
-  Tensor y = output.contiguous().reshape({N, H});
-  Tensor dy = rows_of(grad_output, N, H);
-  Tensor dh = state_grad(grad_hy, B, H, opts);
-  Tensor dx = need_grad_input ? at::empty_like(p.x) : empty0(opts);
-  Tensor dw_ih = at::empty({GH, I}, opts), dw_hh = at::empty({GH, H}, opts);
-  Tensor db_ih = has_bias ? at::empty({GH}, opts) : empty0(opts);
-  Tensor db_hh = has_bias ? at::empty({GH}, opts) : empty0(opts);
-  Tensor dln_ih = ln ? at::empty({GH}, opts) : empty0(opts), dln_hh = ln ? at::empty({GH}, opts) : empty0(opts);
-  Tensor ws = workspace.contiguous(), h0 = hx.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_options_backward", [&] {
-    using T = scalar_t;
-    const Layer<T> L = layer_of<T>(p, false, reverse, zoneout);
-    options_backward<T>(L, y.data_ptr<T>(), ws.data_ptr<T>(), nullptr, h0.data_ptr<T>(), nullptr,
-                        dy.defined() ? dy.data_ptr<T>() : nullptr, dh.data_ptr<T>(), nullptr,
-                        need_grad_input ? dx.data_ptr<T>() : nullptr, dw_ih.data_ptr<T>(),
-                        dw_hh.data_ptr<T>(), has_bias ? db_ih.data_ptr<T>() : nullptr,
-                        has_bias ? db_hh.data_ptr<T>() : nullptr, nullptr, out_ptr<T>(dln_ih),
-                        out_ptr<T>(dln_hh), nullptr, nullptr);
-  });
-  return {dx, dh, dw_ih, dw_hh, db_ih, db_hh, dln_ih, dln_hh};
-}
+// The executor of core::OptionOperators on the CPU.
+struct CpuOptions {
+  static constexpr Dtypes kDtypes = kCpuDtypes;
+  using Guard = core::NoDeviceGuard;
+  template <typename T>
+  static void forward(const core::OptionForward<T>& a) {
+    const Layer<T> L = layer_of<T>(*a.p, a.lstm, a.reverse, a.zp);
+    options_forward<T>(L, a.y, a.h, a.c, a.ws, a.cells);
+  }
+  template <typename T>
+  static void backward(const core::OptionBackward<T>& a) {
+    const Layer<T> L = layer_of<T>(*a.p, a.lstm, a.reverse, a.zp);
+    options_backward<T>(L, a.y, a.ws, a.cells, a.hx, a.cx, a.dy, a.dh, a.dc, a.dx, a.dw_ih,
+                        a.dw_hh, a.db_ih, a.db_hh, a.dw_hr, a.dln_ih, a.dln_hh, a.dln_c,
+                        a.dln_c_b);
+  }
+};
 
 }  // namespace
 }  // namespace cpu
 }  // namespace rnnfast
 
-// The schemas of the option operators (CPU only; rnnfast/ops.py runs rnnfast.reference for
-// these options on other devices).
+// The schemas of the option operators (csrc/core/options.h).
 TORCH_LIBRARY_FRAGMENT(rnnfast, m) {
-  m.def(
-      "lstm_options_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor? ln_ih, Tensor? ln_hh, Tensor? ln_c, "
-      "Tensor? ln_c_bias, Tensor? recurrent_mask, Tensor? zoneout_h, Tensor? zoneout_c, "
-      "float zoneout, Tensor? batch_sizes, bool reverse, bool need_workspace) -> (Tensor output, "
-      "Tensor hy, Tensor cy, Tensor workspace, Tensor cells)");
-  m.def(
-      "lstm_options_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, "
-      "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? ln_ih, Tensor? ln_hh, "
-      "Tensor? ln_c, Tensor? ln_c_bias, Tensor? recurrent_mask, Tensor? zoneout_h, "
-      "Tensor? zoneout_c, float zoneout, Tensor output, Tensor workspace, Tensor cells, "
-      "Tensor? batch_sizes, bool reverse, bool has_bias, bool need_grad_input) -> Tensor[]");
-  m.def(
-      "gru_options_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? ln_ih, Tensor? ln_hh, Tensor? recurrent_mask, Tensor? zoneout_h, "
-      "float zoneout, Tensor? batch_sizes, bool reverse, bool need_workspace) -> (Tensor output, "
-      "Tensor hy, Tensor workspace)");
-  m.def(
-      "gru_options_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor hx, "
-      "Tensor w_ih, Tensor w_hh, Tensor? ln_ih, Tensor? ln_hh, Tensor? recurrent_mask, "
-      "Tensor? zoneout_h, float zoneout, Tensor output, Tensor workspace, Tensor? batch_sizes, "
-      "bool reverse, bool has_bias, bool need_grad_input) -> Tensor[]");
+  for (const char* schema : rnnfast::core::kOptionSchemas) m.def(schema);
 }
 
 TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
-  m.impl("lstm_options_forward", &rnnfast::cpu::lstm_options_forward);
-  m.impl("lstm_options_backward", &rnnfast::cpu::lstm_options_backward);
-  m.impl("gru_options_forward", &rnnfast::cpu::gru_options_forward);
-  m.impl("gru_options_backward", &rnnfast::cpu::gru_options_backward);
+  rnnfast::core::register_option_operators<rnnfast::cpu::CpuOptions>(m);
 }
