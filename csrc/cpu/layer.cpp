@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/mman.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -653,6 +655,19 @@ template void layer_backward<float>(const core::LayerBackward<float>&,
                                     const BackwardScratch<float>&);
 template void layer_backward<double>(const core::LayerBackward<double>&,
                                      const BackwardScratch<double>&);
+
+void advise_huge_pages(const void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < 2 * kHugePage) return;
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t first = (b + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (b + bytes) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 void step_loop_region(int64_t step_flops, bool split_invariant,
                       const std::function<void(int tid, int nt, StepSync& sync)>& fn) {

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -50,11 +51,23 @@ namespace {
 
 using at::Tensor;
 
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
 // A buffer of n values, not initialised (every element is written before it is read).
 template <typename T>
 struct Buffer {
-  std::unique_ptr<T[]> p;
-  explicit Buffer(int64_t n) : p(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {}
+  std::unique_ptr<T, FreeDeleter> p;
+  explicit Buffer(int64_t n) {
+    if (n <= 0) return;
+    const size_t bytes = sizeof(T) * static_cast<size_t>(n);
+    const size_t align = bytes >= 2 * kHugePage ? kHugePage : 64;
+    void* q = std::aligned_alloc(align, (bytes + align - 1) / align * align);
+    TORCH_CHECK(q != nullptr, "rnnfast: out of memory allocating ", bytes, " bytes");
+    if (align == kHugePage) advise_huge_pages(q, bytes);
+    p.reset(static_cast<T*>(q));
+  }
   T* data() const { return p.get(); }
 };
 
@@ -577,6 +590,9 @@ template <typename T>
 void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
   const Sequence& s = *L.s;
   const int64_t H = L.H, P = L.P, B = s.B, N = s.N, G = L.G(), GH = G * H;
+  advise_huge_pages(y, sizeof(T) * N * P);
+  if (ws != nullptr) advise_huge_pages(ws, sizeof(T) * N * L.ws_ld);
+  if (cells != nullptr) advise_huge_pages(cells, sizeof(T) * N * H);
   // The input side of every row: X W_ih^T, normalised (LN), plus the biases that are added
   // after it (LSTM: b_ih + b_hh; GRU: b_ih).
   Buffer<T> xg(N * GH);
