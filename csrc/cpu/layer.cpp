@@ -658,7 +658,7 @@ template void layer_backward<double>(const core::LayerBackward<double>&,
 
 void advise_huge_pages(const void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes < 2 * kHugePage) return;
+  if (bytes < kHugePageMinBytes) return;
   const uintptr_t b = reinterpret_cast<uintptr_t>(p);
   const uintptr_t first = (b + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t last = (b + bytes) & ~(kHugePage - 1);

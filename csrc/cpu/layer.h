@@ -168,13 +168,17 @@ class StepSync {
 // region or below 64K flops a step, and, for a loop whose result does not depend on the
 // split (`split_invariant`), one thread while the load monitor says the threads are not all
 // running; sync.barrier() is the timed step barrier whose waits the monitor judges.
-// Buffers beyond the C allocator's mapping threshold (glibc: at most 32 MiB, e.g. the
-// layer-normalised LSTM's workspace of 13H + 3 values a row) are fresh pages on every call,
-// and a first touch of each 4 KiB page costs a fault and a clear. Asks for transparent huge pages
-// on the 2 MiB-aligned part of [p, p + bytes) (granted where the kernel's setting is
-// "madvise" or "always"), so that a buffer not yet touched takes one fault per 2 MiB. Only
-// advice: memory already touched, or a kernel without THP, is left as it is.
+// Large buffers (the layer-normalised LSTM's workspace of 13H + 3 values a row, beyond the C
+// allocator's mapping threshold, and the option layers' gate-sized scratch) are often fresh
+// pages on every call, and a first touch of each 4 KiB page costs a fault and a clear. Asks
+// for transparent huge pages on the 2 MiB-aligned part of [p, p + bytes) for buffers of
+// kHugePageMinBytes or more (granted where the kernel's setting is "madvise" or "always"), so
+// that a buffer not yet touched takes one fault per 2 MiB. Only advice: memory already
+// touched, or a kernel without THP, is left as it is. Smaller buffers are left alone: there a
+// huge-page fault (clearing 2 MiB, possibly compacting memory first) measured slower (LSTM S
+// inference).
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kHugePageMinBytes = size_t{8} << 20;
 void advise_huge_pages(const void* p, size_t bytes);
 
 void step_loop_region(int64_t step_flops, bool split_invariant,

@@ -62,7 +62,7 @@ struct Buffer {
   explicit Buffer(int64_t n) {
     if (n <= 0) return;
     const size_t bytes = sizeof(T) * static_cast<size_t>(n);
-    const size_t align = bytes >= 2 * kHugePage ? kHugePage : 64;
+    const size_t align = bytes >= kHugePageMinBytes ? kHugePage : 64;
     void* q = std::aligned_alloc(align, (bytes + align - 1) / align * align);
     TORCH_CHECK(q != nullptr, "rnnfast: out of memory allocating ", bytes, " bytes");
     if (align == kHugePage) advise_huge_pages(q, bytes);
