@@ -58,6 +58,13 @@ def torch_ref(kind, I, H, P, dtype, bias, params):
     return m
 
 
+def packed_batch_sizes(T, B):
+    """batch_sizes of a PackedSequence of B random lengths in [1, T], the longest T."""
+    lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
+    lengths[0] = T
+    return torch.tensor([sum(1 for L in lengths if L > s) for s in range(T)])
+
+
 def forward(kind, x, hx, cx, params, batch_sizes, reverse, need_ws):
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     if kind == "lstm":
@@ -98,9 +105,7 @@ def case(kind, T, B, I, H, proj, packed, reverse, dtype, bias, noncontig, option
     params = (w(g * H, I), w(g * H, P), w(g * H) if bias else None, w(g * H) if bias else None,
               w(P, H) if P != H else None)
     if packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
-        lengths[0] = T
-        bs = torch.tensor([sum(1 for L in lengths if L > s) for s in range(T)])
+        bs = packed_batch_sizes(T, B)
         x = t(int(bs.sum()), I)
     else:
         bs = None
@@ -163,9 +168,7 @@ def option_case(ns, ref, kind, T, B, I, H, proj, ln, zone, rec, packed, reverse,
         return torch.randn(*shape, dtype=dtype) * scale
 
     if packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
-        lengths[0] = T
-        bs = torch.tensor([sum(1 for L in lengths if L > s) for s in range(T)])
+        bs = packed_batch_sizes(T, B)
         x = t(int(bs.sum()), I)
     else:
         bs, x = None, t(T, B, I)

@@ -11,7 +11,7 @@ import rnnfast
 from rnnfast import ops, reference as ref
 from rnnfast.testing import emulate_cuda
 
-from test_options_kernels import _cases, _layer, _run
+from test_options_kernels import _cases, _gradcheck, _layer, _run
 
 #: float64: the operators and the reference compute the same formulas in a different order
 #: (sums of <= 280 terms); float32 against the float64 reference: within 4x torch's own
@@ -101,22 +101,8 @@ def test_half_types_on_float32_copies(kind, dtype):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_gradcheck(kind):
-    tensors, kwargs, leaves = _layer(kind, torch.float64, ln=True, zone="train", rec=True,
-                                     wd=True, proj=2 if kind == "lstm" else 0, packed=True,
-                                     inp=2, hidden=3)
-    fn = ops.lstm_layer if kind == "lstm" else ops.gru_layer
-    pos = {id(t): i for i, t in enumerate(tensors) if t is not None}
-    lnp = kwargs.pop("layer_norm")
-
-    def f(*args):
-        ts = list(tensors)
-        for t, a in zip(leaves, args):
-            if id(t) in pos:
-                ts[pos[id(t)]] = a
-        return fn(*ts, layer_norm=list(args[len(args) - len(lnp):]), **kwargs)
-
     with emulate_cuda():
-        assert torch.autograd.gradcheck(f, tuple(leaves))
+        assert _gradcheck(kind, inp=2, hidden=3)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
