@@ -11,7 +11,7 @@ import rnnfast
 from rnnfast import ops, reference as ref
 from rnnfast.testing import emulate_cuda
 
-from test_options_kernels import _cases, _gradcheck, _layer, _run
+from test_options_kernels import _cases, _float32_errors, _gradcheck, _layer, _opcheck, _run
 
 #: float64: the operators and the reference compute the same formulas in a different order
 #: (sums of <= 280 terms); float32 against the float64 reference: within 4x torch's own
@@ -33,6 +33,19 @@ def _compare(got, want, **tol):
 def test_float64_matches_reference(kind, ln, zone, rec, wd, packed, reverse, proj):
     tensors, kwargs, leaves = _layer(kind, torch.float64, ln=ln, zone=zone, rec=rec, wd=wd,
                                      proj=proj, packed=packed)
+    kwargs["reverse"] = reverse
+    with emulate_cuda():
+        got = _run(ops, kind, tensors, kwargs, leaves)
+    _compare(got, _run(ref, kind, tensors, kwargs, leaves), **F64)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kind,proj", [("lstm", 0), ("lstm", 2), ("gru", 0)])
+def test_padded_without_recurrent_dropout(kind, proj, reverse):
+    """Padded input without a recurrent mask: dW_hh from the shifted output rows (the other
+    cases gather h_{t-1} per step)."""
+    tensors, kwargs, leaves = _layer(kind, torch.float64, ln=True, zone="train", rec=False,
+                                     wd=True, proj=proj)
     kwargs["reverse"] = reverse
     with emulate_cuda():
         got = _run(ops, kind, tensors, kwargs, leaves)
@@ -66,20 +79,9 @@ def test_the_emulated_operators_run():
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_float32_error_as_torch_float32(kind, batch):
-    args = dict(ln=True, zone="train", rec=True, wd=True, seed=batch, steps=6, batch=batch,
-                inp=5, hidden=9)
-    t64, kw64, l64 = _layer(kind, torch.float64, **args)
-    t32, kw32, l32 = _layer(kind, torch.float32, **args)
-    exact = _run(ref, kind, t64, kw64, l64)
     with emulate_cuda():
-        mine = _run(ops, kind, t32, kw32, l32)
-    torch_f32 = _run(ref, kind, t32, kw32, l32)
-
-    def err(got):
-        return max(((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                   for a, b in zip(got[0] + got[1], exact[0] + exact[1]))
-
-    assert err(mine) <= 4 * err(torch_f32) + 1e-6
+        mine, torch_f32 = _float32_errors(kind, batch, steps=6)
+    assert mine <= 4 * torch_f32 + 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -107,19 +109,8 @@ def test_gradcheck(kind):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_opcheck(kind):
-    tensors, kwargs, leaves = _layer(kind, torch.float32, ln=True, zone="train", rec=True,
-                                     wd=False, steps=3)
-    m = kwargs["masks"]
-    lnp = kwargs["layer_norm"]
     rnnfast.testing.emulator()
-    if kind == "lstm":
-        op = torch.ops.rnnfast_emu.lstm_options_forward
-        args = (*tensors, *lnp, m.recurrent, m.zoneout_h[:3], m.zoneout_c[:3], 0.0, None, False,
-                True)
-    else:
-        op = torch.ops.rnnfast_emu.gru_options_forward
-        args = (*tensors, *lnp, m.recurrent, m.zoneout_h[:3], 0.0, None, True, True)
-    torch.library.opcheck(op, args)
+    _opcheck(torch.ops.rnnfast_emu, kind, steps=3)
 
 
 @pytest.mark.parametrize("mode", ["rnn", "cell"])

@@ -107,24 +107,29 @@ def test_the_operators_run():
     assert "rnnfast::lstm_options_backward" in names
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("batch", [1, 3, 8, 33])
-def test_float32_error_as_torch_float32(kind, batch):
-    """float32 against the float64 reference: no larger than torch's own float32 error on
-    the same formulas (rnnfast.reference in float32), with a margin of 4x."""
-    args = dict(ln=True, zone="train", rec=True, wd=True, seed=batch, steps=7, batch=batch,
+def _float32_errors(kind, batch, steps):
+    """(error of the operators in float32, error of the reference in float32), each the
+    largest relative error over outputs and gradients against the float64 reference."""
+    args = dict(ln=True, zone="train", rec=True, wd=True, seed=batch, steps=steps, batch=batch,
                 inp=5, hidden=9)
     t64, kw64, l64 = _layer(kind, torch.float64, **args)
     t32, kw32, l32 = _layer(kind, torch.float32, **args)
     exact = _run(ref, kind, t64, kw64, l64)
-    mine = _run(ops, kind, t32, kw32, l32)
-    torch_f32 = _run(ref, kind, t32, kw32, l32)
 
     def err(got):
         return max(((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
                    for a, b in zip(got[0] + got[1], exact[0] + exact[1]))
 
-    assert err(mine) <= 4 * err(torch_f32) + 1e-6
+    return err(_run(ops, kind, t32, kw32, l32)), err(_run(ref, kind, t32, kw32, l32))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch", [1, 3, 8, 33])
+def test_float32_error_as_torch_float32(kind, batch):
+    """float32 against the float64 reference: no larger than torch's own float32 error on
+    the same formulas (rnnfast.reference in float32), with a margin of 4x."""
+    mine, torch_f32 = _float32_errors(kind, batch, steps=7)
+    assert mine <= 4 * torch_f32 + 1e-6
 
 
 def _gradcheck(kind, **sizes):
@@ -151,19 +156,23 @@ def test_gradcheck(kind):
     assert _gradcheck(kind, inp=3, hidden=4)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_opcheck(kind):
+def _opcheck(namespace, kind, **sizes):
     tensors, kwargs, leaves = _layer(kind, torch.float32, ln=True, zone="train", rec=True,
-                                     wd=False)
+                                     wd=False, **sizes)
     m = kwargs["masks"]
     lnp = kwargs["layer_norm"]
     if kind == "lstm":
-        op = torch.ops.rnnfast.lstm_options_forward
+        op = namespace.lstm_options_forward
         args = (*tensors, *lnp, m.recurrent, m.zoneout_h, m.zoneout_c, 0.0, None, False, True)
     else:
-        op = torch.ops.rnnfast.gru_options_forward
+        op = namespace.gru_options_forward
         args = (*tensors, *lnp, m.recurrent, m.zoneout_h, 0.0, None, True, True)
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_opcheck(kind):
+    _opcheck(torch.ops.rnnfast, kind)
 
 
 def _on_threads(n, fn):

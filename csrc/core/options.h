@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "operators.h"
 
 namespace rnnfast {
 namespace core {
@@ -194,11 +195,6 @@ struct OptionBackward {
   T* dln_c_b;
 };
 
-template <typename T>
-T* data_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
-}
-
 // The four operators over an executor Exec, which has
 //   static constexpr Dtypes kDtypes;
 //   struct Guard { explicit Guard(at::Device); };
@@ -230,8 +226,8 @@ struct OptionOperators {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_options_forward", [&] {
       Exec::template forward<scalar_t>(OptionForward<scalar_t>{
           &p, true, reverse, static_cast<scalar_t>(zoneout), output.data_ptr<scalar_t>(),
-          hy.data_ptr<scalar_t>(), cy.data_ptr<scalar_t>(), data_or_null<scalar_t>(ws),
-          data_or_null<scalar_t>(cells)});
+          hy.data_ptr<scalar_t>(), cy.data_ptr<scalar_t>(), ptr<scalar_t>(ws),
+          ptr<scalar_t>(cells)});
     });
     return {output, hy, cy, ws, cells};
   }
@@ -256,7 +252,7 @@ struct OptionOperators {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_options_forward", [&] {
       Exec::template forward<scalar_t>(OptionForward<scalar_t>{
           &p, false, reverse, static_cast<scalar_t>(zoneout), output.data_ptr<scalar_t>(),
-          hy.data_ptr<scalar_t>(), nullptr, data_or_null<scalar_t>(ws), nullptr});
+          hy.data_ptr<scalar_t>(), nullptr, ptr<scalar_t>(ws), nullptr});
     });
     return {output, hy, ws};
   }
@@ -297,11 +293,11 @@ struct OptionOperators {
       using T = scalar_t;
       Exec::template backward<T>(OptionBackward<T>{
           &p, true, reverse, static_cast<T>(zoneout), y.data_ptr<T>(), ws.data_ptr<T>(),
-          cl.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), data_or_null<T>(dy),
-          dh.data_ptr<T>(), dc.data_ptr<T>(), data_or_null<T>(dx), dw_ih.data_ptr<T>(),
-          dw_hh.data_ptr<T>(), data_or_null<T>(db), nullptr, data_or_null<T>(dw_hr),
-          data_or_null<T>(dln_ih), data_or_null<T>(dln_hh), data_or_null<T>(dln_c),
-          data_or_null<T>(dln_c_b)});
+          cl.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), ptr<T>(dy),
+          dh.data_ptr<T>(), dc.data_ptr<T>(), ptr<T>(dx), dw_ih.data_ptr<T>(),
+          dw_hh.data_ptr<T>(), ptr<T>(db), nullptr, ptr<T>(dw_hr),
+          ptr<T>(dln_ih), ptr<T>(dln_hh), ptr<T>(dln_c),
+          ptr<T>(dln_c_b)});
     });
     return {dx, dh, dc, dw_ih, dw_hh, db, dw_hr, dln_ih, dln_hh, dln_c, dln_c_b};
   }
@@ -337,9 +333,9 @@ struct OptionOperators {
       using T = scalar_t;
       Exec::template backward<T>(OptionBackward<T>{
           &p, false, reverse, static_cast<T>(zoneout), y.data_ptr<T>(), ws.data_ptr<T>(),
-          nullptr, h0.data_ptr<T>(), nullptr, data_or_null<T>(dy), dh.data_ptr<T>(), nullptr,
-          data_or_null<T>(dx), dw_ih.data_ptr<T>(), dw_hh.data_ptr<T>(), data_or_null<T>(db_ih),
-          data_or_null<T>(db_hh), nullptr, data_or_null<T>(dln_ih), data_or_null<T>(dln_hh),
+          nullptr, h0.data_ptr<T>(), nullptr, ptr<T>(dy), dh.data_ptr<T>(), nullptr,
+          ptr<T>(dx), dw_ih.data_ptr<T>(), dw_hh.data_ptr<T>(), ptr<T>(db_ih),
+          ptr<T>(db_hh), nullptr, ptr<T>(dln_ih), ptr<T>(dln_hh),
           nullptr, nullptr});
     });
     return {dx, dh, dw_ih, dw_hh, db_ih, db_hh, dln_ih, dln_hh};

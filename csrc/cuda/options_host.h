@@ -41,10 +41,6 @@ struct OptionsExec {
   static void backward(const core::OptionBackward<T>& a);
 };
 
-template <typename T>
-const T* data_of(const Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
-}
 inline const bool* mask_at(const Tensor& m, int64_t offset) {
   return m.defined() && m.numel() > 0 ? m.data_ptr<bool>() + offset : nullptr;
 }
@@ -66,9 +62,9 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
     const OptionInputRows<T> k{.N = N,
                                .GH = GH,
                                .v = gx.data_ptr<T>(),
-                               .gamma = data_of<T>(p.ln_ih),
-                               .b1 = data_of<T>(p.b_ih),
-                               .b2 = lstm ? data_of<T>(p.b_hh) : nullptr,
+                               .gamma = dptr<const T>(p.ln_ih),
+                               .b1 = dptr<const T>(p.b_ih),
+                               .b2 = lstm ? dptr<const T>(p.b_hh) : nullptr,
                                .xhat = a.ws != nullptr ? a.ws + lay.xhat_ih_col() : nullptr,
                                .rstd = a.ws != nullptr ? a.ws + lay.rstd_ih_col() : nullptr,
                                .ld = lay.cols()};
@@ -98,9 +94,9 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
                                         .H = H,
                                         .gx = gx.data_ptr<T>() + o * GH,
                                         .gh = gh.data_ptr<T>(),
-                                        .ln_hh = data_of<T>(p.ln_hh),
-                                        .ln_c = data_of<T>(p.ln_c),
-                                        .ln_c_b = data_of<T>(p.ln_c_b),
+                                        .ln_hh = dptr<const T>(p.ln_hh),
+                                        .ln_c = dptr<const T>(p.ln_c),
+                                        .ln_c_b = dptr<const T>(p.ln_c_b),
                                         .c = a.c,
                                         .zc = mask_at(p.zc, t * B * H),
                                         .zh = proj ? nullptr : zh,
@@ -110,7 +106,7 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
                                         .h = proj ? nullptr : a.h,
                                         .y = proj ? nullptr : a.y + o * P,
                                         .hm = proj || !rec ? nullptr : hm.data_ptr<T>(),
-                                        .rec = data_of<T>(p.rec),
+                                        .rec = dptr<const T>(p.rec),
                                         .ws = ws,
                                         .ws_ld = lay.cols(),
                                         .cells = a.cells != nullptr ? a.cells + o * H : nullptr};
@@ -126,7 +122,7 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
                                .zh = zh,
                                .zp = a.zp,
                                .hm = rec ? hm.data_ptr<T>() : nullptr,
-                               .rec = data_of<T>(p.rec)};
+                               .rec = dptr<const T>(p.rec)};
         simt::launch(zoneout_rows<T>, pointwise_config(R * P, "zoneout_rows"), z);
         RNNFAST_LAUNCH_CHECK();
       }
@@ -135,14 +131,14 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
                                        .H = H,
                                        .gx = gx.data_ptr<T>() + o * GH,
                                        .gh = gh.data_ptr<T>(),
-                                       .ln_hh = data_of<T>(p.ln_hh),
-                                       .b_hh = data_of<T>(p.b_hh),
+                                       .ln_hh = dptr<const T>(p.ln_hh),
+                                       .b_hh = dptr<const T>(p.b_hh),
                                        .h = a.h,
                                        .zh = zh,
                                        .zp = a.zp,
                                        .y = a.y + o * H,
                                        .hm = rec ? hm.data_ptr<T>() : nullptr,
-                                       .rec = data_of<T>(p.rec),
+                                       .rec = dptr<const T>(p.rec),
                                        .ws = ws,
                                        .ws_ld = lay.cols()};
       simt::launch(gru_options_forward_step<T>,
@@ -199,9 +195,9 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
           .H = H,
           .ws = a.ws + o * ld,
           .ws_ld = ld,
-          .ln_hh = data_of<T>(p.ln_hh),
-          .ln_c = data_of<T>(p.ln_c),
-          .ln_c_b = data_of<T>(p.ln_c_b),
+          .ln_hh = dptr<const T>(p.ln_hh),
+          .ln_c = dptr<const T>(p.ln_c),
+          .ln_c_b = dptr<const T>(p.ln_c_b),
           .cprev = n_prev > 0 ? a.cells + s.off[tp] * H : nullptr,
           .cinit = a.cx,
           .n_prev = n_prev,
@@ -224,7 +220,7 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
                                         .H = H,
                                         .ws = a.ws + o * ld,
                                         .ws_ld = ld,
-                                        .ln_hh = data_of<T>(p.ln_hh),
+                                        .ln_hh = dptr<const T>(p.ln_hh),
                                         .hprev = n_prev > 0 ? a.y + s.off[tp] * H : nullptr,
                                         .hinit = a.hx,
                                         .n_prev = n_prev,
@@ -248,17 +244,23 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
       dht.addmm_(rows(dhg, o, R), p.w_hh);
     }
   }
-  // dW_hh from h_{t-1} of every row as the recurrent product saw it (times the mask).
-  Tensor hprev = at::empty({N, P}, opts);
-  for (int64_t t = 0; t < s.T; ++t) {
-    const int64_t tp = s.prev_of(t, a.reverse), n_prev = s.rows_with_prev(t, a.reverse);
-    if (n_prev > 0) rows(hprev, s.off[t], n_prev).copy_(rows(y, s.off[tp], n_prev));
-    if (s.bs[t] > n_prev) {
-      rows(hprev, s.off[t] + n_prev, s.bs[t] - n_prev).copy_(rows(hx, n_prev, s.bs[t] - n_prev));
+  // dW_hh from h_{t-1} of every row as the recurrent product saw it: without a mask the
+  // baseline's product over the shifted output rows; with one, gathered and masked rows.
+  const Tensor dw_hh = blob(a.dw_hh, {GH, P}, opts);
+  if (!rec) {
+    prev_rows_product(dw_hh, dhg, y, hx, s, a.reverse);
+  } else {
+    Tensor hprev = at::empty({N, P}, opts);
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t tp = s.prev_of(t, a.reverse), n_prev = s.rows_with_prev(t, a.reverse);
+      if (n_prev > 0) rows(hprev, s.off[t], n_prev).copy_(rows(y, s.off[tp], n_prev));
+      if (s.bs[t] > n_prev) {
+        rows(hprev, s.off[t] + n_prev, s.bs[t] - n_prev).copy_(rows(hx, n_prev, s.bs[t] - n_prev));
+      }
+      if (s.bs[t] > 0) rows(hprev, s.off[t], s.bs[t]).mul_(rows(p.rec, 0, s.bs[t]));
     }
-    if (rec && s.bs[t] > 0) rows(hprev, s.off[t], s.bs[t]).mul_(rows(p.rec, 0, s.bs[t]));
+    mm_into(dw_hh, dhg.t(), hprev);
   }
-  mm_into(blob(a.dw_hh, {GH, P}, opts), dhg.t(), hprev);
   if (a.db_ih != nullptr) column_sum_into(dgx, blob(a.db_ih, {GH}, opts));
   if (a.db_hh != nullptr) column_sum_into(dgh, blob(a.db_hh, {GH}, opts));
   if (ln) {
@@ -272,7 +274,7 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
     const OptionInputRowsBackward<T> k{.N = N,
                                        .GH = GH,
                                        .dv = dgx.data_ptr<T>(),
-                                       .gamma = data_of<T>(p.ln_ih),
+                                       .gamma = dptr<const T>(p.ln_ih),
                                        .xhat = a.ws + lay.xhat_ih_col(),
                                        .rstd = a.ws + lay.rstd_ih_col(),
                                        .ld = ld};
