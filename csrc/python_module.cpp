@@ -5,6 +5,7 @@
 
 #include "build_info.h"
 #include "core/cells.h"
+#include "core/cuda_algorithm.h"
 #include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/layer.h"
@@ -148,6 +149,11 @@ pybind11::dict cell_specs() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfast's compiled core: registers the torch.ops.rnnfast operators.";
+  m.def("_set_cuda_algorithm",
+        [](int v) { rnnfast::core::cuda_algorithm_setting().store(v); }, pybind11::arg("value"),
+        "The CUDA layers' forward algorithm (rnnfast.cuda_algorithm): 0 auto, 1 standard, "
+        "2 persistent.");
+  m.def("_cuda_algorithm", [] { return rnnfast::core::cuda_algorithm_setting().load(); });
   m.def("build_info", &build_info,
         "What this build of rnnfast contains: CUDA support and archs, the CPU kernel set "
         "chosen for this CPU, the GEMM backend, the torch version it was compiled against.");

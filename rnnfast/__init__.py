@@ -21,7 +21,9 @@ from . import quantization  # registers the layers with torch's dynamic quantiza
 from . import onnx  # registers the ONNX exporter's symbolic functions for rnnfast's operators
 from .onnx import OnnxExportError, onnx_translation_table
 from ._C import build_info
+from ._cuda import cuda_algorithm
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
+           "cuda_algorithm",
            "functional", "ops", "onnx", "onnx_translation_table", "OnnxExportError",
            "quantization", "init", "StreamingState", "__version__"]

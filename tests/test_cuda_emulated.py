@@ -108,12 +108,19 @@ def _compare(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor],
                                    msg=lambda m, n=name: f"{label} {n}: {m}")
 
 
+#: The forward algorithms (rnnfast.cuda_algorithm); "auto" takes the persistent one at
+#: these batch sizes, so the tests below that do not name one run that.
+ALGORITHMS = ("standard", "persistent")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("T,B,H", [(t, b, h) for t in (1, 5) for b in (1, 3) for h in (1, 7, 33)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("kind", KINDS)
-def test_layer_kernels(kind, dtype, T, B, H):
-    """Every kernel (forward and backward step of each cell, and the bias column sums)
-    in every dtype, both directions, against reference.py in float64."""
+def test_layer_kernels(kind, dtype, T, B, H, algorithm):
+    """Every kernel (forward and backward step of each cell, or the persistent forward,
+    and the bias column sums) in every dtype, both directions, against reference.py in
+    float64."""
     _need_dtype(dtype)
     I = 5
     p, P = _layer_params(kind, I, H, dtype)
@@ -128,16 +135,17 @@ def test_layer_kernels(kind, dtype, T, B, H):
         expected = _forward_backward(kind, x.double(), h0.double(),
                                      None if c0 is None else c0.double(), up64, None, reverse,
                                      "reference", upstream)
-        with emulate_cuda():
+        with rnnfast.cuda_algorithm(algorithm), emulate_cuda():
             actual = _forward_backward(kind, x, h0, c0, p, None, reverse, "ops", upstream)
         for k, v in actual.items():
             assert v.dtype == dtype, f"{k} has dtype {v.dtype}"
         _compare(actual, expected, TOL[dtype], f"{kind} {dtype} reverse={reverse}")
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("kind", KINDS)
-def test_layer_packed(kind, dtype):
+def test_layer_packed(kind, dtype, algorithm):
     """Packed input (shrinking active batch per step) in both directions, no bias."""
     _need_dtype(dtype)
     T, B, I, H = 5, 4, 3, 7
@@ -155,7 +163,7 @@ def test_layer_packed(kind, dtype):
         expected = _forward_backward(kind, x.double(), h0.double(),
                                      None if c0 is None else c0.double(), up64, batch_sizes,
                                      reverse, "reference", upstream)
-        with emulate_cuda():
+        with rnnfast.cuda_algorithm(algorithm), emulate_cuda():
             actual = _forward_backward(kind, x, h0, c0, p, batch_sizes, reverse, "ops", upstream)
         _compare(actual, expected, TOL[dtype], f"packed {kind} {dtype} reverse={reverse}")
 

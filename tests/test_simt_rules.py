@@ -22,7 +22,8 @@ def _code(path: pathlib.Path) -> str:
 
 def test_sources_found():
     names = {p.name for p in SOURCES}
-    assert {"simt.h", "rnn_device.cuh", "rnn_host.h", "rnn_cuda.cu"} <= names
+    assert {"simt.h", "rnn_device.cuh", "rnn_host.h", "rnn_cuda.cu", "persistent_device.cuh",
+            "persistent_host.h"} <= names
 
 
 def test_no_raw_launch_or_shared_outside_simt():
@@ -52,11 +53,26 @@ def test_every_kernel_source_is_emulated():
         assert "rnn_host.h" in local and set(local) <= set(hosts) | {"../core/operators.h"}, \
             f"{cu.name} includes {local}: emulate them too"
     assert "simt_emu" in emulated
+    # The persistent algorithm's host side comes in through rnn_host.h, in both builds.
+    assert '#include "persistent_host.h"' in (CSRC / "cuda" / "rnn_host.h").read_text()
+    assert '#include "../kernels/persistent_device.cuh"' in \
+        (CSRC / "cuda" / "persistent_host.h").read_text()
 
 
 def test_kernels_take_no_cuda_only_apis():
     """Kernels use only what simt.h provides (no cudaMalloc, streams of their own, etc.)."""
-    for name in ("rnn_device.cuh", "rnn_host.h", "options_device.cuh", "options_host.h"):
+    for name in ("rnn_device.cuh", "rnn_host.h", "options_device.cuh", "options_host.h",
+                 "persistent_device.cuh", "persistent_host.h"):
         path = next(p for p in SOURCES if p.name == name)
         code = _code(path)
         assert not re.search(r"\bcuda(Malloc|Memcpy|StreamCreate|DeviceSynchronize)\b", code), name
+
+
+def test_counted_kernels_access_global_memory_through_simt():
+    """The kernels whose launches the emulator counts (rnn_device.cuh, persistent_device.cuh)
+    index no pointer parameter of their parameter structs directly: global memory goes
+    through simt::ld/ldg/st (load/store), or the counts would miss it."""
+    for name in ("rnn_device.cuh", "persistent_device.cuh"):
+        code = _code(CSRC / "kernels" / name)
+        direct = re.findall(r"\bp\.\w+\[", code)
+        assert not direct, f"{name}: {direct}"

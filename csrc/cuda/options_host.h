@@ -21,6 +21,12 @@
 namespace rnnfast {
 namespace RNNFAST_DEVICE_NS {
 
+// The option kernels access global memory directly: the emulator does not count their bytes.
+inline simt::LaunchConfig uncounted(simt::LaunchConfig cfg) {
+  cfg.counted = false;
+  return cfg;
+}
+
 inline simt::LaunchConfig row_config(int64_t rows, int64_t cols, size_t elem, const char* name) {
   simt::LaunchConfig cfg;
   cfg.grid = simt::dim3_t(static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(rows, 65535))));
@@ -28,7 +34,7 @@ inline simt::LaunchConfig row_config(int64_t rows, int64_t cols, size_t elem, co
   cfg.smem = kRowSharedSlots * elem;
   cfg.stream = RNNFAST_STREAM();
   cfg.name = name;
-  return cfg;
+  return uncounted(cfg);
 }
 
 struct OptionsExec {
@@ -58,7 +64,7 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
   // The input side of every row.
   Tensor gx;
   if (ln) {
-    gx = at::mm(x, p.w_ih.t());
+    gx = product(x, p.w_ih.t());
     const OptionInputRows<T> k{.N = N,
                                .GH = GH,
                                .v = gx.data_ptr<T>(),
@@ -71,9 +77,9 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
     simt::launch(option_input_rows<T>, row_config(N, GH, sizeof(T), "option_input_rows"), k);
     RNNFAST_LAUNCH_CHECK();
   } else if (p.b_ih.defined()) {
-    gx = at::addmm(lstm ? p.b_ih + p.b_hh : p.b_ih, x, p.w_ih.t());
+    gx = biased_product(lstm ? p.b_ih + p.b_hh : p.b_ih, x, p.w_ih.t());
   } else {
-    gx = at::mm(x, p.w_ih.t());
+    gx = product(x, p.w_ih.t());
   }
   const Tensor whh_t = p.w_hh.t();
   const Tensor whr_t = proj ? p.w_hr.t() : Tensor();
@@ -123,7 +129,7 @@ void OptionsExec::forward(const core::OptionForward<T>& a) {
                                .zp = a.zp,
                                .hm = rec ? hm.data_ptr<T>() : nullptr,
                                .rec = dptr<const T>(p.rec)};
-        simt::launch(zoneout_rows<T>, pointwise_config(R * P, "zoneout_rows"), z);
+        simt::launch(zoneout_rows<T>, uncounted(pointwise_config(R * P, "zoneout_rows")), z);
         RNNFAST_LAUNCH_CHECK();
       }
     } else {
@@ -186,7 +192,7 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
                               .zh = zh,
                               .zp = a.zp,
                               .dt = DH.data_ptr<T>() + o * P};
-        simt::launch(unzone_rows<T>, pointwise_config(R * P, "unzone_rows"), u);
+        simt::launch(unzone_rows<T>, uncounted(pointwise_config(R * P, "unzone_rows")), u);
         RNNFAST_LAUNCH_CHECK();
         mm_into(rows(dr, 0, R), rows(DH, o, R), p.w_hr);
       }
@@ -241,7 +247,7 @@ void OptionsExec::backward(const core::OptionBackward<T>& a) {
       mm_into(rows(prod, 0, R), rows(dhg, o, R), p.w_hh);
       dht.addcmul_(rows(prod, 0, R), rows(p.rec, 0, R));
     } else {
-      dht.addmm_(rows(dhg, o, R), p.w_hh);
+      add_mm(dht, rows(dhg, o, R), p.w_hh);
     }
   }
   // dW_hh from h_{t-1} of every row as the recurrent product saw it: without a mask the

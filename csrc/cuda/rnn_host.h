@@ -6,7 +6,13 @@
 //             and one GEMM for the recurrent gradient, then whole-sequence GEMMs
 //             for the input and weight gradients and cascade column sums for the
 //             bias gradients (fixed order: bitwise reproducible, no atomics).
-// GEMMs go through ATen (cuBLAS on the current stream on the GPU).
+// GEMMs go through ATen (cuBLAS on the current stream on the GPU), through the wrappers
+// below, which report each to the emulator's counters (simt::record_gemm).
+//
+// The forward pass has a second algorithm, the persistent kernel (persistent_host.h):
+// the process-wide setting (core/cuda_algorithm.h, rnnfast.cuda_algorithm) picks it per
+// layer after the input projection; backward is the same for both (what forward saves
+// is the same).
 //
 // This file is compiled twice: by nvcc in csrc/cuda/rnn_cuda.cu (namespace
 // rnnfast::gpu, CUDA tensors) and by the host compiler in
@@ -94,6 +100,34 @@ T* dptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
 }
 
+// GEMMs, each reported to the emulator's counters as M x N x K (a no-op on the GPU).
+inline void record(const char* what, const Tensor& a, const Tensor& b) {
+  simt::record_gemm(what, a.size(0), b.size(1), a.size(1));
+}
+inline Tensor product(const Tensor& a, const Tensor& b) {
+  record("mm", a, b);
+  return at::mm(a, b);
+}
+inline Tensor biased_product(const Tensor& bias, const Tensor& a, const Tensor& b) {
+  record("addmm", a, b);
+  return at::addmm(bias, a, b);
+}
+// out = a b
+inline void mm_into(Tensor out, const Tensor& a, const Tensor& b) {
+  record("mm", a, b);
+  at::mm_out(out, a, b);
+}
+// out = bias + a b
+inline void addmm_into(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) {
+  record("addmm", a, b);
+  at::addmm_out(out, bias, a, b);
+}
+// out += a b
+inline void add_mm(Tensor out, const Tensor& a, const Tensor& b) {
+  record("addmm", a, b);
+  out.addmm_(a, b);
+}
+
 inline simt::LaunchConfig pointwise_config(int64_t n, const char* name) {
   simt::LaunchConfig cfg;
   const int64_t blocks = std::max<int64_t>(
@@ -146,9 +180,9 @@ inline void prev_rows_product(Tensor out, const Tensor& dg, const Tensor& y, con
     // All B rows in every step: h_{t-1} of every step after the first (in processing
     // order) is the output one step over, a contiguous block of rows.
     const int64_t shifted = N - B, first = reverse ? shifted : 0;
-    at::mm_out(out, dg.narrow(0, first, B).t(), hx);
+    mm_into(out, dg.narrow(0, first, B).t(), hx);
     if (shifted > 0) {
-      out.addmm_(dg.narrow(0, reverse ? 0 : B, shifted).t(), y.narrow(0, reverse ? B : 0, shifted));
+      add_mm(out, dg.narrow(0, reverse ? 0 : B, shifted).t(), y.narrow(0, reverse ? B : 0, shifted));
     }
     return;
   }
@@ -160,7 +194,7 @@ inline void prev_rows_product(Tensor out, const Tensor& dg, const Tensor& y, con
       rows(hprev, s.off[t] + n_prev, s.bs[t] - n_prev).copy_(rows(hx, n_prev, s.bs[t] - n_prev));
     }
   }
-  at::mm_out(out, dg.t(), hprev);
+  mm_into(out, dg.t(), hprev);
 }
 
 // A tensor over a buffer of the layer structs (no copy, no ownership).
@@ -169,7 +203,26 @@ Tensor blob(const T* p, at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return at::from_blob(const_cast<T*>(p), sizes, opts);
 }
 
-inline void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
+
+// The input projection of the whole sequence, [N, G*H], with the biases folded in:
+// b_ih + b_hh, or b_ih for the GRU, whose b_hh joins the recurrent product.
+template <typename T, typename A>
+Tensor input_projection(const core::LayerForward<T, A>& a, const at::TensorOptions& opts) {
+  const int64_t GH = core::cell_spec(a.kind).gates * a.H;
+  const Tensor x = blob(a.x, {a.seq->N, a.I}, opts), w_ih = blob(a.w_ih, {GH, a.I}, opts);
+  if (a.b_ih == nullptr) return product(x, w_ih.t());
+  const Tensor b_ih = blob(a.b_ih, {GH}, opts);
+  return biased_product(
+      a.kind == core::CellKind::kGru ? b_ih : b_ih + blob(a.b_hh, {GH}, opts), x, w_ih.t());
+}
+
+}  // namespace RNNFAST_DEVICE_NS
+}  // namespace rnnfast
+
+#include "persistent_host.h"
+
+namespace rnnfast {
+namespace RNNFAST_DEVICE_NS {
 
 // ------------------------------------------------------------------ the backend
 
@@ -193,26 +246,20 @@ struct Backend {
   static void backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts);
 };
 
-// Forward: the input projection of the whole sequence as one GEMM (bias folded in:
-// b_ih + b_hh, or b_ih for the GRU, whose b_hh joins the recurrent product), then per
-// step one recurrent GEMM and one fused pointwise kernel (LSTM with projection: and the
-// projection GEMM).
+// Forward: the input projection of the whole sequence as one GEMM (input_projection),
+// then the persistent kernel where the algorithm setting picks it (persistent_host.h),
+// else per step one recurrent GEMM and one fused pointwise kernel (LSTM with projection:
+// and the projection GEMM).
 template <typename T, typename A>
 void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions& opts) {
   const core::Sequence& s = *a.seq;
   const int64_t N = s.N, B = s.B, H = a.H, P = a.P, GH = core::cell_spec(a.kind).gates * H;
   const bool gru = a.kind == core::CellKind::kGru, lstm = a.kind == core::CellKind::kLstm;
   const bool bias = a.b_ih != nullptr, proj = a.w_hr != nullptr;
-  const Tensor x = blob(a.x, {N, a.I}, opts), w_ih = blob(a.w_ih, {GH, a.I}, opts);
+  const Tensor gx = input_projection(a, opts);
+  if (try_persistent_forward(a, gx, opts)) return;
   const Tensor whh_t = blob(a.w_hh, {GH, P}, opts).t();
   const Tensor y = blob(a.y, {N, P}, opts), h = blob(a.h, {B, P}, opts);
-  Tensor gx;
-  if (bias) {
-    const Tensor b_ih = blob(a.b_ih, {GH}, opts);
-    gx = at::addmm(gru ? b_ih : b_ih + blob(a.b_hh, {GH}, opts), x, w_ih.t());
-  } else {
-    gx = at::mm(x, w_ih.t());
-  }
   const Tensor b_hh = gru && bias ? blob(a.b_hh, {GH}, opts) : Tensor();
   const Tensor whr_t = proj ? blob(a.w_hr, {P, H}, opts).t() : Tensor();
   Tensor gh = at::empty({B, GH}, opts);
@@ -222,7 +269,7 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
     if (R == 0) continue;
     Tensor ght = rows(gh, 0, R);
     if (b_hh.defined()) {
-      at::addmm_out(ght, b_hh, rows(h, 0, R), whh_t);
+      addmm_into(ght, b_hh, rows(h, 0, R), whh_t);
     } else {
       mm_into(ght, rows(h, 0, R), whh_t);
     }
@@ -354,8 +401,8 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
       RNNFAST_LAUNCH_CHECK();
       // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dGh_t W_hh.
       Tensor dht = rows(dh, 0, R);
-      dht.addmm_(rows(dg, o, R).narrow(1, 0, 2 * H), w_rz);
-      dht.addmm_(rows(dgh, o, R), w_n);
+      add_mm(dht, rows(dg, o, R).narrow(1, 0, 2 * H), w_rz);
+      add_mm(dht, rows(dgh, o, R), w_n);
     } else {
       const RnnBackwardStep<T> p{
           .R = R,

@@ -5,7 +5,8 @@
 //
 // Legend: R rows active in this step (R <= B), H hidden size, G gates per unit
 // (LSTM 4, GRU 3, RNN 1). Every pointer below is to row-major storage with the
-// row stride given by its shape; the step's rows are rows [0, R).
+// row stride given by its shape; the step's rows are rows [0, R). All of it is global
+// memory, read and written through load/store (simt::ld/st: counted in the emulator).
 //
 // Types: T is the tensor element type (float, double, __half, __nv_bfloat16);
 // A = Acc<T> is the arithmetic type (float for the half types, T otherwise). The
@@ -52,32 +53,39 @@ struct AccOf<__nv_bfloat16> {
 template <typename T>
 using Acc = typename AccOf<T>::type;
 
-template <typename A, typename T>
-SIMT_DEVICE A load(const T* p) {
-  return static_cast<A>(*p);
-}
-template <typename T, typename A>
-SIMT_DEVICE void store(T* p, A v) {
-  *p = static_cast<T>(v);
+// Value conversions between the element and arithmetic types (round to nearest).
+template <typename To, typename From>
+SIMT_DEVICE To to(From v) {
+  return static_cast<To>(v);
 }
 #if SIMT_HAS_HALF
 template <>
-SIMT_DEVICE float load<float, __half>(const __half* p) {
-  return __half2float(*p);
+SIMT_DEVICE float to<float, __half>(__half v) {
+  return __half2float(v);
 }
 template <>
-SIMT_DEVICE float load<float, __nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
+SIMT_DEVICE float to<float, __nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
 }
 template <>
-SIMT_DEVICE void store<__half, float>(__half* p, float v) {
-  *p = __float2half_rn(v);
+SIMT_DEVICE __half to<__half, float>(float v) {
+  return __float2half_rn(v);
 }
 template <>
-SIMT_DEVICE void store<__nv_bfloat16, float>(__nv_bfloat16* p, float v) {
-  *p = __float2bfloat16_rn(v);
+SIMT_DEVICE __nv_bfloat16 to<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
 }
 #endif
+
+// Global memory through simt::ld/st (counted in the emulator), converted.
+template <typename A, typename T>
+SIMT_DEVICE A load(const T* p) {
+  return to<A>(simt::ld(p));
+}
+template <typename T, typename A>
+SIMT_DEVICE void store(T* p, A v) {
+  simt::st(p, to<T>(v));
+}
 
 // Activations on the device: the GPU's fast exponential and division for float
 // (a few ulp; the tests' float32 tolerances cover them), exact ones for double.
@@ -127,13 +135,14 @@ __global__ void lstm_forward_step(LstmForwardStep<T> p) {
     for (int k = 0; k < 4; ++k)
       gate[k] = load<A>(p.gx + g0 + k * p.H) + load<A>(p.gh + g0 + k * p.H);
     A c, r;
-    cell::lstm_forward_unit<A, DeviceAct>(gate[0], gate[1], gate[2], gate[3], p.c[e], c, r);
-    p.c[e] = c;
+    cell::lstm_forward_unit<A, DeviceAct>(gate[0], gate[1], gate[2], gate[3], simt::ld(p.c + e),
+                                          c, r);
+    simt::st(p.c + e, c);
     store(p.r + e, r);
     if (p.out != nullptr) store(p.out + e, r);
     if (p.gates != nullptr) {
-      for (int k = 0; k < 4; ++k) p.gates[g0 + k * p.H] = gate[k];
-      p.cells[e] = c;
+      for (int k = 0; k < 4; ++k) simt::st(p.gates + g0 + k * p.H, gate[k]);
+      simt::st(p.cells + e, c);
     }
   });
 }
@@ -161,12 +170,13 @@ __global__ void lstm_backward_step(LstmBackwardStep<T> p) {
     const int64_t g0 = b * 4 * p.H + j;
     A dr = load<A>(p.dr + e);
     if (p.dout != nullptr) dr += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
-    const A cprev = b < p.n_prev ? p.cprev[e] : p.cinit[e];
-    A dc = p.dc[e], di, df, dg, do_, r;
-    cell::lstm_backward_unit<A, DeviceAct>(p.gates[g0], p.gates[g0 + p.H], p.gates[g0 + 2 * p.H],
-                                           p.gates[g0 + 3 * p.H], p.cells[e], cprev, dr, dc,
-                                           di, df, dg, do_, r);
-    p.dc[e] = dc;
+    const A cprev = simt::ld(b < p.n_prev ? p.cprev + e : p.cinit + e);
+    A dc = simt::ld(p.dc + e), di, df, dg, do_, r;
+    cell::lstm_backward_unit<A, DeviceAct>(
+        simt::ld(p.gates + g0), simt::ld(p.gates + g0 + p.H), simt::ld(p.gates + g0 + 2 * p.H),
+        simt::ld(p.gates + g0 + 3 * p.H), simt::ld(p.cells + e), cprev, dr, dc, di, df, dg, do_,
+        r);
+    simt::st(p.dc + e, dc);
     store(p.dgates + g0, di);
     store(p.dgates + g0 + p.H, df);
     store(p.dgates + g0 + 2 * p.H, dg);
@@ -201,10 +211,10 @@ __global__ void gru_forward_step(GruForwardStep<T> p) {
     store(p.out + e, h);
     if (p.ws != nullptr) {
       A* w = p.ws + b * 4 * p.H + j;
-      w[0] = xr;
-      w[p.H] = xz;
-      w[2 * p.H] = xn;
-      w[3 * p.H] = hn;
+      simt::st(w, xr);
+      simt::st(w + p.H, xz);
+      simt::st(w + 2 * p.H, xn);
+      simt::st(w + 3 * p.H, hn);
     }
   });
 }
@@ -234,8 +244,9 @@ __global__ void gru_backward_step(GruBackwardStep<T> p) {
     if (p.dout != nullptr) dh += load<A>(p.dout + b * p.dout_ld + j * p.dout_cs);
     const A hprev = load<A>(b < p.n_prev ? p.hprev + e : p.hinit + e);
     A dxr, dxz, dxn, dhr, dhz, dhn;
-    const A direct = cell::gru_backward_unit<A>(w[0], w[p.H], w[2 * p.H], w[3 * p.H], hprev, dh,
-                                                dxr, dxz, dxn, dhr, dhz, dhn);
+    const A direct = cell::gru_backward_unit<A>(simt::ld(w), simt::ld(w + p.H),
+                                                simt::ld(w + 2 * p.H), simt::ld(w + 3 * p.H),
+                                                hprev, dh, dxr, dxz, dxn, dhr, dhz, dhn);
     store(p.dh + e, direct);
     store(p.dgx + g0, dxr);
     store(p.dgx + g0 + p.H, dxz);
@@ -306,7 +317,7 @@ __global__ void column_leaf_sum(const T* x, int64_t rows, int64_t cols, Acc<T>* 
     const int64_t r1 = l * kSumLeaf + kSumLeaf < rows ? l * kSumLeaf + kSumLeaf : rows;
     A s = A(0);
     for (int64_t r = l * kSumLeaf; r < r1; ++r) s += load<A>(x + r * cols + c);
-    leaf[e] = s;
+    simt::st(leaf + e, s);
   }
 }
 
@@ -315,8 +326,8 @@ __global__ void column_pair_sum(const A* in, int64_t n, int64_t cols, Out* out) 
   const int64_t half = (n + 1) / 2, total = half * cols;
   for (int64_t e = global_thread(); e < total; e += grid_threads()) {
     const int64_t i = e / cols, c = e - i * cols;
-    A s = in[2 * i * cols + c];
-    if (2 * i + 1 < n) s = s + in[(2 * i + 1) * cols + c];
+    A s = simt::ld(in + 2 * i * cols + c);
+    if (2 * i + 1 < n) s = s + simt::ld(in + (2 * i + 1) * cols + c);
     store(out + e, s);
   }
 }

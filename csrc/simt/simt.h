@@ -19,6 +19,20 @@
 //   __shfl_sync/_up/_down/_xor (with width), __ballot_sync/__any_sync/__all_sync,
 //   atomicAdd/Sub/Max/Min/Exch/CAS, __expf, __fdividef, __ldg, __half and
 //   __nv_bfloat16 (CUDA's own headers, when available: SIMT_HAS_HALF).
+//
+// Global memory: kernels read and write it through simt::ld (coherent: data that
+// other blocks of the same launch may write), simt::ldg (read-only for the whole
+// launch: the GPU's non-coherent read-only path, __ldg) and simt::st; shared memory
+// (simt::dynamic_shared) is accessed directly. On the GPU these are plain accesses;
+// the emulator counts their bytes per launch (simt::Counters, when counting is on)
+// and aborts when one of them touches the block's shared memory. Host code reports
+// the GEMMs it runs beside the kernels with simt::record_gemm (a no-op on the GPU).
+//
+// Device properties (simt::device_props) and occupancy (simt::blocks_per_sm) come
+// from the CUDA runtime on the GPU and from a settable model in the emulator
+// (simt::set_device_model; default H100-like), so launch-shape decisions are tested
+// without a GPU. A launch may ask for more than 48 KiB of dynamic shared memory (up to
+// the device's opt-in limit): the GPU backend opts the kernel in first.
 // Warp collectives complete only when every lane named in the mask has arrived,
 // and each lane's result is kept per lane, so a fast lane cannot overwrite a value
 // a slow lane has yet to read. The emulator aborts with a message naming the
@@ -31,6 +45,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -49,6 +64,20 @@ struct BasicLaunchConfig {
   size_t smem = 0;
   Stream stream = nullptr;
   const char* name = "kernel";
+  // Whether every global access of the kernel goes through simt::ld/ldg/st, so that the
+  // emulator's byte counts of its launches are complete (else they are reported as not
+  // counted).
+  bool counted = true;
+};
+
+// What launch-shape decisions need to know of the device (cudaDeviceProp's fields).
+struct DeviceProps {
+  int sm_count = 0;
+  int max_threads_per_sm = 0;
+  int max_blocks_per_sm = 0;
+  int regs_per_sm = 0;
+  size_t smem_per_sm = 0;
+  size_t smem_per_block_optin = 0;  // the most dynamic shared memory one block may have
 };
 
 // Thrown when a launch is rejected (bad shape, too much shared memory, a
@@ -88,8 +117,72 @@ __device__ __forceinline__ T* dynamic_shared() {
 
 __device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
 
+// Global memory accesses (plain on the GPU; counted in the emulator).
+template <typename T>
+__device__ __forceinline__ T ld(const T* p) {
+  return *p;
+}
+template <typename T>
+__device__ __forceinline__ T ldg(const T* p) {
+  return __ldg(p);
+}
+template <typename T, typename V>
+__device__ __forceinline__ void st(T* p, V v) {
+  *p = static_cast<T>(v);
+}
+
+inline void record_gemm(const char*, int64_t, int64_t, int64_t) {}
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw LaunchError(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// The current device's properties (cheap attribute queries, no cudaGetDeviceProperties).
+inline DeviceProps device_props() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  auto attr = [&](cudaDeviceAttr a) {
+    int v = 0;
+    check_cuda(cudaDeviceGetAttribute(&v, a, dev), "cudaDeviceGetAttribute");
+    return v;
+  };
+  DeviceProps p;
+  p.sm_count = attr(cudaDevAttrMultiProcessorCount);
+  p.max_threads_per_sm = attr(cudaDevAttrMaxThreadsPerMultiProcessor);
+  p.max_blocks_per_sm = attr(cudaDevAttrMaxBlocksPerMultiprocessor);
+  p.regs_per_sm = attr(cudaDevAttrMaxRegistersPerMultiprocessor);
+  p.smem_per_sm = static_cast<size_t>(attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
+  p.smem_per_block_optin = static_cast<size_t>(attr(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  return p;
+}
+
+namespace detail {
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;
+inline void opt_in_smem(const void* kernel, size_t smem) {
+  if (smem > kDefaultDynamicSmem) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)),
+               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  }
+}
+}  // namespace detail
+
+// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory
+// can be resident on one SM at once (0: the kernel cannot launch so). regs_hint is
+// for the emulator, which cannot know the compiled kernel's registers per thread.
+template <typename... KArgs>
+int blocks_per_sm(void (*kernel)(KArgs...), int threads, size_t smem, int /*regs_hint*/) {
+  const void* k = reinterpret_cast<const void*>(kernel);
+  detail::opt_in_smem(k, smem);
+  int n = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return n;
+}
+
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  detail::opt_in_smem(reinterpret_cast<const void*>(kernel), cfg.smem);
   kernel<<<cfg.grid, cfg.block, cfg.smem, cfg.stream>>>(std::forward<Args>(args)...);
 }
 
@@ -111,6 +204,7 @@ void cooperative(const void* kernel, const LaunchConfig& cfg, Tuple& args,
 template <typename... KArgs, typename... Args>
 void launch_cooperative(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
   std::tuple<std::decay_t<KArgs>...> packed(std::forward<Args>(args)...);
+  detail::opt_in_smem(reinterpret_cast<const void*>(kernel), cfg.smem);
   detail::cooperative(reinterpret_cast<const void*>(kernel), cfg, packed,
                       std::index_sequence_for<KArgs...>{});
 }
@@ -131,6 +225,7 @@ void launch_cooperative(void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&
 
 #include <cmath>
 #include <functional>
+#include <vector>
 
 #define SIMT_EMULATED 1
 #define SIMT_DEVICE inline
@@ -172,17 +267,39 @@ struct dim3_t {
 using stream_t = void*;
 using LaunchConfig = BasicLaunchConfig<dim3_t, stream_t>;
 
-// The emulated device: launch limits follow an NVIDIA A100 (sm_80), the smallest
-// of the architectures the extension is built for, so a launch that could not run
-// there fails here too.
-struct DeviceModel {
-  int sm_count = 108;
-  int max_threads_per_sm = 2048;
-  int max_blocks_per_sm = 32;
-  size_t smem_per_sm = 164 * 1024;
-  size_t max_dynamic_smem = 48 * 1024;  // without cudaFuncSetAttribute opt-in
-};
+// The emulated device, the model that launches are checked against and that
+// simt::device_props reports. Default: H100-like (sm_90: 132 SMs, 228 KiB of shared
+// memory and 64 K registers per SM, 227 KiB of dynamic shared memory per block after
+// opt-in); settable (set_device_model), e.g. to an A100 (108 SMs, 164 KiB, 163 KiB)
+// or to a small device in tests.
+using DeviceModel = DeviceProps;
+DeviceModel h100_model();
 const DeviceModel& device_model();
+void set_device_model(const DeviceModel& model);
+inline DeviceProps device_props() { return device_model(); }
+
+// Per-launch counts, recorded while counting is on (set_counting): the launch shape,
+// the bytes of global memory its threads read and wrote through ld/ldg/st, the grid
+// syncs (completed grid barriers) and block barriers (completed __syncthreads, summed
+// over blocks). GEMMs reported by host code (record_gemm) are listed apart.
+struct LaunchCount {
+  std::string name;
+  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1};
+  bool cooperative = false;
+  bool bytes_counted = true;  // LaunchConfig::counted
+  size_t shared_bytes = 0;
+  uint64_t global_bytes_read = 0, global_bytes_written = 0;
+  uint64_t grid_syncs = 0, block_barriers = 0;
+};
+struct GemmCount {
+  std::string what;
+  int64_t m = 0, n = 0, k = 0;
+};
+void set_counting(bool on);
+bool counting();
+// Takes (and clears) what was recorded so far.
+void take_counts(std::vector<LaunchCount>& launches, std::vector<GemmCount>& gemms);
+void record_gemm(const char* what, int64_t m, int64_t n, int64_t k);
 
 namespace detail {
 
@@ -228,6 +345,9 @@ T from_bits(uint64_t b) {
   return v;
 }
 
+// Counts a global access of `bytes` at p (aborts when p is in the block's shared memory).
+void global_access(const void* p, size_t bytes, bool write);
+
 // A warp shuffle (kShfl, kUp, kDown, kXor) of `var`; arg is the source lane, delta or
 // lane mask.
 template <typename T>
@@ -246,6 +366,34 @@ inline T* dynamic_shared() {
 
 inline void grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   detail::grid_barrier(file, line);
+}
+
+template <typename T>
+inline T ld(const T* p) {
+  detail::global_access(p, sizeof(T), false);
+  return *p;
+}
+template <typename T>
+inline T ldg(const T* p) {
+  detail::global_access(p, sizeof(T), false);
+  return *p;
+}
+template <typename T, typename V>
+inline void st(T* p, V v) {
+  detail::global_access(p, sizeof(T), true);
+  *p = static_cast<T>(v);
+}
+
+// Blocks per SM for the model: threads, shared memory, the block limit and the
+// registers (threads x regs_hint).
+template <typename... KArgs>
+int blocks_per_sm(void (*)(KArgs...), int threads, size_t smem, int regs_hint) {
+  const DeviceModel& d = device_model();
+  if (threads <= 0 || threads > 1024 || smem > d.smem_per_block_optin) return 0;
+  size_t n = std::min<size_t>(d.max_blocks_per_sm, d.max_threads_per_sm / threads);
+  if (smem > 0) n = std::min(n, d.smem_per_sm / smem);
+  if (regs_hint > 0) n = std::min<size_t>(n, d.regs_per_sm / (static_cast<size_t>(threads) * regs_hint));
+  return static_cast<int>(n);
 }
 
 template <typename... KArgs, typename... Args>
@@ -395,6 +543,7 @@ inline float __fdividef(float x, float y) {
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 template <typename T>
 inline T __ldg(const T* p) {
+  ::simt::detail::global_access(p, sizeof(T), false);
   return *p;
 }
 

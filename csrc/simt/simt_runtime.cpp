@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -41,9 +42,70 @@ void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_
 namespace simt {
 inline namespace emu {
 
-const DeviceModel& device_model() {
-  static const DeviceModel model;
+DeviceModel h100_model() {
+  DeviceModel m;
+  m.sm_count = 132;
+  m.max_threads_per_sm = 2048;
+  m.max_blocks_per_sm = 32;
+  m.regs_per_sm = 64 * 1024;
+  m.smem_per_sm = 228 * 1024;
+  m.smem_per_block_optin = 227 * 1024;
+  return m;
+}
+
+namespace {
+DeviceModel& model_storage() {
+  static DeviceModel model = h100_model();
   return model;
+}
+
+struct CountStore {
+  std::mutex mu;
+  bool on = false;
+  std::vector<LaunchCount> launches;
+  std::vector<GemmCount> gemms;
+};
+CountStore& counts() {
+  static CountStore store;
+  return store;
+}
+}  // namespace
+
+const DeviceModel& device_model() { return model_storage(); }
+
+void set_device_model(const DeviceModel& m) {
+  if (m.sm_count < 1 || m.max_threads_per_sm < 32 || m.max_blocks_per_sm < 1 ||
+      m.regs_per_sm < 1 || m.smem_per_sm < 1 || m.smem_per_block_optin > m.smem_per_sm) {
+    throw std::invalid_argument(
+        "simt emulator: a device model needs at least one SM, 32 threads, one block and "
+        "some registers and shared memory per SM, and no more shared memory per block than "
+        "per SM");
+  }
+  model_storage() = m;
+}
+
+void set_counting(bool on) {
+  CountStore& c = counts();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.on = on;
+}
+bool counting() {
+  CountStore& c = counts();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.on;
+}
+void take_counts(std::vector<LaunchCount>& launches, std::vector<GemmCount>& gemms) {
+  CountStore& c = counts();
+  std::lock_guard<std::mutex> lock(c.mu);
+  launches.swap(c.launches);
+  gemms.swap(c.gemms);
+  c.launches.clear();
+  c.gemms.clear();
+}
+void record_gemm(const char* what, int64_t m, int64_t n, int64_t k) {
+  CountStore& c = counts();
+  std::lock_guard<std::mutex> lock(c.mu);
+  if (c.on) c.gemms.push_back(GemmCount{what, m, n, k});
 }
 
 namespace detail {
@@ -111,6 +173,7 @@ struct Launch {
   std::vector<Fiber*> fibers; // their threads, in schedule order
   int exited = 0, at_grid = 0;
   long spins = 0;             // scheduling points without progress, in a row
+  LaunchCount* count = nullptr;  // while counting
 };
 
 struct Runtime {
@@ -279,6 +342,7 @@ int block_barrier(int op, int pred, const char* file, int line) {
     }
     b.at_barrier = 0;
     rt.launch->spins = 0;
+    if (rt.launch->count != nullptr) rt.launch->count->block_barriers += 1;
   }
   park();
   return f.pred;
@@ -300,6 +364,7 @@ void grid_barrier(const char* file, int line) {
     for (Fiber* o : L.fibers) o->wait = Wait::kRunnable;
     L.at_grid = 0;
     L.spins = 0;
+    if (L.count != nullptr) L.count->grid_syncs += 1;
   }
   park();
 }
@@ -391,6 +456,19 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t bits, int arg, int w
   if (all) complete_warp(lanes, mask, op);
   park();
   return f.result;
+}
+
+void global_access(const void* p, size_t bytes, bool write) {
+  if (rt.launch == nullptr || rt.current == nullptr) return;  // host code
+  const Block& b = *rt.current->block;
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (!b.smem.empty() && q >= b.smem.data() && q < b.smem.data() + b.smem.size()) {
+    fail("simt::%s of shared memory (offset %td): ld/ldg/st are for global memory; access "
+         "shared memory directly", write ? "st" : "ld", q - b.smem.data());
+  }
+  if (LaunchCount* c = rt.launch->count) {
+    (write ? c->global_bytes_written : c->global_bytes_read) += bytes;
+  }
 }
 
 void atomic_point(bool changed) {
@@ -498,9 +576,9 @@ void run(const LaunchConfig& cfg, bool cooperative, const std::function<void()>&
     reject("block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," +
            std::to_string(b.z) + ") exceeds 1024 threads or the per-dimension limits");
   if (g.y > 65535 || g.z > 65535) reject("grid y/z above 65535");
-  if (cfg.smem > dev.max_dynamic_smem)
+  if (cfg.smem > dev.smem_per_block_optin)
     reject(std::to_string(cfg.smem) + " bytes of dynamic shared memory (limit " +
-           std::to_string(dev.max_dynamic_smem) + ")");
+           std::to_string(dev.smem_per_block_optin) + " per block)");
   if (rt.launch != nullptr) reject("a launch from inside a kernel (dynamic parallelism)");
   const size_t nblocks = static_cast<size_t>(g.x) * g.y * g.z;
   if (cooperative) {
@@ -515,6 +593,16 @@ void run(const LaunchConfig& cfg, bool cooperative, const std::function<void()>&
   L.cfg = &cfg;
   L.cooperative = cooperative;
   L.body = &body;
+  LaunchCount count;
+  if (counting()) {
+    count.name = cfg.name;
+    count.grid[0] = g.x, count.grid[1] = g.y, count.grid[2] = g.z;
+    count.block[0] = b.x, count.block[1] = b.y, count.block[2] = b.z;
+    count.cooperative = cooperative;
+    count.bytes_counted = cfg.counted;
+    count.shared_bytes = cfg.smem;
+    L.count = &count;
+  }
   rt.launch = &L;
   if (cooperative) {
     run_blocks(L, 0, nblocks);
@@ -522,6 +610,11 @@ void run(const LaunchConfig& cfg, bool cooperative, const std::function<void()>&
     for (size_t i = 0; i < nblocks; ++i) run_blocks(L, i, 1);
   }
   rt.launch = nullptr;
+  if (L.count != nullptr) {
+    CountStore& c = counts();
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.launches.push_back(std::move(count));
+  }
 }
 
 }  // namespace detail

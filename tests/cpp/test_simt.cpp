@@ -168,6 +168,20 @@ __global__ void livelock_kernel(int* flag) {
 
 __global__ void grid_sync_plain_kernel(int*) { simt::grid_sync(); }
 
+// out[i] = 2 * in[i] through the counted accesses, one barrier per block.
+__global__ void counted_copy_kernel(const float* in, float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  __syncthreads();
+  if (i < n) simt::st(out + i, 2.0f * simt::ldg(in + i));
+}
+
+__global__ void ld_of_shared_kernel(int* out) {
+  int* s = simt::dynamic_shared<int>();
+  s[threadIdx.x] = 1;
+  __syncthreads();
+  out[threadIdx.x] = simt::ld(s + threadIdx.x);  // shared memory is not for ld/st
+}
+
 // ----------------------------------------------------------------- the cases
 
 static LaunchConfig cfg(const char* name, simt::dim3_t grid, simt::dim3_t block, size_t smem = 0) {
@@ -288,7 +302,8 @@ static void test_grid_sync() {
   // A cooperative grid larger than the device could hold at once is rejected.
   bool rejected = false;
   try {
-    simt::launch_cooperative(grid_kernel, cfg("grid_too_big", 108 * 2 + 1, 1024), partial.data(),
+    const unsigned too_many = static_cast<unsigned>(simt::device_model().sm_count) * 2 + 1;
+    simt::launch_cooperative(grid_kernel, cfg("grid_too_big", too_many, 1024), partial.data(),
                              out.data());
   } catch (const simt::LaunchError& e) {
     rejected = std::strstr(e.what(), "co-resident") != nullptr;
@@ -307,8 +322,71 @@ static void test_launch_limits() {
     return false;
   };
   CHECK(rejects(cfg("too_many_threads", 1, 2048)));
-  CHECK(rejects(cfg("too_much_smem", 1, 32, 64 * 1024)));
+  // Beyond 48 KiB a kernel is opted in (the GPU backend does it); beyond the device's
+  // opt-in limit a launch is rejected.
+  CHECK(!rejects(cfg("opted_in_smem", 1, 32, 64 * 1024)));
+  CHECK(rejects(cfg("too_much_smem", 1, 32, simt::device_model().smem_per_block_optin + 16)));
   CHECK(rejects(cfg("empty_grid", 0, 32)));
+}
+
+static void test_counters() {
+  const int n = 300;
+  std::vector<float> in(n, 1.5f), out(n, 0.f);
+  std::vector<simt::LaunchCount> launches;
+  std::vector<simt::GemmCount> gemms;
+  simt::take_counts(launches, gemms);  // discard anything recorded before
+  simt::launch(counted_copy_kernel, cfg("not_counted", 3, 128), in.data(), out.data(), n);
+  simt::set_counting(true);
+  simt::launch(counted_copy_kernel, cfg("copy", 3, 128), in.data(), out.data(), n);
+  std::vector<int> partial(6, 0), sums(6, 0);
+  simt::launch_cooperative(grid_kernel, cfg("grid", 6, 64), partial.data(), sums.data());
+  simt::record_gemm("mm", 4, 256, 64);
+  simt::set_counting(false);
+  simt::record_gemm("mm", 1, 1, 1);  // not recorded
+  simt::take_counts(launches, gemms);
+  CHECK(out[n - 1] == 3.0f);
+  CHECK(launches.size() == 2);
+  if (launches.size() == 2) {
+    const simt::LaunchCount& c = launches[0];
+    CHECK(c.name == "copy" && c.grid[0] == 3 && c.block[0] == 128 && !c.cooperative);
+    CHECK(c.global_bytes_read == n * sizeof(float) && c.global_bytes_written == n * sizeof(float));
+    CHECK(c.block_barriers == 3 && c.grid_syncs == 0);
+    CHECK(launches[1].cooperative && launches[1].grid_syncs == 1);
+  }
+  CHECK(gemms.size() == 1 && gemms[0].m == 4 && gemms[0].n == 256 && gemms[0].k == 64);
+}
+
+static void test_device_model() {
+  const simt::DeviceModel saved = simt::device_model();
+  CHECK(saved.sm_count == 132 && saved.smem_per_block_optin == 227 * 1024);
+  simt::DeviceModel small = saved;
+  small.sm_count = 4;
+  simt::set_device_model(small);
+  CHECK(simt::device_props().sm_count == 4);
+  // 2 blocks of 1024 threads an SM: 8 co-resident, 9 are refused.
+  std::vector<int> partial(9, 0), out(9, 0);
+  simt::launch_cooperative(grid_kernel, cfg("grid_fits", 8, 1024), partial.data(), out.data());
+  bool rejected = false;
+  try {
+    simt::launch_cooperative(grid_kernel, cfg("grid_too_big", 9, 1024), partial.data(),
+                             out.data());
+  } catch (const simt::LaunchError& e) {
+    rejected = std::strstr(e.what(), "co-resident") != nullptr;
+  }
+  CHECK(rejected);
+  CHECK(simt::blocks_per_sm(grid_kernel, 1024, 0, 0) == 2);
+  CHECK(simt::blocks_per_sm(grid_kernel, 256, 100 * 1024, 0) == 2);    // shared memory
+  CHECK(simt::blocks_per_sm(grid_kernel, 256, 0, 128) == 2);           // registers
+  CHECK(simt::blocks_per_sm(grid_kernel, 256, 228 * 1024, 0) == 0);    // over the opt-in limit
+  bool invalid = false;
+  try {
+    small.sm_count = 0;
+    simt::set_device_model(small);
+  } catch (const std::invalid_argument&) {
+    invalid = true;
+  }
+  CHECK(invalid);
+  simt::set_device_model(saved);
 }
 
 // ----------------------------------------------------------- abort cases
@@ -341,6 +419,9 @@ static std::map<std::string, AbortCase> abort_cases() {
           simt::launch(livelock_kernel, cfg("livelock", 1, 4), buf);
         },
         "livelock"}},
+      {"abort_ld_of_shared",
+       {[] { simt::launch(ld_of_shared_kernel, cfg("ld_of_shared", 1, 32, 32 * sizeof(int)), buf); },
+        "simt::ld of shared memory"}},
       {"abort_grid_sync_not_cooperative",
        {[] { simt::launch(grid_sync_plain_kernel, cfg("grid_plain", 2, 32), buf); },
         "not cooperative"}},
@@ -387,6 +468,7 @@ int main(int argc, char** argv) {
       {"votes", test_votes},         {"reduce", test_reduce},
       {"atomics", test_atomics},     {"grid_sync", test_grid_sync},
       {"launch_limits", test_launch_limits},
+      {"counters", test_counters},   {"device_model", test_device_model},
   };
   const auto aborts = abort_cases();
   if (argc == 2) {
