@@ -70,7 +70,8 @@ EOF
 
 step "emulated-CUDA tests in the CUDA build; GPU tests and GPU benchmark skip cleanly"
 "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/test_cuda_emulated.py" \
-  "$ROOT/tests/test_options_cuda_emulated.py" "$ROOT/tests/test_cuda_device.py" "$ROOT/tests/test_simt_rules.py" -rs 2>&1 | tail -n 8
+  "$ROOT/tests/test_options_cuda_emulated.py" "$ROOT/tests/test_persistent_emulated.py" \
+  "$ROOT/tests/test_cuda_device.py" "$ROOT/tests/test_simt_rules.py" -rs 2>&1 | tail -n 8
 # The bench package (python -m bench, pytest bench) runs from a temporary directory holding a
 # copy of bench/ only: from the source tree, its rnnfast/ would shadow the installed CUDA build.
 BENCH_RUN="$(mktemp -d)"

@@ -146,3 +146,50 @@ def test_option_layers_match_the_cpu(kind, dtype):
     for a, b in zip(*results):
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a, b, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+
+
+@pytest.mark.parametrize("algorithm", ["standard", "persistent"])
+@pytest.mark.parametrize("B,H", [(1, 7), (4, 64), (8, 300), (40, 33), (3, 1024)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("kind", ["LSTM", "LSTM_proj", "GRU", "RNN_tanh"])
+def test_algorithms_vs_cudnn(kind, dtype, B, H, algorithm):
+    """Each forward algorithm (rnnfast.cuda_algorithm), forced, against cuDNN: 2 layers,
+    bidirectional, packed. Where the persistent kernels cannot hold the shape on this GPU
+    (the error names the limit), the test checks that refusal and skips the comparison."""
+    name, _, extra = kind.partition("_")
+    kwargs = dict(num_layers=2, bidirectional=True)
+    if extra == "proj":
+        kwargs["proj_size"] = max(1, H // 3)
+    elif extra:
+        kwargs["nonlinearity"] = extra
+    T, I = 9, 16
+    ref = getattr(torch.nn, name)(I, H, device="cuda", dtype=dtype, **kwargs)
+    fast = getattr(rnnfast, name)(I, H, device="cuda", dtype=dtype, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, device="cuda", dtype=dtype)
+    lengths = make_lengths(B, T, sort=False)
+    with rnnfast.cuda_algorithm(algorithm):
+        try:
+            got, grads = run_rnn(fast, x, None, "packed_unsorted", False, lengths)
+        except RuntimeError as e:
+            assert algorithm == "persistent" and "cannot run on the persistent kernel" in str(e)
+            pytest.skip(f"persistent kernels refuse this shape here: {e}")
+    want, _ = run_rnn(ref, x, None, "packed_unsorted", False, lengths, grads=grads)
+    for key in want:
+        if key in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            continue
+        torch.testing.assert_close(got[key], want[key], **TOL[dtype],
+                                   msg=lambda m, k=key: f"{kind} {algorithm} {k}: {m}")
+
+
+def test_persistent_refuses_what_does_not_fit():
+    """An fp32 LSTM at H = P = 8192: a block's slice of W_hh cannot fit any GPU's shared
+    memory; forced, the forward raises naming the limit; under auto it runs (standard)."""
+    m = rnnfast.LSTM(8, 8192, device="cuda")
+    x = torch.randn(2, 1, 8, device="cuda")
+    with torch.no_grad():
+        with rnnfast.cuda_algorithm("persistent"):
+            with pytest.raises(RuntimeError, match="bytes of shared memory"):
+                m(x)
+        out, _ = m(x)
+    assert torch.isfinite(out).all()

@@ -1,8 +1,9 @@
-"""The persistent CUDA forward kernel (csrc/kernels/persistent_device.cuh), run in the SIMT
-emulator: results against torch.nn and the standard algorithm over every cell kind, odd
-sizes and the module forms; what it does, from the emulator's counters (one cooperative
-launch, a grid sync a step, W_hh read once); the choice of algorithm from the modelled
-device (rnnfast.cuda_algorithm), and its refusals; and a missing grid sync caught.
+"""The persistent CUDA kernels (csrc/kernels/persistent_device.cuh: forward and backward),
+run in the SIMT emulator: results and gradients against torch.nn and the standard
+algorithm over every cell kind, odd sizes and the module forms; what they do, from the
+emulator's counters (one cooperative launch, a grid sync a step, W_hh read once); the
+choice of algorithm from the modelled device (rnnfast.cuda_algorithm), and its refusals;
+and a missing grid sync caught.
 """
 from __future__ import annotations
 
@@ -50,12 +51,13 @@ def _compare_with_torch(kind, dtype, H, B, form, T=5, I=4, algorithm="persistent
                                     if not (k == "lstm_proj" and h == 1)])  # proj_size 3 < H
 def test_odd_sizes_against_torch(kind, H, B, form):
     """Every kind at H 1, 7, 33, 64 and B 1, 3, 8, padded and packed (unsorted lengths),
-    2 layers, both directions, float64: forward on the persistent kernel (4 launches, one
-    per layer and direction), backward from what it saved."""
+    2 layers, both directions, float64: forward and backward on the persistent kernels
+    (4 launches each, one per layer and direction)."""
     stats = _compare_with_torch(kind, torch.float64, H, B, form)
-    launches = stats.named("persistent_forward")
-    assert len(launches) == 4 and all(launch["cooperative"] for launch in launches)
-    assert not [launch for launch in stats.launches if launch["name"].endswith("forward_step")]
+    for name in ("persistent_forward", "persistent_backward"):
+        launches = stats.named(name)
+        assert len(launches) == 4 and all(launch["cooperative"] for launch in launches), name
+    assert not [launch for launch in stats.launches if launch["name"].endswith("_step")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
@@ -136,6 +138,31 @@ def test_persistent_reads_w_hh_once():
     assert all(s["global_bytes_read"] == 2 * gx_step + c_state for s in steps)
 
 
+def test_persistent_backward_reads_w_hh_once():
+    """LSTM backward, T=50, B=4, H=64, float32: one cooperative launch with a grid sync per
+    step that reads W_hh once; per step it reads each row's saved gates, cell, previous cell
+    and output gradient, and, in every block, the step's gate gradients (the broadcast, a
+    half of W_hh's bytes here); no per-step GEMM remains, only the whole-sequence ones."""
+    T, B, H = 50, 4, 64
+    torch.manual_seed(0)
+    m = rnnfast.LSTM(H, H)
+    x = torch.randn(T, B, H, requires_grad=True)
+    with rnnfast.cuda_algorithm("persistent"), emulate_cuda(counters=True) as stats:
+        out, _ = m(x)
+        out.backward(torch.randn_like(out))
+    (k,) = stats.named("persistent_backward")
+    blocks, GH = k["grid"][0], 4 * H
+    w_hh = GH * H * F32
+    assert k["cooperative"] and k["grid_syncs"] == T
+    assert blocks == 8 and blocks * B * GH * F32 == w_hh // 2  # 8 units a block
+    per_row = (1 + 4 + 1 + 1) * H * F32  # dL/dy, gates, c_t, c_{t-1}
+    assert k["global_bytes_read"] == w_hh + 2 * B * H * F32 + T * (B * per_row +
+                                                                 blocks * B * GH * F32)
+    assert k["global_bytes_written"] == T * B * GH * F32 + 2 * B * H * F32  # dG; dh_0, dc_0
+    assert not [g for g in stats.gemms if g["M"] == B and g["K"] == GH]  # no step GEMM
+    assert not stats.named("lstm_backward_step")
+
+
 def test_persistent_training_writes_what_backward_reads():
     """In training it also writes the saved gates and cells, once per row."""
     T, B, H = 6, 3, 8
@@ -169,18 +196,43 @@ def test_auto_falls_back_where_it_cannot_run():
     assert _algorithm_used(4, regs_per_sm=4096) == "standard"
 
 
+def test_auto_decides_forward_and_backward_apart():
+    """Where only the forward kernel fits (a block's backward slice, W_hh's columns plus the
+    step's gate gradients, is larger), auto runs the persistent forward and the standard
+    backward on what it saved; the gradients are right either way."""
+    torch_m, fast_m = _module("lstm", 64, 64, torch.float64)
+    x = torch.randn(3, 4, 64, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(torch_m(x)[0].sum(), x)[0]
+    fast_m.float()
+    with emulated_device(sm_count=4, smem_per_block_optin=22 * 1024), \
+            emulate_cuda(counters=True) as stats:
+        got = torch.autograd.grad(fast_m(x.float())[0].sum(), x)[0]
+    names = [launch["name"] for launch in stats.launches]
+    assert names.count("persistent_forward") == 1 and "persistent_backward" not in names
+    assert names.count("lstm_backward_step") == 3
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
 def test_forced_persistent_refuses_with_the_numbers():
     m = rnnfast.LSTM(64, 64)
     x = torch.randn(3, 4, 64)
     with torch.no_grad(), emulated_device(sm_count=1, smem_per_block_optin=16 * 1024), \
             rnnfast.cuda_algorithm("persistent"), emulate_cuda():
         with pytest.raises(RuntimeError, match=r"cannot run on the persistent kernel: each "
-                           r"block needs \d+ bytes of shared memory .* more than the 16384 "):
+                           r"block of the forward kernel needs \d+ bytes of shared memory .* more than the 16384 "):
             m(x)
     with torch.no_grad(), emulated_device(regs_per_sm=4096), \
             rnnfast.cuda_algorithm("persistent"), emulate_cuda():
         with pytest.raises(RuntimeError, match=r"cannot be co-resident \(0 per SM x 132 SMs\)"):
             m(x)
+    # Forward fits and backward does not: the refusal comes from backward.
+    x.requires_grad_(True)
+    with emulated_device(sm_count=4, smem_per_block_optin=22 * 1024), \
+            rnnfast.cuda_algorithm("persistent"), emulate_cuda():
+        out, _ = m(x)
+        with pytest.raises(RuntimeError, match=r"each block of the backward kernel needs 23072 "):
+            out.sum().backward()
+    x.requires_grad_(False)
     # The layer's state is untouched by the refusal: the same call runs under "auto".
     with torch.no_grad(), emulate_cuda():
         out, _ = m(x)
@@ -244,6 +296,26 @@ def test_missing_grid_sync_is_caught(kind):
         emu._persistent_drops_grid_syncs(True)
         try:
             broken = fast_m(x)[0]
+        finally:
+            emu._persistent_drops_grid_syncs(False)
+    torch.testing.assert_close(good, want, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(broken, want, atol=1e-3, equal_nan=False)
+
+
+@pytest.mark.parametrize("kind", ("lstm", "lstm_proj", "gru", "rnn_tanh"))
+def test_missing_grid_sync_in_backward_is_caught(kind):
+    """Likewise the backward kernel: after a correct forward, gradients without its grid
+    syncs are wrong."""
+    torch_m, fast_m = _module(kind, 4, 33, torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(torch_m(x)[0].sum(), x)[0]
+    emu = emulator()
+    with emulated_device(sm_count=8), rnnfast.cuda_algorithm("persistent"), emulate_cuda():
+        good = torch.autograd.grad(fast_m(x)[0].sum(), x)[0]
+        out = fast_m(x)[0]
+        emu._persistent_drops_grid_syncs(True)
+        try:
+            broken = torch.autograd.grad(out.sum(), x)[0]
         finally:
             emu._persistent_drops_grid_syncs(False)
     torch.testing.assert_close(good, want, atol=1e-10, rtol=1e-10)

@@ -182,7 +182,8 @@ inline void prev_rows_product(Tensor out, const Tensor& dg, const Tensor& y, con
     const int64_t shifted = N - B, first = reverse ? shifted : 0;
     mm_into(out, dg.narrow(0, first, B).t(), hx);
     if (shifted > 0) {
-      add_mm(out, dg.narrow(0, reverse ? 0 : B, shifted).t(), y.narrow(0, reverse ? B : 0, shifted));
+      add_mm(out, dg.narrow(0, reverse ? 0 : B, shifted).t(),
+             y.narrow(0, reverse ? B : 0, shifted));
     }
     return;
   }
@@ -321,10 +322,11 @@ void Backend::forward(const core::LayerForward<T, A>& a, const at::TensorOptions
   }
 }
 
-// Backward, in the reverse of the forward order: per step one fused pointwise kernel
-// (LSTM with projection: after dr = dL/dh W_hr) and the recurrent-gradient GEMM; then
-// dX, dW_ih, dW_hh (from shifted output rows), dW_hr as whole-sequence GEMMs and the
-// bias gradients as cascade column sums.
+// Backward, in the reverse of the forward order: the persistent kernel where the algorithm
+// setting picks it (persistent_host.h), else per step one fused pointwise kernel (LSTM
+// with projection: after dr = dL/dh W_hr) and the recurrent-gradient GEMM; then dX,
+// dW_ih, dW_hh (from shifted output rows), dW_hr as whole-sequence GEMMs and the bias
+// gradients as cascade column sums.
 template <typename T, typename A>
 void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts) {
   const core::Sequence& s = *a.seq;
@@ -349,78 +351,80 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   const Tensor w_hr = proj ? blob(a.w_hr, {P, H}, opts) : Tensor();
   // The output gradient's rows of a step, read in place with its strides, or nullptr.
   const auto dout = [&](int64_t o) { return a.dy != nullptr ? a.dy + o * a.dy_ld : nullptr; };
-  for (int64_t step = s.T - 1; step >= 0; --step) {
-    const int64_t t = s.time_at(step, a.reverse), R = s.bs[t], o = s.off[t];
-    if (R == 0) continue;
-    const int64_t tp = s.prev_of(t, a.reverse), n_prev = s.rows_with_prev(t, a.reverse);
-    if (lstm) {
-      LstmBackwardStep<T> p;
-      p.R = R;
-      p.H = H;
-      if (proj) {
-        Tensor drt = rows(DR, o, R);
-        if (dyv.defined()) {
-          at::add_out(drt, rows(dh, 0, R), rows(dyv, o, R));
+  if (!try_persistent_backward(a, dg, dgh, DR, Rr, opts)) {
+    for (int64_t step = s.T - 1; step >= 0; --step) {
+      const int64_t t = s.time_at(step, a.reverse), R = s.bs[t], o = s.off[t];
+      if (R == 0) continue;
+      const int64_t tp = s.prev_of(t, a.reverse), n_prev = s.rows_with_prev(t, a.reverse);
+      if (lstm) {
+        LstmBackwardStep<T> p;
+        p.R = R;
+        p.H = H;
+        if (proj) {
+          Tensor drt = rows(DR, o, R);
+          if (dyv.defined()) {
+            at::add_out(drt, rows(dh, 0, R), rows(dyv, o, R));
+          } else {
+            drt.copy_(rows(dh, 0, R));
+          }
+          mm_into(rows(dr, 0, R), drt, w_hr);
+          p.dr = dptr<const T>(dr);
+          p.r = dptr<T>(Rr) + o * H;
         } else {
-          drt.copy_(rows(dh, 0, R));
+          p.dr = a.dh;
+          p.dout = dout(o);
+          p.dout_ld = a.dy_ld;
+          p.dout_cs = a.dy_cs;
         }
-        mm_into(rows(dr, 0, R), drt, w_hr);
-        p.dr = dptr<const T>(dr);
-        p.r = dptr<T>(Rr) + o * H;
+        p.gates = a.saved[0] + o * GH;
+        p.cells = a.saved[1] + o * H;
+        p.cprev = n_prev > 0 ? a.saved[1] + s.off[tp] * H : nullptr;
+        p.cinit = a.cx;
+        p.n_prev = n_prev;
+        p.dc = a.dc;
+        p.dgates = dptr<T>(dg) + o * GH;
+        simt::launch(lstm_backward_step<T>, pointwise_config(R * H, "lstm_backward_step"), p);
+        RNNFAST_LAUNCH_CHECK();
+        mm_into(rows(dh, 0, R), rows(dg, o, R), w_hh);
+      } else if (gru) {
+        const GruBackwardStep<T> p{
+            .R = R,
+            .H = H,
+            .ws = a.saved[0] + o * 4 * H,
+            .hprev = n_prev > 0 ? a.y + s.off[tp] * H : nullptr,
+            .hinit = a.hx,
+            .n_prev = n_prev,
+            .dh = a.dh,
+            .dout = dout(o),
+            .dout_ld = a.dy_ld,
+            .dout_cs = a.dy_cs,
+            .dgx = dptr<T>(dg) + o * GH,
+            .dgh = dptr<T>(dgh) + o * H};
+        simt::launch(gru_backward_step<T>, pointwise_config(R * H, "gru_backward_step"), p);
+        RNNFAST_LAUNCH_CHECK();
+        // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dGh_t W_hh.
+        Tensor dht = rows(dh, 0, R);
+        add_mm(dht, rows(dg, o, R).narrow(1, 0, 2 * H), w_rz);
+        add_mm(dht, rows(dgh, o, R), w_n);
       } else {
-        p.dr = a.dh;
-        p.dout = dout(o);
-        p.dout_ld = a.dy_ld;
-        p.dout_cs = a.dy_cs;
+        const RnnBackwardStep<T> p{
+            .R = R,
+            .H = H,
+            .h = a.y + o * H,
+            .dh = a.dh,
+            .dout = dout(o),
+            .dout_ld = a.dy_ld,
+            .dout_cs = a.dy_cs,
+            .dpre = dptr<T>(dg) + o * H};
+        const auto cfg = pointwise_config(R * H, "rnn_backward_step");
+        if (a.kind == core::CellKind::kRnnRelu) {
+          simt::launch(rnn_backward_step<T, true>, cfg, p);
+        } else {
+          simt::launch(rnn_backward_step<T, false>, cfg, p);
+        }
+        RNNFAST_LAUNCH_CHECK();
+        mm_into(rows(dh, 0, R), rows(dg, o, R), w_hh);
       }
-      p.gates = a.saved[0] + o * GH;
-      p.cells = a.saved[1] + o * H;
-      p.cprev = n_prev > 0 ? a.saved[1] + s.off[tp] * H : nullptr;
-      p.cinit = a.cx;
-      p.n_prev = n_prev;
-      p.dc = a.dc;
-      p.dgates = dptr<T>(dg) + o * GH;
-      simt::launch(lstm_backward_step<T>, pointwise_config(R * H, "lstm_backward_step"), p);
-      RNNFAST_LAUNCH_CHECK();
-      mm_into(rows(dh, 0, R), rows(dg, o, R), w_hh);
-    } else if (gru) {
-      const GruBackwardStep<T> p{
-          .R = R,
-          .H = H,
-          .ws = a.saved[0] + o * 4 * H,
-          .hprev = n_prev > 0 ? a.y + s.off[tp] * H : nullptr,
-          .hinit = a.hx,
-          .n_prev = n_prev,
-          .dh = a.dh,
-          .dout = dout(o),
-          .dout_ld = a.dy_ld,
-          .dout_cs = a.dy_cs,
-          .dgx = dptr<T>(dg) + o * GH,
-          .dgh = dptr<T>(dgh) + o * H};
-      simt::launch(gru_backward_step<T>, pointwise_config(R * H, "gru_backward_step"), p);
-      RNNFAST_LAUNCH_CHECK();
-      // dL/dh_{t-1} = z * dL/dh_t (left in dh by the kernel) + dGh_t W_hh.
-      Tensor dht = rows(dh, 0, R);
-      add_mm(dht, rows(dg, o, R).narrow(1, 0, 2 * H), w_rz);
-      add_mm(dht, rows(dgh, o, R), w_n);
-    } else {
-      const RnnBackwardStep<T> p{
-          .R = R,
-          .H = H,
-          .h = a.y + o * H,
-          .dh = a.dh,
-          .dout = dout(o),
-          .dout_ld = a.dy_ld,
-          .dout_cs = a.dy_cs,
-          .dpre = dptr<T>(dg) + o * H};
-      const auto cfg = pointwise_config(R * H, "rnn_backward_step");
-      if (a.kind == core::CellKind::kRnnRelu) {
-        simt::launch(rnn_backward_step<T, true>, cfg, p);
-      } else {
-        simt::launch(rnn_backward_step<T, false>, cfg, p);
-      }
-      RNNFAST_LAUNCH_CHECK();
-      mm_into(rows(dh, 0, R), rows(dg, o, R), w_hh);
     }
   }
   if (a.dx != nullptr) mm_into(blob(a.dx, {N, a.I}, opts), dg, w_ih);

@@ -68,7 +68,7 @@ SIMT_HD int dot_lanes(int64_t n) {
 // Byte offsets of the shared-memory arrays above; each starts on a 16-byte boundary.
 struct PersistentLayout {
   int64_t w = 0, wr = 0, hs = 0, rs = 0, pre = 0, cs = 0, hl = 0, bh = 0, ctl = 0, bytes = 0;
-  SIMT_HD PersistentLayout() = default;
+  PersistentLayout() = default;
   SIMT_HD PersistentLayout(int kind, bool proj, int64_t B, int64_t H, int64_t P, int64_t U,
                            int64_t V, int64_t t_size, int64_t a_size) {
     const int64_t G = kind_gates(kind);
@@ -308,6 +308,260 @@ __global__ void persistent_forward(PersistentForward<T> p) {
     for (int64_t e = tid; e < B * nu; e += nthreads) {
       const int64_t b = e / nu, u = e - b * nu;
       simt::st(p.c + b * H + u0 + u, cs[b * U + u]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ backward
+//
+// The persistent backward of one layer in one direction: every step, in the reverse of
+// the forward's processing order, in one cooperative launch, each block keeping its
+// column slice of W_hh (for dh_{t-1} = dG W_hh) and, with a projection, its column slice
+// of W_hr (for dr = dL/dh W_hr) in shared memory. Its outputs are the standard
+// algorithm's: the gate gradients of every row (dg; GRU also dgh) and, with a projection,
+// dL/dh (DR) and r (Rr) of every row, for the whole-sequence GEMMs after the launch; and
+// the gradients of the initial states.
+//
+// Block j owns hidden units [j*U, ...) as in forward (their cell-state gradient, kept in
+// shared memory) and state columns: the same units without a projection, else
+// [j*V, ...) of P. It keeps dL/dh of its state columns, for all B rows, in shared memory
+// for the whole sequence. Per step:
+//   projection only: DR = dL/dh_t + dL/dy_t of its columns to global; grid sync; stage the
+//     step's DR rows; dr of its units (R*U dot products of length P);
+//   the cell backward of its units (cell_math.h), the gate gradients to global (GRU: and
+//     the direct part z * dL/dh_t of its columns kept);
+//   grid sync; stage the step's gate gradient rows (R x G*H); dL/dh_{t-1} of its columns
+//     (R * columns dot products of length G*H).
+// One grid sync a step (two with a projection).
+//
+// Shared memory (PersistentBackLayout), in order:
+//   wt [X, G*H] T   its state columns of W_hh as rows: wt[j][k] = W_hh[k][col0 + j]
+//   wrt [U, P]  T   its units' columns of W_hr as rows (projection)
+//   gs [B, G*H] T   the step's gate gradients (GRU: the recurrent side: dr, dz, dn * r)
+//   ds [B, P]   T   the step's DR rows (projection)
+//   drs [B, U]  A   dr of its units (projection)
+//   dhs [B, X]  A   dL/dh of its state columns
+//   dcs [B, U]  A   dL/dc of its units (LSTM)
+//   ctl [4] int64
+// with X = U (no projection) or V, rows of wt and wrt padded by a dot's lanes.
+struct PersistentBackLayout {
+  int64_t wt = 0, wrt = 0, gs = 0, ds = 0, drs = 0, dhs = 0, dcs = 0, ctl = 0, bytes = 0;
+  PersistentBackLayout() = default;
+  SIMT_HD PersistentBackLayout(int kind, bool proj, int64_t B, int64_t H, int64_t P, int64_t U,
+                               int64_t V, int64_t t_size, int64_t a_size) {
+    const int64_t GH = kind_gates(kind) * H, X = proj ? V : U;
+    int64_t at = 0;
+    auto take = [&at](int64_t bytes) {
+      const int64_t start = at;
+      at += (bytes + 15) / 16 * 16;
+      return start;
+    };
+    wt = take(X * (GH + dot_lanes(GH)) * t_size);
+    wrt = take(proj ? U * (P + dot_lanes(P)) * t_size : 0);
+    gs = take(B * GH * t_size);
+    ds = take(proj ? B * P * t_size : 0);
+    drs = take(proj ? B * U * a_size : 0);
+    dhs = take(B * X * a_size);
+    dcs = take(kind == kKindLstm ? B * U * a_size : 0);
+    ctl = take(4 * static_cast<int64_t>(sizeof(int64_t)));
+    bytes = at;
+  }
+};
+
+template <typename T>
+struct PersistentBackward {
+  int64_t steps = 0, B = 0, H = 0, P = 0;
+  int64_t U = 0, V = 0;
+  bool reverse = false;          // the forward's direction
+  const int64_t* bs = nullptr;   // [T] rows per step (device memory), or null: all B
+  const int64_t* off = nullptr;  // [T]
+  const T* dy = nullptr;         // [N, P] dL/d output, element (n, k) at n*dy_ld + k*dy_cs, or null
+  int64_t dy_ld = 0, dy_cs = 0;
+  const T* hx = nullptr;         // [B, P] h_0 (GRU: h_{t-1} of rows that start)
+  const Acc<T>* cx = nullptr;    // [B, H] c_0 (LSTM)
+  const T* w_hh = nullptr;       // [G*H, P]
+  const T* w_hr = nullptr;       // [P, H] or null
+  const T* y = nullptr;          // [N, P] forward's output
+  const Acc<T>* saved0 = nullptr;  // LSTM gates [N, 4H] / GRU workspace [N, 4H]
+  const Acc<T>* saved1 = nullptr;  // LSTM cells [N, H]
+  T* dh = nullptr;               // [B, P] in: dL/dh_n; out: dL/dh_0
+  Acc<T>* dc = nullptr;          // [B, H] LSTM: in dL/dc_n; out: dL/dc_0
+  T* dg = nullptr;               // [N, G*H] out: gate gradients (GRU: of the input side)
+  T* dgh = nullptr;              // [N, H] out: GRU's n-gate recurrent-side gradient
+  T* dr_rows = nullptr;          // [N, P] out: DR (projection)
+  T* r_rows = nullptr;           // [N, H] out: r recomputed (projection)
+  bool grid_syncs = true;        // false only in the emulator's test of a missing grid sync
+};
+
+template <typename T, int Kind>
+__global__ void persistent_backward(PersistentBackward<T> p) {
+  using A = Acc<T>;
+  constexpr int64_t G = Kind == kKindLstm ? 4 : Kind == kKindGru ? 3 : 1;
+  const bool proj = p.w_hr != nullptr;
+  const int64_t B = p.B, H = p.H, P = p.P, U = p.U, V = p.V, GH = G * H;
+  const int64_t X = proj ? V : U;
+  const PersistentBackLayout lay(Kind, proj, B, H, P, U, V, sizeof(T), sizeof(A));
+  unsigned char* smem = simt::dynamic_shared<unsigned char>();
+  T* wt = reinterpret_cast<T*>(smem + lay.wt);
+  T* wrt = reinterpret_cast<T*>(smem + lay.wrt);
+  T* gs = reinterpret_cast<T*>(smem + lay.gs);
+  T* ds = reinterpret_cast<T*>(smem + lay.ds);
+  A* drs = reinterpret_cast<A*>(smem + lay.drs);
+  A* dhs = reinterpret_cast<A*>(smem + lay.dhs);
+  A* dcs = reinterpret_cast<A*>(smem + lay.dcs);
+  int64_t* ctl = reinterpret_cast<int64_t*>(smem + lay.ctl);
+
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int lanes_g = dot_lanes(GH), lanes_p = dot_lanes(P);
+  const int64_t ldt = GH + lanes_g, ldr = P + lanes_p;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int64_t nu = H - u0 < U ? H - u0 : U;
+  const int64_t col0 = proj ? static_cast<int64_t>(blockIdx.x) * V : u0;
+  const int64_t ncols = proj ? (P - col0 < V ? (P - col0 > 0 ? P - col0 : 0) : V) : nu;
+
+  for (int64_t e = tid; e < ncols * GH; e += nthreads) {
+    const int64_t k = e / ncols, j = e - k * ncols;  // consecutive threads: consecutive columns
+    wt[j * ldt + k] = simt::ldg(p.w_hh + k * P + col0 + j);
+  }
+  if (proj) {
+    for (int64_t e = tid; e < nu * P; e += nthreads) {
+      const int64_t q = e / nu, u = e - q * nu;
+      wrt[u * ldr + q] = simt::ldg(p.w_hr + q * H + u0 + u);
+    }
+  }
+  for (int64_t e = tid; e < B * ncols; e += nthreads) {
+    const int64_t b = e / ncols, j = e - b * ncols;
+    dhs[b * X + j] = load<A>(p.dh + b * P + col0 + j);
+  }
+  if (Kind == kKindLstm) {
+    for (int64_t e = tid; e < B * nu; e += nthreads) {
+      const int64_t b = e / nu, u = e - b * nu;
+      dcs[b * U + u] = simt::ld(p.dc + b * H + u0 + u);
+    }
+  }
+  __syncthreads();
+
+  auto dout = [&](int64_t row, int64_t k) {
+    return p.dy != nullptr ? load<A>(p.dy + row * p.dy_ld + k * p.dy_cs) : A(0);
+  };
+
+  for (int64_t step = p.steps - 1; step >= 0; --step) {
+    const int64_t t = p.reverse ? p.steps - 1 - step : step;
+    const int64_t tp = p.reverse ? (t + 1 < p.steps ? t + 1 : -1) : t - 1;
+    int64_t R, o, n_prev, o_prev;
+    if (p.bs == nullptr) {
+      R = B;
+      o = t * B;
+      n_prev = tp >= 0 ? B : 0;
+      o_prev = tp * B;
+    } else {
+      __syncthreads();
+      if (tid == 0) {
+        ctl[0] = simt::ld(p.bs + t);
+        ctl[1] = simt::ld(p.off + t);
+        const int64_t bp = tp >= 0 ? simt::ld(p.bs + tp) : 0;
+        ctl[2] = bp < ctl[0] ? bp : ctl[0];
+        ctl[3] = tp >= 0 ? simt::ld(p.off + tp) : 0;
+      }
+      __syncthreads();
+      R = ctl[0], o = ctl[1], n_prev = ctl[2], o_prev = ctl[3];
+    }
+    if (R == 0) continue;
+
+    if (proj) {
+      // DR = dL/dh_t + dL/dy_t of the block's columns, for every block's dr.
+      for (int64_t e = tid; e < R * ncols; e += nthreads) {
+        const int64_t b = e / ncols, j = e - b * ncols;
+        store(p.dr_rows + (o + b) * P + col0 + j, dhs[b * X + j] + dout(o + b, col0 + j));
+      }
+      if (p.grid_syncs) simt::grid_sync();
+      for (int64_t e = tid; e < R * P; e += nthreads) ds[e] = simt::ld(p.dr_rows + o * P + e);
+      __syncthreads();
+      block_dots<A, T>(
+          R * nu, P, lanes_p,
+          [&](int64_t item, const T*& wa, const T*& db) {
+            const int64_t b = item / nu, u = item - b * nu;
+            wa = wrt + u * ldr;
+            db = ds + b * P;
+          },
+          [&](int64_t item, A sum) { drs[(item / nu) * U + item % nu] = sum; });
+      __syncthreads();
+    }
+
+    // The cell backward of the block's units.
+    for (int64_t e = tid; e < R * nu; e += nthreads) {
+      const int64_t b = e / nu, u = e - b * nu, j = u0 + u, row = o + b;
+      if constexpr (Kind == kKindLstm) {
+        const A dr = proj ? drs[b * U + u] : dhs[b * X + u] + dout(row, j);
+        const A* gates = p.saved0 + row * GH + j;
+        const A cprev = simt::ld(b < n_prev ? p.saved1 + (o_prev + b) * H + j : p.cx + b * H + j);
+        A dc = dcs[b * U + u], di, df, dgg, do_, r;
+        cell::lstm_backward_unit<A, DeviceAct>(simt::ld(gates), simt::ld(gates + H),
+                                               simt::ld(gates + 2 * H), simt::ld(gates + 3 * H),
+                                               simt::ld(p.saved1 + row * H + j), cprev, dr, dc,
+                                               di, df, dgg, do_, r);
+        dcs[b * U + u] = dc;
+        T* dgr = p.dg + row * GH + j;
+        store(dgr, di);
+        store(dgr + H, df);
+        store(dgr + 2 * H, dgg);
+        store(dgr + 3 * H, do_);
+        if (proj) store(p.r_rows + row * H + j, r);
+      } else if constexpr (Kind == kKindGru) {
+        const A dh = dhs[b * X + u] + dout(row, j);
+        const A* ws = p.saved0 + row * 4 * H + j;
+        const A hprev = load<A>(b < n_prev ? p.y + (o_prev + b) * P + j : p.hx + b * P + j);
+        A dxr, dxz, dxn, dhr, dhz, dhn;
+        const A direct = cell::gru_backward_unit<A>(simt::ld(ws), simt::ld(ws + H),
+                                                    simt::ld(ws + 2 * H), simt::ld(ws + 3 * H),
+                                                    hprev, dh, dxr, dxz, dxn, dhr, dhz, dhn);
+        dhs[b * X + u] = direct;
+        T* dgr = p.dg + row * GH + j;
+        store(dgr, dxr);
+        store(dgr + H, dxz);
+        store(dgr + 2 * H, dxn);
+        store(p.dgh + row * H + j, dhn);
+      } else {
+        const A dh = dhs[b * X + u] + dout(row, j);
+        store(p.dg + row * H + j, cell::rnn_backward_unit<A, Kind == kKindRnnRelu>(
+                                      load<A>(p.y + row * P + j), dh));
+      }
+    }
+    if (p.grid_syncs) simt::grid_sync();
+
+    // dL/dh_{t-1} of the block's columns: the step's gate gradients times W_hh.
+    for (int64_t e = tid; e < R * GH; e += nthreads) {
+      const int64_t b = e / GH, k = e - b * GH;
+      if (Kind == kKindGru && k >= 2 * H) {
+        gs[e] = simt::ld(p.dgh + (o + b) * H + k - 2 * H);
+      } else {
+        gs[e] = simt::ld(p.dg + (o + b) * GH + k);
+      }
+    }
+    __syncthreads();
+    block_dots<A, T>(
+        R * ncols, GH, lanes_g,
+        [&](int64_t item, const T*& wa, const T*& gb) {
+          const int64_t b = item / ncols, j = item - b * ncols;
+          wa = wt + j * ldt;
+          gb = gs + b * GH;
+        },
+        [&](int64_t item, A sum) {
+          const int64_t b = item / ncols, j = item - b * ncols;
+          // GRU: plus the direct part z * dL/dh_t, which its own thread left there.
+          dhs[b * X + j] = Kind == kKindGru ? dhs[b * X + j] + sum : sum;
+        });
+    __syncthreads();
+  }
+
+  for (int64_t e = tid; e < B * ncols; e += nthreads) {
+    const int64_t b = e / ncols, j = e - b * ncols;
+    store(p.dh + b * P + col0 + j, dhs[b * X + j]);
+  }
+  if (Kind == kKindLstm) {
+    for (int64_t e = tid; e < B * nu; e += nthreads) {
+      const int64_t b = e / nu, u = e - b * nu;
+      simt::st(p.dc + b * H + u0 + u, dcs[b * U + u]);
     }
   }
 }

@@ -29,3 +29,30 @@ TORCH_LIBRARY_IMPL(rnnfast_emu, CPU, m) {
   rnnfast::core::register_operators<rnnfast::simt_emu::Backend>(m);
   rnnfast::core::register_option_operators<rnnfast::simt_emu::OptionsExec>(m);
 }
+
+// The persistent kernels' plan for a shape on the modelled device (bench/gpu_model.py):
+// (ok, why, U, V, blocks, threads, shared bytes, whether auto takes it). kind as core::CellKind; elem_bytes 2
+// (bfloat16), 4 or 8.
+std::tuple<bool, std::string, int64_t, int64_t, int64_t, int, size_t, bool> rnnfast_persistent_plan(
+    int kind, int elem_bytes, int64_t B, int64_t H, int64_t P, bool backward) {
+  using namespace rnnfast::simt_emu;
+  auto info = [&]<typename T>() {
+    const bool proj = P != H;
+    PersistentPlan pl;
+    const auto plan = [&]<int Kind>() {
+      pl = backward ? plan_persistent<T, Kind, true>(B, H, P, proj)
+                    : plan_persistent<T, Kind, false>(B, H, P, proj);
+      return true;
+    };
+    with_kind(static_cast<rnnfast::core::CellKind>(kind), plan);
+    return std::make_tuple(pl.ok, pl.why, pl.U, pl.V, pl.blocks, pl.threads, pl.smem,
+                           pl.ok && take_persistent(pl, B, false));
+  };
+  TORCH_CHECK(kind >= 0 && kind < rnnfast::core::kNumCellKinds, "persistent plan: bad kind");
+  if (elem_bytes == 8) return info.template operator()<double>();
+  if (elem_bytes == 4) return info.template operator()<float>();
+#if SIMT_HAS_HALF
+  if (elem_bytes == 2) return info.template operator()<__nv_bfloat16>();
+#endif
+  TORCH_CHECK(false, "persistent plan: elem_bytes 2 (with the half headers), 4 or 8");
+}

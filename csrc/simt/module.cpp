@@ -8,6 +8,10 @@
 #include "../core/cuda_algorithm.h"
 #include "simt.h"
 
+// emulated_ops.cpp
+std::tuple<bool, std::string, int64_t, int64_t, int64_t, int, size_t, bool> rnnfast_persistent_plan(
+    int kind, int elem_bytes, int64_t B, int64_t H, int64_t P, bool backward);
+
 namespace {
 
 namespace py = pybind11;
@@ -102,6 +106,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         [](int v) { rnnfast::core::cuda_algorithm_setting().store(v); }, py::arg("value"),
         "The emulated operators' forward algorithm: 0 auto, 1 standard, 2 persistent.");
   m.def("_cuda_algorithm", [] { return rnnfast::core::cuda_algorithm_setting().load(); });
+  m.def(
+      "persistent_plan",
+      [](int kind, int elem_bytes, int64_t B, int64_t H, int64_t P, bool backward) {
+        const auto [ok, why, U, V, blocks, threads, smem, auto_takes] =
+            rnnfast_persistent_plan(kind, elem_bytes, B, H, P, backward);
+        py::dict d;
+        d["ok"] = ok;
+        d["why"] = why;
+        d["U"] = U;
+        d["V"] = V;
+        d["blocks"] = blocks;
+        d["threads"] = threads;
+        d["shared_bytes"] = smem;
+        d["auto"] = auto_takes;
+        return d;
+      },
+      py::arg("kind"), py::arg("elem_bytes"), py::arg("B"), py::arg("H"), py::arg("P"),
+      py::arg("backward") = false,
+      "The persistent kernels' plan on the modelled device: kind 0 LSTM, 1 GRU, 2/3 RNN; "
+      "P != H means an LSTM with a projection.");
   m.def("_persistent_drops_grid_syncs",
         [](bool drop) { rnnfast::core::persistent_drops_grid_syncs().store(drop); },
         py::arg("drop"),
