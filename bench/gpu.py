@@ -109,7 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--emulate", action="store_true",
                     help="no GPU: run in the SIMT emulator at tiny sizes (times mean nothing)")
-    ap.add_argument("--quick", action="store_true", help="fewer shapes (H 64, 256, 1024; B 1, 4, 32)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer shapes (H 64, 256, 1024; B 1, 4, 32)")
     ap.add_argument("--layers", default="lstm,gru,rnn")
     ap.add_argument("--modes", default="infer,train")
     ap.add_argument("--dtypes", default="float32,bfloat16")

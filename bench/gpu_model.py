@@ -9,9 +9,11 @@ layer, one direction) of the forward pass:
   fits, else HBM) and its FLOPs at the dtype's GEMM peak (fp32: CUDA cores, TF32 off;
   bf16: tensor cores), then the pointwise kernel, a launch plus its bytes from HBM;
 * persistent: the plan the kernel really uses (``rnnfast.testing.emulator().persistent_plan``
-  on the modelled device: units and blocks), per block the larger of its FMAs at 128 per
-  clock and its shared-memory traffic (every FMA reads its weight and state element from
-  shared memory, 128 bytes per clock per SM), plus the broadcast of h_{t-1} to every block
+  on the modelled device: units and blocks), per block the larger of its multiply-adds
+  (float32: 128 a clock on CUDA cores; bfloat16: tensor cores, 16 x 16 x 16 tiles, rows
+  padded to 16) and its shared-memory traffic (float32: both operands of every
+  multiply-add; bfloat16: a tile of each per tile multiply; 128 bytes per clock per SM),
+  plus the broadcast of h_{t-1} to every block
   through L2 (the bytes the emulator counts, tests/test_persistent_emulated.py), the grid
   syncs, and W_hh's one read from HBM spread over T = 100 steps.
 
@@ -68,16 +70,25 @@ def standard_step_us(dev: Dict[str, float], G: int, B: int, H: int, s: int, a: i
 
 def persistent_step_us(dev: Dict[str, float], plan: Dict[str, object], G: int, B: int, H: int,
                        s: int, T: int = 100) -> float:
-    """The persistent kernel's step, from its plan."""
+    """The persistent kernel's step, from its plan. float32: CUDA cores, both operands of
+    every multiply-add read from shared memory; bfloat16: tensor cores (16 x 16 x 16 tiles,
+    rows padded to 16), a tile of each operand read per tile multiply."""
     clock = dev["clock_ghz"] * 1e9
     U, blocks = int(plan["U"]), int(plan["blocks"])
-    fmas = B * G * U * H                   # one block's dot products of a step
-    t_fma = fmas / (128 * clock)
-    t_smem = fmas * 2 * s / (128 * clock)  # its weight and state element per FMA
+    smem_bw = 128 * clock  # bytes per second per SM
+    if s == 4:
+        macs = B * G * U * H               # one block's dot products of a step
+        t_math = macs / (128 * clock)
+        t_smem = macs * 2 * s / smem_bw
+    else:
+        tile = lambda n: -(-n // 16)  # noqa: E731
+        mmas = tile(B) * tile(G * U) * tile(H)
+        t_math = mmas * 16 ** 3 / (dev["bf16_tflops"] * 1e12 / 2 / dev["sms"])
+        t_smem = (mmas * 2 * 256 * s + tile(B) * tile(G * U) * 256 * 4) / smem_bw
     bcast = blocks * B * H * s + B * G * H * s  # h_{t-1} to every block, the step's gx
     t_l2 = bcast / (dev["l2_tbs"] * 1e12)
     w_once = G * H * H * s / (dev["hbm_tbs"] * 1e12) / T
-    return 1e6 * (max(t_fma, t_smem) + t_l2 + w_once) + dev["grid_sync_us"]
+    return 1e6 * (max(t_math, t_smem) + t_l2 + w_once) + dev["grid_sync_us"]
 
 
 def model_rows(device: str, layer: str, dtype: str, emulator) -> List[List[str]]:

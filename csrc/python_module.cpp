@@ -209,6 +209,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("seconds"),
         "Testing: the step loops that may drop to one thread under load (float32 without "
         "projection, rnnfast's step GEMM) do so for the next `seconds`.");
+  m.def("_hold_step_loops_split", &rnnfast::cpu::hold_step_loops_split, pybind11::arg("seconds"),
+        "Testing: the step loops split across threads for the next `seconds` whatever the "
+        "load, until _reset_step_loop_load().");
   m.def("_judge_step_loop", &rnnfast::cpu::judge_step_loop, pybind11::arg("wait_fraction"),
         pybind11::arg("loop_s"),
         "Testing: the load monitor judges a split loop of `loop_s` seconds whose most "

@@ -65,8 +65,9 @@ class EmulatorCounts:
     shared memory per block), ``global_bytes_read`` and ``global_bytes_written`` (what
     its threads read and wrote through ``simt::ld``/``ldg``/``st``; ``None`` for kernels
     whose accesses are not instrumented, the option layers' row kernels), ``grid_syncs``
-    (completed grid-wide barriers) and ``block_barriers`` (completed ``__syncthreads``,
-    summed over blocks). ``gemms``: one dict per GEMM the host code ran beside them
+    (completed grid-wide barriers), ``block_barriers`` (completed ``__syncthreads``,
+    summed over blocks) and ``mma_syncs`` (tensor-core tile multiplies, ``wmma::mma_sync``,
+    one per warp). ``gemms``: one dict per GEMM the host code ran beside them
     (through ATen; cuBLAS on a GPU), with ``op``, ``M``, ``N``, ``K``.
     """
 

@@ -85,13 +85,15 @@ def test_one_thread_under_load_gives_the_same_bits(name, ref_cls, cls, kwargs, d
     x = torch.randn(6, 9, 50, dtype=dtype, requires_grad=True)
     lengths = torch.tensor([6, 6, 5, 5, 4, 3, 3, 2, 1])
     for packed in (False, True):
-        for _ in range(5):  # a busy machine can make the monitor drop to one thread
-            _C._reset_step_loop_load()
-            split = _run_all(m, x, lengths, packed)
-            if _C._step_loop_load()["single_loops"] == 0:
-                break
-        assert _C._step_loop_load()["single_loops"] == 0
+        # The reference splits whatever the load (a busy machine would make the monitor drop
+        # to one thread, and the comparison would then be of the one-thread loop with itself).
         _C._reset_step_loop_load()
+        _C._hold_step_loops_split(60.0)
+        try:
+            split = _run_all(m, x, lengths, packed)
+            assert _C._step_loop_load()["single_loops"] == 0
+        finally:
+            _C._reset_step_loop_load()
         _C._hold_step_loops_on_one_thread(60.0)
         try:
             single = _run_all(m, x, lengths, packed)
@@ -123,6 +125,27 @@ def test_load_monitor_counts_split_loops_alone(threads):
     load = _C._step_loop_load()
     assert load["split_loops"] == 1 and load["single_loops"] == 0, load
     assert 0.0 <= load["last_wait_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_holding_the_split_overrides_the_monitor(threads):
+    """The testing hold of the split overrides a hold on one thread (as a loaded judgement
+    would set), until reset."""
+    from rnnfast import _C
+    m = rnnfast.LSTM(64, 97)  # float32, no projection: a loop that may drop to one thread
+    x = torch.randn(20, 33, 64)
+    try:
+        _C._reset_step_loop_load()
+        _C._hold_step_loops_on_one_thread(60.0)
+        with torch.no_grad():
+            m(x)
+        assert _C._step_loop_load()["single_loops"] == 1
+        _C._hold_step_loops_split(60.0)
+        with torch.no_grad():
+            m(x)
+        assert _C._step_loop_load()["single_loops"] == 1  # unchanged: this one split
+    finally:
+        _C._reset_step_loop_load()
 
 
 def test_load_monitor_back_off_starts_short_and_doubles():

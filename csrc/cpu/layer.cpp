@@ -151,11 +151,13 @@ constexpr int64_t kMaxBackoffNs = 8LL * 1000 * 1000 * 1000;
 
 struct LoadMonitor {
   std::atomic<int64_t> single_until{0};  // steady-clock ns until which loops run on one thread
+  std::atomic<int64_t> split_until{0};   // testing: until then loops split whatever the load
   std::mutex mu;                         // guards the fields below
   int64_t backoff = 0;
   StepLoopLoad counts;
 
   bool may_split(int64_t now) {
+    if (now < split_until.load(std::memory_order_relaxed)) return true;
     if (now >= single_until.load(std::memory_order_relaxed)) return true;
     std::lock_guard<std::mutex> lock(mu);
     ++counts.single_loops;
@@ -699,6 +701,12 @@ void reset_step_loop_load() {
   monitor.counts = StepLoopLoad{};
   monitor.backoff = 0;
   monitor.single_until.store(0, std::memory_order_relaxed);
+  monitor.split_until.store(0, std::memory_order_relaxed);
+}
+
+void hold_step_loops_split(double seconds) {
+  load_monitor().split_until.store(now_ns() + static_cast<int64_t>(seconds * 1e9),
+                                   std::memory_order_relaxed);
 }
 
 }  // namespace cpu

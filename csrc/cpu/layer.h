@@ -210,6 +210,9 @@ StepLoopLoad step_loop_load();
 void reset_step_loop_load();
 // Testing: the step loops that may drop to one thread do so for the next `seconds`.
 void hold_step_loops_on_one_thread(double seconds);
+// Testing: the step loops split across threads for the next `seconds`, whatever the load
+// (until reset_step_loop_load).
+void hold_step_loops_split(double seconds);
 // Testing: judges a split loop of `loop_s` seconds whose most stalled thread waited for
 // `wait_fraction` of it, as the monitor does after each split loop.
 void judge_step_loop(double wait_fraction, double loop_s);

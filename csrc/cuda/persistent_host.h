@@ -5,11 +5,11 @@
 //
 // The plan. Block j owns U hidden units (all G gate rows of each): at least ceil(H / SMs),
 // so that the grid has ceil(H / U) <= SMs blocks, one an SM; more for small steps (see
-// plan_persistent); with a projection it also owns V = ceil(P / blocks) rows of W_hr. Its shared memory is
-// PersistentLayout: the weight slices plus the staged rows of the step (B*P, and B*H with
-// a projection) and the state of its units, for B rows at once. Threads: enough warps
-// for the block's B*G*U dot products of a step to be taken in one pass (a warp takes
-// 32 / dot_lanes(P) at once), 1 to 8 warps. It cannot run when:
+// plan_persistent); with a projection it also owns V = ceil(P / blocks) rows of W_hr. Its
+// shared memory is PersistentLayout: the weight slices plus the staged rows of the step
+// (B*P, and B*H with a projection) and the state of its units, for B rows at once.
+// Threads: enough warps for the block's products of a step to be taken in one pass, 1 to
+// 8 warps. It cannot run when:
 //   * the block needs more shared memory than the device allows one block (opt-in limit),
 //   * or the grid cannot be co-resident (blocks per SM from the occupancy calculator
 //     times the SMs is less than the blocks): a cooperative launch would be refused.
@@ -67,6 +67,7 @@ struct PersistentPlan {
 template <typename T, int Kind, bool Backward>
 PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t P, bool proj) {
   using A = Acc<T>;
+  constexpr bool tc = TensorCores<T>::value;
   const simt::DeviceProps dev = simt::device_props();
   const int64_t G = kind_gates(Kind), sms = dev.sm_count;
   PersistentPlan pl;
@@ -86,15 +87,22 @@ PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t P, bool proj) {
     pl.blocks = (H + U - 1) / U;
     pl.V = proj ? (P + pl.blocks - 1) / pl.blocks : 0;
     pl.smem = static_cast<size_t>(
-        Backward ? PersistentBackLayout(Kind, proj, B, H, P, pl.U, pl.V, sizeof(T), sizeof(A)).bytes
-                 : PersistentLayout(Kind, proj, B, H, P, pl.U, pl.V, sizeof(T), sizeof(A)).bytes);
+        Backward
+            ? PersistentBackLayout(Kind, proj, B, H, P, pl.U, pl.V, sizeof(T), sizeof(A), tc).bytes
+            : PersistentLayout(Kind, proj, B, H, P, pl.U, pl.V, sizeof(T), sizeof(A), tc).bytes);
     if (pl.smem <= dev.smem_per_block_optin) break;
   }
-  // Warps: enough to take the block's dot products of a step in one pass.
+  // Warps: enough to take the block's products of a step in one pass (dot products, a
+  // warp taking 32 / dot_lanes at once; tensor cores: 16 x 16 output tiles, one a warp).
+  const int64_t outs = Backward ? (proj ? pl.V : pl.U) : G * pl.U;  // a row's outputs
   const int64_t per_warp = 32 / dot_lanes(dot_len);
-  const int64_t dots = B * (Backward ? (proj ? pl.V : pl.U) : G * pl.U);
-  pl.step_bytes = 2 * static_cast<int64_t>(sizeof(T)) * dots * dot_len;
-  const int64_t warps = std::clamp<int64_t>((dots + per_warp - 1) / per_warp, 1, 8);
+  const int64_t work = tc ? round16(B) / 16 * (round16(outs) / 16)
+                          : (B * outs + per_warp - 1) / per_warp;
+  // Shared memory the products read in a step: both operands of every multiply-add on CUDA
+  // cores; a 16 x 16 tile of each operand per tile multiply on tensor cores.
+  pl.step_bytes = tc ? work * (round16(dot_len) / 16) * 2 * 256 * static_cast<int64_t>(sizeof(T))
+                     : 2 * static_cast<int64_t>(sizeof(T)) * B * outs * dot_len;
+  const int64_t warps = std::clamp<int64_t>(work, 1, 8);
   pl.threads = static_cast<int>(32 * warps);
   const std::string shape = "(B=" + std::to_string(B) + ", H=" + std::to_string(H) +
                             ", P=" + std::to_string(P) + ", " + std::to_string(sizeof(T)) +
@@ -149,6 +157,23 @@ inline simt::LaunchConfig persistent_config(const PersistentPlan& pl, const char
   return cfg;
 }
 
+// The fields both kernels share, from the sequence, the plan and the layer (LayerForward or
+// LayerBackward); steps: device_steps' batch sizes and first rows, or undefined.
+template <class Layer>
+void set_steps(PersistentSteps& p, const core::Sequence& s, const PersistentPlan& pl,
+               const Layer& a, const Tensor& steps) {
+  p.steps = s.T;
+  p.B = s.B;
+  p.H = a.H;
+  p.P = a.P;
+  p.U = pl.U;
+  p.V = pl.V;
+  p.reverse = a.reverse;
+  p.bs = steps.defined() ? steps.template data_ptr<int64_t>() : nullptr;
+  p.off = steps.defined() ? p.bs + s.T : nullptr;
+  p.grid_syncs = !core::persistent_drops_grid_syncs().load();
+}
+
 // Whether the setting and the plan give the layer to the persistent kernel; raises where
 // "persistent" was forced and it cannot run.
 inline bool take_persistent(const PersistentPlan& pl, int64_t B, bool forced) {
@@ -181,15 +206,7 @@ bool persistent_forward_layer(const core::LayerForward<T, A>& a, const Tensor& g
   if (proj) r.fill_(std::numeric_limits<double>::quiet_NaN());
 #endif
   PersistentForward<T> p;
-  p.steps = s.T;
-  p.B = B;
-  p.H = H;
-  p.P = P;
-  p.U = pl.U;
-  p.V = pl.V;
-  p.reverse = a.reverse;
-  p.bs = steps.defined() ? steps.template data_ptr<int64_t>() : nullptr;
-  p.off = steps.defined() ? p.bs + s.T : nullptr;
+  set_steps(p, s, pl, a, steps);
   p.gx = dptr<const T>(gx);
   p.w_hh = a.w_hh;
   p.b_hh = Kind == kKindGru ? a.b_hh : nullptr;
@@ -200,7 +217,6 @@ bool persistent_forward_layer(const core::LayerForward<T, A>& a, const Tensor& g
   p.saved0 = a.saved[0];
   p.saved1 = a.saved[1];
   p.r = dptr<T>(r);
-  p.grid_syncs = !core::persistent_drops_grid_syncs().load();
   simt::launch_cooperative(persistent_forward<T, Kind>, persistent_config(pl, "persistent_forward"),
                            p);
   RNNFAST_LAUNCH_CHECK();
@@ -228,15 +244,7 @@ bool persistent_backward_layer(const core::LayerBackward<T, A>& a, const Tensor&
   }
 #endif
   PersistentBackward<T> p;
-  p.steps = s.T;
-  p.B = B;
-  p.H = H;
-  p.P = P;
-  p.U = pl.U;
-  p.V = pl.V;
-  p.reverse = a.reverse;
-  p.bs = steps.defined() ? steps.template data_ptr<int64_t>() : nullptr;
-  p.off = steps.defined() ? p.bs + s.T : nullptr;
+  set_steps(p, s, pl, a, steps);
   p.dy = a.dy;
   p.dy_ld = a.dy_ld;
   p.dy_cs = a.dy_cs;
@@ -253,7 +261,6 @@ bool persistent_backward_layer(const core::LayerBackward<T, A>& a, const Tensor&
   p.dgh = dptr<T>(dgh);
   p.dr_rows = dptr<T>(DR);
   p.r_rows = dptr<T>(Rr);
-  p.grid_syncs = !core::persistent_drops_grid_syncs().load();
   simt::launch_cooperative(persistent_backward<T, Kind>,
                            persistent_config(pl, "persistent_backward"), p);
   RNNFAST_LAUNCH_CHECK();

@@ -16,9 +16,10 @@
 //   1. stage h_{t-1} of the step's R rows in shared memory: the previous step's output
 //      rows (written by every block in the previous step) or h_0 for rows the previous
 //      step did not have (packed sequences, either direction);
-//   2. the block's recurrent products: R*G*U dot products of length P, a group of lanes
-//      each (block_dots: lanes stride over P, a fixed shuffle tree, deterministic),
-//      accumulated in Acc;
+//   2. the block's recurrent products, R x G*U of length P (block_product): on tensor
+//      cores for the half types (16 x 16 x 16 wmma tiles, float accumulators), else dot
+//      products on CUDA cores, a group of lanes each (block_dots: lanes stride over P, a
+//      fixed shuffle tree, deterministic), accumulated in Acc;
 //   3. the fused cell update (cell_math.h) of its units, the cell state kept in shared
 //      memory for all steps; writes its columns of the output rows and what backward
 //      needs (the same saved buffers as the per-step kernels of rnn_device.cuh);
@@ -31,12 +32,11 @@
 // Shared memory (PersistentLayout, the same arithmetic on host and device), in order:
 //   w  [G*U, P] T    the block's rows of W_hh: row g*U + u is W_hh row g*H + j*U + u
 //   wr [V, H]   T    its rows of W_hr (projection)
-// (w and wr rows padded by the lanes of a dot product, dot_lanes(P) and dot_lanes(H)
-// elements, so that the lane groups of a warp, reading neighbouring rows, start in
-// different banks);
+// (w, wr, hs and rs are block_product's operands: rows padded against bank conflicts,
+// and for tensor cores to whole tiles with zeros);
 //   hs [B, P]   T    h_{t-1} of the step's rows
 //   rs [B, H]   T    r = o * tanh(c) of the step's rows (projection)
-//   pre [B, G*U] A   the recurrent pre-activations (GRU: with b_hh)
+//   pre [B, G*U] A   the recurrent products (then the projection's outputs)
 //   cs [B, U]   A    the cell state of its units (LSTM)
 //   hl [B, max(U, V)] T  the last output of each row in its columns (the final h)
 //   bh [G*U]    A    its part of b_hh (GRU)
@@ -65,24 +65,55 @@ SIMT_HD int dot_lanes(int64_t n) {
   return lanes;
 }
 
-// Byte offsets of the shared-memory arrays above; each starts on a 16-byte boundary.
+// Tensor cores for the half types (simt::wmma: m16n16k16 tiles, float accumulators),
+// CUDA cores (block_dots) for float and double.
+template <typename T>
+struct TensorCores {
+  static constexpr bool value = false;
+};
+#if SIMT_HAS_HALF
+template <>
+struct TensorCores<__half> {
+  static constexpr bool value = true;
+};
+template <>
+struct TensorCores<__nv_bfloat16> {
+  static constexpr bool value = true;
+};
+#endif
+
+SIMT_HD int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// The shared-memory operands of block_product: rows of len elements, stored with row stride
+// operand_ld (tensor cores: len rounded up to a whole tile, zeros beyond len, plus 8
+// elements of skew; CUDA cores: plus a dot's lanes, against bank conflicts), operand_rows
+// rows allocated for n rows (tensor cores: whole tiles). Outputs: row stride product_ld.
+SIMT_HD int64_t operand_ld(bool tc, int64_t len) {
+  return tc ? round16(len) + 8 : len + dot_lanes(len);
+}
+SIMT_HD int64_t operand_rows(bool tc, int64_t n) { return tc ? round16(n) : n; }
+SIMT_HD int64_t product_ld(bool tc, int64_t n) { return tc ? round16(n) : n; }
+
+// Byte offsets of the shared-memory arrays above; each starts on a 32-byte boundary (what
+// the tensor cores' tile loads need). tc: the half types' tensor-core operand layout.
 struct PersistentLayout {
   int64_t w = 0, wr = 0, hs = 0, rs = 0, pre = 0, cs = 0, hl = 0, bh = 0, ctl = 0, bytes = 0;
   PersistentLayout() = default;
   SIMT_HD PersistentLayout(int kind, bool proj, int64_t B, int64_t H, int64_t P, int64_t U,
-                           int64_t V, int64_t t_size, int64_t a_size) {
+                           int64_t V, int64_t t_size, int64_t a_size, bool tc) {
     const int64_t G = kind_gates(kind);
     int64_t at = 0;
     auto take = [&at](int64_t bytes) {
       const int64_t start = at;
-      at += (bytes + 15) / 16 * 16;
+      at += (bytes + 31) / 32 * 32;
       return start;
     };
-    w = take(G * U * (P + dot_lanes(P)) * t_size);
-    wr = take(proj ? V * (H + dot_lanes(H)) * t_size : 0);
-    hs = take(B * P * t_size);
-    rs = take(proj ? B * H * t_size : 0);
-    pre = take(B * G * U * a_size);
+    const int64_t rows = operand_rows(tc, B);
+    w = take(operand_rows(tc, G * U) * operand_ld(tc, P) * t_size);
+    wr = take(proj ? operand_rows(tc, V) * operand_ld(tc, H) * t_size : 0);
+    hs = take(rows * operand_ld(tc, P) * t_size);
+    rs = take(proj ? rows * operand_ld(tc, H) * t_size : 0);
+    pre = take(rows * product_ld(tc, G * U) * a_size);  // also the projection's outputs
     cs = take(kind == kKindLstm ? B * U * a_size : 0);
     hl = take(B * (U > V ? U : V) * t_size);
     bh = take(kind == kKindGru ? G * U * a_size : 0);
@@ -91,13 +122,41 @@ struct PersistentLayout {
   }
 };
 
-template <typename T>
-struct PersistentForward {
+// What both kernels know of the sequence and their plan.
+struct PersistentSteps {
   int64_t steps = 0, B = 0, H = 0, P = 0;
-  int64_t U = 0, V = 0;         // units and projection outputs per block
-  bool reverse = false;
+  int64_t U = 0, V = 0;         // units and projection outputs (state columns) per block
+  bool reverse = false;         // the direction (backward: the forward's)
   const int64_t* bs = nullptr;  // [T] rows per step (device memory), or null: all B
   const int64_t* off = nullptr; // [T] first row of each step, with bs
+  bool grid_syncs = true;       // false only in the emulator's test of a missing grid sync
+};
+
+// The step processed step-th in this direction's forward order: its R rows from row o, and
+// the n_prev of them that the step before it (in that order) also had, from its row o_prev.
+// Every thread of the block calls it (packed input: thread 0 reads the batch sizes into
+// ctl, between two barriers).
+struct StepRows {
+  int64_t R, o, n_prev, o_prev;
+};
+SIMT_DEVICE StepRows step_rows(const PersistentSteps& p, int64_t step, int64_t* ctl) {
+  const int64_t t = p.reverse ? p.steps - 1 - step : step;
+  const int64_t tp = p.reverse ? (t + 1 < p.steps ? t + 1 : -1) : t - 1;
+  if (p.bs == nullptr) return {p.B, t * p.B, tp >= 0 ? p.B : 0, tp * p.B};
+  __syncthreads();  // every thread has read the previous step's ctl
+  if (threadIdx.x == 0) {
+    ctl[0] = simt::ld(p.bs + t);
+    ctl[1] = simt::ld(p.off + t);
+    const int64_t bp = tp >= 0 ? simt::ld(p.bs + tp) : 0;
+    ctl[2] = bp < ctl[0] ? bp : ctl[0];
+    ctl[3] = tp >= 0 ? simt::ld(p.off + tp) : 0;
+  }
+  __syncthreads();
+  return {ctl[0], ctl[1], ctl[2], ctl[3]};
+}
+
+template <typename T>
+struct PersistentForward : PersistentSteps {
   const T* gx = nullptr;        // [N, G*H] input projection (with the biases but GRU's b_hh)
   const T* w_hh = nullptr;      // [G*H, P]
   const T* b_hh = nullptr;      // [G*H] GRU with bias, else null
@@ -108,7 +167,6 @@ struct PersistentForward {
   Acc<T>* saved0 = nullptr;     // LSTM [N, 4H] gates / GRU [N, 4H] workspace (training), or null
   Acc<T>* saved1 = nullptr;     // LSTM [N, H] cells (training), or null
   T* r = nullptr;               // [B, H] scratch: r of the step's rows (projection)
-  bool grid_syncs = true;       // false only in the emulator's test of a missing grid sync
 };
 
 // The block's n dot products of length len, item i being rows(i) = (a, b), two rows in
@@ -135,13 +193,66 @@ SIMT_DEVICE void block_dots(int64_t n, int64_t len, int lanes, const Rows& rows,
   }
 }
 
+// out[i * ldo + j] = sum over k < len of a[i][k] * bt[j][k], for i < m and j < n, in Acc<T>:
+// a and bt are shared-memory operands (rows of len, stride operand_ld) and out is in shared
+// memory too. Tensor cores: 16 x 16 tiles of out, a warp each, over whole tiles of k (the
+// zero padding of both operands adds nothing); out is written in whole tiles, so it needs
+// round16(m) rows and a and bt round16(m) and round16(n) rows (rows beyond m and n may hold
+// anything: they only reach outputs beyond them). Every thread of the block calls it.
+template <typename T>
+SIMT_DEVICE void block_product(int64_t m, int64_t n, int64_t len, const T* a, const T* bt,
+                               Acc<T>* out, int64_t ldo) {
+  const bool tc = TensorCores<T>::value;
+  const int64_t ld = operand_ld(tc, len);
+  if constexpr (TensorCores<T>::value) {
+    namespace wmma = simt::wmma;
+    const int warp = static_cast<int>(threadIdx.x) / 32, nwarps = static_cast<int>(blockDim.x) / 32;
+    const int64_t tiles_n = (n + 15) / 16, tiles = (m + 15) / 16 * tiles_n, klen = round16(len);
+    for (int64_t t = warp; t < tiles; t += nwarps) {
+      const int64_t i0 = t / tiles_n * 16, j0 = t % tiles_n * 16;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int64_t k0 = 0; k0 < klen; k0 += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, a + i0 * ld + k0, static_cast<unsigned>(ld));
+        wmma::load_matrix_sync(fb, bt + j0 * ld + k0, static_cast<unsigned>(ld));
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(out + i0 * ldo + j0, acc, static_cast<unsigned>(ldo),
+                              wmma::mem_row_major);
+    }
+  } else {
+    block_dots<Acc<T>, T>(
+        m * n, len, dot_lanes(len),
+        [&](int64_t item, const T*& ra, const T*& rb) {
+          ra = a + (item / n) * ld;
+          rb = bt + (item % n) * ld;
+        },
+        [&](int64_t item, Acc<T> sum) { out[(item / n) * ldo + item % n] = sum; });
+  }
+}
+
+// Zeros columns [len, ld) of rows [0, rows) of a shared-memory operand (tensor cores: the
+// padding of k, which the products read). Every thread of the block calls it.
+template <typename T>
+SIMT_DEVICE void zero_padding(T* x, int64_t rows, int64_t len) {
+  if constexpr (TensorCores<T>::value) {
+    const int64_t ld = operand_ld(true, len), pad = ld - len;
+    for (int64_t e = threadIdx.x; e < rows * pad; e += blockDim.x) {
+      x[(e / pad) * ld + len + e % pad] = to<T>(0.0f);
+    }
+  }
+}
+
 template <typename T, int Kind>
 __global__ void persistent_forward(PersistentForward<T> p) {
   using A = Acc<T>;
   constexpr int64_t G = Kind == kKindLstm ? 4 : Kind == kKindGru ? 3 : 1;
   const bool proj = p.w_hr != nullptr;
   const int64_t B = p.B, H = p.H, P = p.P, U = p.U, V = p.V, GH = G * H;
-  const PersistentLayout lay(Kind, proj, B, H, P, U, V, sizeof(T), sizeof(A));
+  constexpr bool tc = TensorCores<T>::value;
+  const PersistentLayout lay(Kind, proj, B, H, P, U, V, sizeof(T), sizeof(A), tc);
   unsigned char* smem = simt::dynamic_shared<unsigned char>();
   T* w = reinterpret_cast<T*>(smem + lay.w);
   T* wr = reinterpret_cast<T*>(smem + lay.wr);
@@ -154,8 +265,8 @@ __global__ void persistent_forward(PersistentForward<T> p) {
   int64_t* ctl = reinterpret_cast<int64_t*>(smem + lay.ctl);
 
   const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int lanes_p = dot_lanes(P), lanes_h = dot_lanes(H);
-  const int64_t ldw = P + lanes_p, ldwr = H + lanes_h;  // padded rows: see PersistentLayout
+  const int64_t ldp = operand_ld(tc, P), ldh = operand_ld(tc, H);  // operand row strides
+  const int64_t ldpre = product_ld(tc, G * U);
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
   const int64_t nu = H - u0 < U ? H - u0 : U;  // >= 1: the grid has ceil(H / U) blocks
   const int64_t v0 = static_cast<int64_t>(blockIdx.x) * V;
@@ -166,11 +277,17 @@ __global__ void persistent_forward(PersistentForward<T> p) {
   // The resident weights and the state of the block's units: read once.
   for (int64_t e = tid; e < G * nu * P; e += nthreads) {
     const int64_t g = e / (nu * P), rest = e - g * nu * P, u = rest / P, k = rest - u * P;
-    w[(g * U + u) * ldw + k] = simt::ldg(p.w_hh + (g * H + u0 + u) * P + k);
+    w[(g * U + u) * ldp + k] = simt::ldg(p.w_hh + (g * H + u0 + u) * P + k);
+  }
+  zero_padding(w, operand_rows(tc, G * U), P);
+  zero_padding(hs, operand_rows(tc, B), P);
+  if (proj) {
+    zero_padding(wr, operand_rows(tc, V), H);
+    zero_padding(rs, operand_rows(tc, B), H);
   }
   for (int64_t e = tid; e < nv * H; e += nthreads) {
     const int64_t v = e / H, k = e - v * H;
-    wr[v * ldwr + k] = simt::ldg(p.w_hr + (v0 + v) * H + k);
+    wr[v * ldh + k] = simt::ldg(p.w_hr + (v0 + v) * H + k);
   }
   if (Kind == kKindLstm) {
     for (int64_t e = tid; e < B * nu; e += nthreads) {
@@ -190,54 +307,26 @@ __global__ void persistent_forward(PersistentForward<T> p) {
   }
 
   for (int64_t step = 0; step < p.steps; ++step) {
-    const int64_t t = p.reverse ? p.steps - 1 - step : step;
-    const int64_t tp = p.reverse ? (t + 1 < p.steps ? t + 1 : -1) : t - 1;
-    int64_t R, o, n_prev, o_prev;
-    if (p.bs == nullptr) {
-      R = B;
-      o = t * B;
-      n_prev = tp >= 0 ? B : 0;
-      o_prev = tp * B;
-    } else {
-      __syncthreads();  // every thread has read the previous step's ctl
-      if (tid == 0) {
-        ctl[0] = simt::ld(p.bs + t);
-        ctl[1] = simt::ld(p.off + t);
-        const int64_t bp = tp >= 0 ? simt::ld(p.bs + tp) : 0;
-        ctl[2] = bp < ctl[0] ? bp : ctl[0];
-        ctl[3] = tp >= 0 ? simt::ld(p.off + tp) : 0;
-      }
-      __syncthreads();
-      R = ctl[0], o = ctl[1], n_prev = ctl[2], o_prev = ctl[3];
-    }
+    const auto [R, o, n_prev, o_prev] = step_rows(p, step, ctl);
     if (R == 0) continue;  // the same in every block
 
     // 1. h_{t-1} of the step's rows.
     for (int64_t e = tid; e < R * P; e += nthreads) {
       const int64_t b = e / P, k = e - b * P;
-      hs[e] = b < n_prev ? simt::ld(p.y + (o_prev + b) * P + k) : simt::ld(p.h + b * P + k);
+      hs[b * ldp + k] =
+          b < n_prev ? simt::ld(p.y + (o_prev + b) * P + k) : simt::ld(p.h + b * P + k);
     }
     __syncthreads();
 
     // 2. The recurrent pre-activations of the block's units.
-    block_dots<A, T>(
-        R * G * nu, P, lanes_p,
-        [&](int64_t item, const T*& wa, const T*& hb) {
-          const int64_t b = item / (G * nu), gu = item - b * G * nu, g = gu / nu, u = gu - g * nu;
-          wa = w + (g * U + u) * ldw;
-          hb = hs + b * P;
-        },
-        [&](int64_t item, A sum) {
-          const int64_t b = item / (G * nu), gu = item - b * G * nu, g = gu / nu, u = gu - g * nu;
-          pre[b * G * U + g * U + u] = Kind == kKindGru ? sum + bh[g * U + u] : sum;
-        });
+    block_product(R, G * U, P, hs, w, pre, ldpre);
     __syncthreads();
 
     // 3. The cell update of the block's units.
     for (int64_t e = tid; e < R * nu; e += nthreads) {
       const int64_t b = e / nu, u = e - b * nu, j = u0 + u, row = o + b;
       const T* gxr = p.gx + row * GH + j;
-      const A* pr = pre + b * G * U + u;
+      const A* pr = pre + b * ldpre + u;
       if constexpr (Kind == kKindLstm) {
         A gate[4];
         for (int k = 0; k < 4; ++k) gate[k] = load<A>(gxr + k * H) + pr[k * U];
@@ -257,9 +346,10 @@ __global__ void persistent_forward(PersistentForward<T> p) {
         }
       } else if constexpr (Kind == kKindGru) {
         A xr = load<A>(gxr), xz = load<A>(gxr + H), xn = load<A>(gxr + 2 * H);
-        const A hn = pr[2 * U];
-        const A h = cell::gru_forward_unit<A, DeviceAct>(xr, xz, xn, pr[0], pr[U], hn,
-                                                         to<A>(hs[b * P + j]));
+        const A hn = pr[2 * U] + bh[2 * U + u];
+        const A h = cell::gru_forward_unit<A, DeviceAct>(xr, xz, xn, pr[0] + bh[u],
+                                                         pr[U] + bh[U + u], hn,
+                                                         to<A>(hs[b * ldp + j]));
         store(p.y + row * P + j, h);
         hl[b * X + u] = to<T>(h);
         if (p.saved0 != nullptr) {
@@ -280,20 +370,19 @@ __global__ void persistent_forward(PersistentForward<T> p) {
     // 4. The projection: h_t = r W_hr^T, once every block has written its part of r.
     if (proj) {
       if (p.grid_syncs) simt::grid_sync();
-      for (int64_t e = tid; e < R * H; e += nthreads) rs[e] = simt::ld(p.r + e);
+      for (int64_t e = tid; e < R * H; e += nthreads) {
+        const int64_t b = e / H, k = e - b * H;
+        rs[b * ldh + k] = simt::ld(p.r + e);
+      }
       __syncthreads();
-      block_dots<A, T>(
-          R * nv, H, lanes_h,
-          [&](int64_t item, const T*& wa, const T*& rb) {
-            const int64_t b = item / nv, v = item - b * nv;
-            wa = wr + v * ldwr;
-            rb = rs + b * H;
-          },
-          [&](int64_t item, A sum) {
-            const int64_t b = item / nv, v = item - b * nv;
-            store(p.y + (o + b) * P + v0 + v, sum);
-            hl[b * X + v] = to<T>(sum);
-          });
+      const int64_t ldv = product_ld(tc, V);  // pre holds the projection's outputs now
+      block_product(R, V, H, rs, wr, pre, ldv);
+      __syncthreads();
+      for (int64_t e = tid; e < R * nv; e += nthreads) {
+        const int64_t b = e / nv, v = e - b * nv;
+        store(p.y + (o + b) * P + v0 + v, pre[b * ldv + v]);
+        hl[b * X + v] = to<T>(pre[b * ldv + v]);
+      }
     }
     // 5. The step's output rows are complete.
     if (p.grid_syncs) simt::grid_sync();
@@ -339,28 +428,31 @@ __global__ void persistent_forward(PersistentForward<T> p) {
 //   wrt [U, P]  T   its units' columns of W_hr as rows (projection)
 //   gs [B, G*H] T   the step's gate gradients (GRU: the recurrent side: dr, dz, dn * r)
 //   ds [B, P]   T   the step's DR rows (projection)
-//   drs [B, U]  A   dr of its units (projection)
+//   acc [B, max(X, U)] A  the products' outputs: dr of its units (projection), then the
+//                   product part of dL/dh_{t-1} of its columns
 //   dhs [B, X]  A   dL/dh of its state columns
 //   dcs [B, U]  A   dL/dc of its units (LSTM)
 //   ctl [4] int64
-// with X = U (no projection) or V, rows of wt and wrt padded by a dot's lanes.
+// with X = U (no projection) or V; the operands (wt, wrt, gs, ds) in block_product's
+// layout (operand_ld, operand_rows).
 struct PersistentBackLayout {
-  int64_t wt = 0, wrt = 0, gs = 0, ds = 0, drs = 0, dhs = 0, dcs = 0, ctl = 0, bytes = 0;
+  int64_t wt = 0, wrt = 0, gs = 0, ds = 0, acc = 0, dhs = 0, dcs = 0, ctl = 0, bytes = 0;
   PersistentBackLayout() = default;
   SIMT_HD PersistentBackLayout(int kind, bool proj, int64_t B, int64_t H, int64_t P, int64_t U,
-                               int64_t V, int64_t t_size, int64_t a_size) {
+                               int64_t V, int64_t t_size, int64_t a_size, bool tc) {
     const int64_t GH = kind_gates(kind) * H, X = proj ? V : U;
     int64_t at = 0;
     auto take = [&at](int64_t bytes) {
       const int64_t start = at;
-      at += (bytes + 15) / 16 * 16;
+      at += (bytes + 31) / 32 * 32;
       return start;
     };
-    wt = take(X * (GH + dot_lanes(GH)) * t_size);
-    wrt = take(proj ? U * (P + dot_lanes(P)) * t_size : 0);
-    gs = take(B * GH * t_size);
-    ds = take(proj ? B * P * t_size : 0);
-    drs = take(proj ? B * U * a_size : 0);
+    const int64_t rows = operand_rows(tc, B);
+    wt = take(operand_rows(tc, X) * operand_ld(tc, GH) * t_size);
+    wrt = take(proj ? operand_rows(tc, U) * operand_ld(tc, P) * t_size : 0);
+    gs = take(rows * operand_ld(tc, GH) * t_size);
+    ds = take(proj ? rows * operand_ld(tc, P) * t_size : 0);
+    acc = take(rows * product_ld(tc, X > U ? X : U) * a_size);
     dhs = take(B * X * a_size);
     dcs = take(kind == kKindLstm ? B * U * a_size : 0);
     ctl = take(4 * static_cast<int64_t>(sizeof(int64_t)));
@@ -369,12 +461,7 @@ struct PersistentBackLayout {
 };
 
 template <typename T>
-struct PersistentBackward {
-  int64_t steps = 0, B = 0, H = 0, P = 0;
-  int64_t U = 0, V = 0;
-  bool reverse = false;          // the forward's direction
-  const int64_t* bs = nullptr;   // [T] rows per step (device memory), or null: all B
-  const int64_t* off = nullptr;  // [T]
+struct PersistentBackward : PersistentSteps {
   const T* dy = nullptr;         // [N, P] dL/d output, element (n, k) at n*dy_ld + k*dy_cs, or null
   int64_t dy_ld = 0, dy_cs = 0;
   const T* hx = nullptr;         // [B, P] h_0 (GRU: h_{t-1} of rows that start)
@@ -390,7 +477,6 @@ struct PersistentBackward {
   T* dgh = nullptr;              // [N, H] out: GRU's n-gate recurrent-side gradient
   T* dr_rows = nullptr;          // [N, P] out: DR (projection)
   T* r_rows = nullptr;           // [N, H] out: r recomputed (projection)
-  bool grid_syncs = true;        // false only in the emulator's test of a missing grid sync
 };
 
 template <typename T, int Kind>
@@ -400,20 +486,21 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
   const bool proj = p.w_hr != nullptr;
   const int64_t B = p.B, H = p.H, P = p.P, U = p.U, V = p.V, GH = G * H;
   const int64_t X = proj ? V : U;
-  const PersistentBackLayout lay(Kind, proj, B, H, P, U, V, sizeof(T), sizeof(A));
+  constexpr bool tc = TensorCores<T>::value;
+  const PersistentBackLayout lay(Kind, proj, B, H, P, U, V, sizeof(T), sizeof(A), tc);
   unsigned char* smem = simt::dynamic_shared<unsigned char>();
   T* wt = reinterpret_cast<T*>(smem + lay.wt);
   T* wrt = reinterpret_cast<T*>(smem + lay.wrt);
   T* gs = reinterpret_cast<T*>(smem + lay.gs);
   T* ds = reinterpret_cast<T*>(smem + lay.ds);
-  A* drs = reinterpret_cast<A*>(smem + lay.drs);
+  A* acc = reinterpret_cast<A*>(smem + lay.acc);
   A* dhs = reinterpret_cast<A*>(smem + lay.dhs);
   A* dcs = reinterpret_cast<A*>(smem + lay.dcs);
   int64_t* ctl = reinterpret_cast<int64_t*>(smem + lay.ctl);
 
   const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int lanes_g = dot_lanes(GH), lanes_p = dot_lanes(P);
-  const int64_t ldt = GH + lanes_g, ldr = P + lanes_p;
+  const int64_t ldt = operand_ld(tc, GH), ldr = operand_ld(tc, P);  // operand row strides
+  const int64_t ldu = product_ld(tc, U), ldx = product_ld(tc, X);     // acc's, for dr and dh
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
   const int64_t nu = H - u0 < U ? H - u0 : U;
   const int64_t col0 = proj ? static_cast<int64_t>(blockIdx.x) * V : u0;
@@ -428,7 +515,11 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
       const int64_t q = e / nu, u = e - q * nu;
       wrt[u * ldr + q] = simt::ldg(p.w_hr + q * H + u0 + u);
     }
+    zero_padding(wrt, operand_rows(tc, U), P);
+    zero_padding(ds, operand_rows(tc, B), P);
   }
+  zero_padding(wt, operand_rows(tc, X), GH);
+  zero_padding(gs, operand_rows(tc, B), GH);
   for (int64_t e = tid; e < B * ncols; e += nthreads) {
     const int64_t b = e / ncols, j = e - b * ncols;
     dhs[b * X + j] = load<A>(p.dh + b * P + col0 + j);
@@ -446,26 +537,7 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
   };
 
   for (int64_t step = p.steps - 1; step >= 0; --step) {
-    const int64_t t = p.reverse ? p.steps - 1 - step : step;
-    const int64_t tp = p.reverse ? (t + 1 < p.steps ? t + 1 : -1) : t - 1;
-    int64_t R, o, n_prev, o_prev;
-    if (p.bs == nullptr) {
-      R = B;
-      o = t * B;
-      n_prev = tp >= 0 ? B : 0;
-      o_prev = tp * B;
-    } else {
-      __syncthreads();
-      if (tid == 0) {
-        ctl[0] = simt::ld(p.bs + t);
-        ctl[1] = simt::ld(p.off + t);
-        const int64_t bp = tp >= 0 ? simt::ld(p.bs + tp) : 0;
-        ctl[2] = bp < ctl[0] ? bp : ctl[0];
-        ctl[3] = tp >= 0 ? simt::ld(p.off + tp) : 0;
-      }
-      __syncthreads();
-      R = ctl[0], o = ctl[1], n_prev = ctl[2], o_prev = ctl[3];
-    }
+    const auto [R, o, n_prev, o_prev] = step_rows(p, step, ctl);
     if (R == 0) continue;
 
     if (proj) {
@@ -475,16 +547,12 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
         store(p.dr_rows + (o + b) * P + col0 + j, dhs[b * X + j] + dout(o + b, col0 + j));
       }
       if (p.grid_syncs) simt::grid_sync();
-      for (int64_t e = tid; e < R * P; e += nthreads) ds[e] = simt::ld(p.dr_rows + o * P + e);
+      for (int64_t e = tid; e < R * P; e += nthreads) {
+        const int64_t b = e / P, q = e - b * P;
+        ds[b * ldr + q] = simt::ld(p.dr_rows + o * P + e);
+      }
       __syncthreads();
-      block_dots<A, T>(
-          R * nu, P, lanes_p,
-          [&](int64_t item, const T*& wa, const T*& db) {
-            const int64_t b = item / nu, u = item - b * nu;
-            wa = wrt + u * ldr;
-            db = ds + b * P;
-          },
-          [&](int64_t item, A sum) { drs[(item / nu) * U + item % nu] = sum; });
+      block_product(R, U, P, ds, wrt, acc, ldu);  // dr of the block's units
       __syncthreads();
     }
 
@@ -492,7 +560,7 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
     for (int64_t e = tid; e < R * nu; e += nthreads) {
       const int64_t b = e / nu, u = e - b * nu, j = u0 + u, row = o + b;
       if constexpr (Kind == kKindLstm) {
-        const A dr = proj ? drs[b * U + u] : dhs[b * X + u] + dout(row, j);
+        const A dr = proj ? acc[b * ldu + u] : dhs[b * X + u] + dout(row, j);
         const A* gates = p.saved0 + row * GH + j;
         const A cprev = simt::ld(b < n_prev ? p.saved1 + (o_prev + b) * H + j : p.cx + b * H + j);
         A dc = dcs[b * U + u], di, df, dgg, do_, r;
@@ -533,24 +601,19 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
     for (int64_t e = tid; e < R * GH; e += nthreads) {
       const int64_t b = e / GH, k = e - b * GH;
       if (Kind == kKindGru && k >= 2 * H) {
-        gs[e] = simt::ld(p.dgh + (o + b) * H + k - 2 * H);
+        gs[b * ldt + k] = simt::ld(p.dgh + (o + b) * H + k - 2 * H);
       } else {
-        gs[e] = simt::ld(p.dg + (o + b) * GH + k);
+        gs[b * ldt + k] = simt::ld(p.dg + (o + b) * GH + k);
       }
     }
     __syncthreads();
-    block_dots<A, T>(
-        R * ncols, GH, lanes_g,
-        [&](int64_t item, const T*& wa, const T*& gb) {
-          const int64_t b = item / ncols, j = item - b * ncols;
-          wa = wt + j * ldt;
-          gb = gs + b * GH;
-        },
-        [&](int64_t item, A sum) {
-          const int64_t b = item / ncols, j = item - b * ncols;
-          // GRU: plus the direct part z * dL/dh_t, which its own thread left there.
-          dhs[b * X + j] = Kind == kKindGru ? dhs[b * X + j] + sum : sum;
-        });
+    block_product(R, X, GH, gs, wt, acc, ldx);
+    __syncthreads();
+    for (int64_t e = tid; e < R * ncols; e += nthreads) {
+      const int64_t b = e / ncols, j = e - b * ncols;
+      // GRU: plus the direct part z * dL/dh_t, left there by the cell backward.
+      dhs[b * X + j] = Kind == kKindGru ? dhs[b * X + j] + acc[b * ldx + j] : acc[b * ldx + j];
+    }
     __syncthreads();
   }
 

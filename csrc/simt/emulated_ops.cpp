@@ -31,8 +31,8 @@ TORCH_LIBRARY_IMPL(rnnfast_emu, CPU, m) {
 }
 
 // The persistent kernels' plan for a shape on the modelled device (bench/gpu_model.py):
-// (ok, why, U, V, blocks, threads, shared bytes, whether auto takes it). kind as core::CellKind; elem_bytes 2
-// (bfloat16), 4 or 8.
+// (ok, why, U, V, blocks, threads, shared bytes, whether auto takes it). kind as
+// core::CellKind; elem_bytes 2 (bfloat16), 4 or 8.
 std::tuple<bool, std::string, int64_t, int64_t, int64_t, int, size_t, bool> rnnfast_persistent_plan(
     int kind, int elem_bytes, int64_t B, int64_t H, int64_t P, bool backward) {
   using namespace rnnfast::simt_emu;

@@ -72,6 +72,7 @@ py::tuple take_counts() {
     }
     d["grid_syncs"] = c.grid_syncs;
     d["block_barriers"] = c.block_barriers;
+    d["mma_syncs"] = c.mma_syncs;
     ls.append(d);
   }
   for (const auto& g : gemms) {

@@ -28,6 +28,14 @@
 // and aborts when one of them touches the block's shared memory. Host code reports
 // the GEMMs it runs beside the kernels with simt::record_gemm (a no-op on the GPU).
 //
+// Tensor cores: simt::wmma is nvcuda::wmma on the GPU; the emulator implements the part of
+// it the kernels use, m16n16k16 tiles of __half or __nv_bfloat16 with float accumulators:
+// fragment, fill_fragment, load_matrix_sync, mma_sync, store_matrix_sync, as warp
+// collectives (all 32 lanes, checked), with CUDA's pointer (32-byte) and leading-dimension
+// (16-byte) requirements checked. Its fragments hold the whole tile in every lane (a
+// fragment's layout is opaque in CUDA); element access (x[], num_elements) is not emulated.
+// Dynamic shared memory starts 128-byte aligned on both.
+//
 // Device properties (simt::device_props) and occupancy (simt::blocks_per_sm) come
 // from the CUDA runtime on the GPU and from a settable model in the emulator
 // (simt::set_device_model; default H100-like), so launch-shape decisions are tested
@@ -95,6 +103,7 @@ struct LaunchError : std::runtime_error {
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #define SIMT_HAS_HALF 1
 #define SIMT_EMULATED 0
@@ -111,9 +120,12 @@ using LaunchConfig = BasicLaunchConfig<dim3_t, stream_t>;
 // Dynamic shared memory of the current block, as T[]. Size set at launch.
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared() {
-  extern __shared__ __align__(16) unsigned char simt_dynamic_smem[];
+  extern __shared__ __align__(128) unsigned char simt_dynamic_smem[];
   return reinterpret_cast<T*>(simt_dynamic_smem);
 }
+
+// Tensor cores: CUDA's own warp matrix API (fragments, load/mma/store_matrix_sync).
+namespace wmma = nvcuda::wmma;
 
 __device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
 
@@ -290,6 +302,7 @@ struct LaunchCount {
   size_t shared_bytes = 0;
   uint64_t global_bytes_read = 0, global_bytes_written = 0;
   uint64_t grid_syncs = 0, block_barriers = 0;
+  uint64_t mma_syncs = 0;  // wmma::mma_sync calls, one per warp
 };
 struct GemmCount {
   std::string what;
@@ -392,7 +405,8 @@ int blocks_per_sm(void (*)(KArgs...), int threads, size_t smem, int regs_hint) {
   if (threads <= 0 || threads > 1024 || smem > d.smem_per_block_optin) return 0;
   size_t n = std::min<size_t>(d.max_blocks_per_sm, d.max_threads_per_sm / threads);
   if (smem > 0) n = std::min(n, d.smem_per_sm / smem);
-  if (regs_hint > 0) n = std::min<size_t>(n, d.regs_per_sm / (static_cast<size_t>(threads) * regs_hint));
+  if (regs_hint > 0)
+    n = std::min<size_t>(n, d.regs_per_sm / (static_cast<size_t>(threads) * regs_hint));
   return static_cast<int>(n);
 }
 
@@ -546,5 +560,104 @@ inline T __ldg(const T* p) {
   ::simt::detail::global_access(p, sizeof(T), false);
   return *p;
 }
+
+#if SIMT_HAS_HALF
+namespace simt {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+// A tile: every lane holds all of it, row-major (rows x cols of the fragment's use).
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulator has m16n16k16 tiles only");
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  T v[rows * cols];
+};
+
+namespace detail {
+inline float to_float(float v) { return v; }
+inline float to_float(__half v) { return __half2float(v); }
+inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+void check_tile(const void* p, unsigned ldm, size_t elem, const char* what, const char* file,
+                int line);
+bool lane_zero();
+void count_mma();
+}  // namespace detail
+
+template <class Use, int M, int N, int K, class T, class Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T value) {
+  for (T& e : f.v) e = value;
+}
+
+// matrix_a / matrix_b from memory with the fragment's layout.
+template <class Use, int M, int N, int K, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm,
+                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  static_assert(!std::is_same<Layout, void>::value, "matrix_a/matrix_b fragments have a layout");
+  __syncwarp(0xffffffffu, file, line);
+  detail::check_tile(p, ldm, sizeof(T), "load_matrix_sync", file, line);
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.v[r * F::cols + c] =
+          std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+// An accumulator from memory, with the layout given.
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p,
+                             unsigned ldm, layout_t layout, const char* file = __builtin_FILE(),
+                             int line = __builtin_LINE()) {
+  __syncwarp(0xffffffffu, file, line);
+  detail::check_tile(p, ldm, sizeof(float), "load_matrix_sync", file, line);
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      f.v[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
+                              unsigned ldm, layout_t layout, const char* file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+  __syncwarp(0xffffffffu, file, line);
+  detail::check_tile(p, ldm, sizeof(float), "store_matrix_sync", file, line);
+  if (detail::lane_zero()) {
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < N; ++c)
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r * N + c];
+  }
+  __syncwarp(0xffffffffu, file, line);
+}
+
+// d = a b + c, products and sums in float (d may be c).
+template <int M, int N, int K, class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                     const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b,
+                     const fragment<accumulator, M, N, K, float>& c,
+                     const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  __syncwarp(0xffffffffu, file, line);
+  if (detail::lane_zero()) detail::count_mma();
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float acc = c.v[i * N + j];
+      for (int k = 0; k < K; ++k)
+        acc += detail::to_float(a.v[i * K + k]) * detail::to_float(b.v[k * N + j]);
+      out[i * N + j] = acc;
+    }
+  for (int e = 0; e < M * N; ++e) d.v[e] = out[e];
+}
+
+}  // namespace wmma
+}  // namespace simt
+#endif  // SIMT_HAS_HALF
 
 #endif  // __CUDACC__

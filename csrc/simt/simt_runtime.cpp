@@ -160,7 +160,9 @@ struct Fiber {
 struct Block {
   uint3_t idx;
   std::vector<Fiber*> threads;
-  std::vector<unsigned char> smem;
+  std::vector<unsigned char> storage;  // the block's shared memory, with room to align it
+  unsigned char* smem = nullptr;       // 128-byte aligned, as on the GPU
+  size_t smem_size = 0;
   int exited = 0;
   int at_barrier = 0;
 };
@@ -219,7 +221,7 @@ const dim3_t& block_dim() { return rt.launch->cfg->block; }
 const dim3_t& grid_dim() { return rt.launch->cfg->grid; }
 unsigned char* block_smem() {
   Block& b = *self().block;
-  return b.smem.empty() ? nullptr : b.smem.data();
+  return b.smem_size == 0 ? nullptr : b.smem;
 }
 
 const char* wait_name(const Fiber& f) {
@@ -462,13 +464,18 @@ void global_access(const void* p, size_t bytes, bool write) {
   if (rt.launch == nullptr || rt.current == nullptr) return;  // host code
   const Block& b = *rt.current->block;
   const auto* q = static_cast<const unsigned char*>(p);
-  if (!b.smem.empty() && q >= b.smem.data() && q < b.smem.data() + b.smem.size()) {
+  if (b.smem_size > 0 && q >= b.smem && q < b.smem + b.smem_size) {
     fail("simt::%s of shared memory (offset %td): ld/ldg/st are for global memory; access "
-         "shared memory directly", write ? "st" : "ld", q - b.smem.data());
+         "shared memory directly", write ? "st" : "ld", q - b.smem);
   }
   if (LaunchCount* c = rt.launch->count) {
     (write ? c->global_bytes_written : c->global_bytes_read) += bytes;
   }
+}
+
+bool lane_zero_impl() { return self().lane == 0; }
+void count_mma_impl() {
+  if (rt.launch != nullptr && rt.launch->count != nullptr) rt.launch->count->mma_syncs += 1;
 }
 
 void atomic_point(bool changed) {
@@ -536,7 +543,10 @@ void run_blocks(Launch& L, size_t first, size_t count) {
     b.idx = {static_cast<unsigned>(lin % g.x), static_cast<unsigned>(lin / g.x % g.y),
              static_cast<unsigned>(lin / (static_cast<size_t>(g.x) * g.y))};
     // Poison: every byte 0xFF reads as NaN (float, double, half) or -1 (integers).
-    b.smem.assign(L.cfg->smem, 0xFF);
+    b.storage.assign(L.cfg->smem + 128, 0xFF);
+    const uintptr_t at = reinterpret_cast<uintptr_t>(b.storage.data());
+    b.smem = b.storage.data() + ((128 - at % 128) % 128);
+    b.smem_size = L.cfg->smem;
     for (int t = 0; t < nthreads; ++t) {
       Fiber& f = *rt.pool[next++];
       f.block = &b;
@@ -620,3 +630,28 @@ void run(const LaunchConfig& cfg, bool cooperative, const std::function<void()>&
 }  // namespace detail
 }  // namespace emu
 }  // namespace simt
+
+#if SIMT_HAS_HALF
+namespace simt {
+namespace wmma {
+namespace detail {
+
+void check_tile(const void* p, unsigned ldm, size_t elem, const char* what, const char* file,
+                int line) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    ::simt::emu::detail::fail("wmma::%s at %s:%d: the pointer is not 256-bit aligned", what,
+                              file, line);
+  }
+  if ((ldm * elem) % 16 != 0) {
+    ::simt::emu::detail::fail("wmma::%s at %s:%d: ldm %u is not a multiple of 16 bytes", what,
+                              file, line, ldm);
+  }
+}
+
+bool lane_zero() { return ::simt::emu::detail::lane_zero_impl(); }
+void count_mma() { ::simt::emu::detail::count_mma_impl(); }
+
+}  // namespace detail
+}  // namespace wmma
+}  // namespace simt
+#endif

@@ -175,6 +175,45 @@ __global__ void counted_copy_kernel(const float* in, float* out, int n) {
   if (i < n) simt::st(out + i, 2.0f * simt::ldg(in + i));
 }
 
+#if SIMT_HAS_HALF
+// C[16 x 16] (float, row-major, ld 16) = A[16 x 32] (half, row-major, ld 40) times B, given
+// as its transpose Bt[16 x 32] (row-major, ld 40), by one warp on tensor cores, from shared
+// memory.
+__global__ void wmma_kernel(const __half* a, const __half* bt, float* c, int offset) {
+  namespace wmma = simt::wmma;
+  __half* sa = simt::dynamic_shared<__half>();
+  __half* sb = sa + 16 * 40;
+  float* sc = reinterpret_cast<float*>(sb + 16 * 40);
+  for (int e = threadIdx.x; e < 16 * 40; e += 32) {
+    sa[e] = a[e];
+    sb[e] = bt[e];
+  }
+  __syncwarp();
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  for (int k0 = 0; k0 < 32; k0 += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
+    wmma::load_matrix_sync(fa, sa + k0 + offset, 40);  // offset != 0: misaligned
+    wmma::load_matrix_sync(fb, sb + k0, 40);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(sc, acc, 16, wmma::mem_row_major);
+  __syncwarp();
+  for (int e = threadIdx.x; e < 256; e += 32) c[e] = sc[e];
+}
+
+// Only half of the warp reaches the tile load.
+__global__ void wmma_half_warp_kernel(const __half* a, const __half*, float*, int) {
+  namespace wmma = simt::wmma;
+  if (threadIdx.x < 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, simt::dynamic_shared<__half>(), 16);
+  }
+  (void)a;
+}
+#endif
+
 __global__ void ld_of_shared_kernel(int* out) {
   int* s = simt::dynamic_shared<int>();
   s[threadIdx.x] = 1;
@@ -356,6 +395,36 @@ static void test_counters() {
   CHECK(gemms.size() == 1 && gemms[0].m == 4 && gemms[0].n == 256 && gemms[0].k == 64);
 }
 
+#if SIMT_HAS_HALF
+static void test_wmma() {
+  std::vector<__half> a(16 * 40), bt(16 * 40);
+  std::vector<float> c(256, 0.f), fa(16 * 40), fb(16 * 40);
+  for (int e = 0; e < 16 * 40; ++e) {
+    fa[e] = static_cast<float>((e * 7) % 13 - 6) / 8.0f;  // exact in half
+    fb[e] = static_cast<float>((e * 5) % 11 - 5) / 4.0f;
+    a[e] = __float2half(fa[e]);
+    bt[e] = __float2half(fb[e]);
+  }
+  std::vector<simt::LaunchCount> launches;
+  std::vector<simt::GemmCount> gemms;
+  simt::take_counts(launches, gemms);
+  simt::set_counting(true);
+  simt::launch(wmma_kernel, cfg("wmma", 1, 32, 2 * 16 * 40 * sizeof(__half) + 256 * sizeof(float)),
+               a.data(), bt.data(), c.data(), 0);
+  simt::set_counting(false);
+  simt::take_counts(launches, gemms);
+  bool ok = true;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float want = 0.f;
+      for (int k = 0; k < 32; ++k) want += fa[i * 40 + k] * fb[j * 40 + k];
+      ok = ok && c[i * 16 + j] == want;  // small integers over powers of two: exact
+    }
+  CHECK(ok);
+  CHECK(launches.size() == 1 && launches[0].mma_syncs == 2);
+}
+#endif
+
 static void test_device_model() {
   const simt::DeviceModel saved = simt::device_model();
   CHECK(saved.sm_count == 132 && saved.smem_per_block_optin == 227 * 1024);
@@ -420,8 +489,27 @@ static std::map<std::string, AbortCase> abort_cases() {
         },
         "livelock"}},
       {"abort_ld_of_shared",
-       {[] { simt::launch(ld_of_shared_kernel, cfg("ld_of_shared", 1, 32, 32 * sizeof(int)), buf); },
+       {[] {
+          simt::launch(ld_of_shared_kernel, cfg("ld_of_shared", 1, 32, 32 * sizeof(int)), buf);
+        },
         "simt::ld of shared memory"}},
+#if SIMT_HAS_HALF
+      {"abort_wmma_misaligned",
+       {[] {
+          static __half h[16 * 40];
+          static float f[256];
+          simt::launch(wmma_kernel, cfg("wmma_misaligned", 1, 32, 2 * 16 * 40 * 2 + 1024), h, h,
+                       f, 4);
+        },
+        "not 256-bit aligned"}},
+      {"abort_wmma_half_warp",
+       {[] {
+          static __half h[256];
+          static float f[256];
+          simt::launch(wmma_half_warp_kernel, cfg("wmma_half_warp", 1, 32, 512), h, h, f, 0);
+        },
+        "waits in a warp collective"}},
+#endif
       {"abort_grid_sync_not_cooperative",
        {[] { simt::launch(grid_sync_plain_kernel, cfg("grid_plain", 2, 32), buf); },
         "not cooperative"}},
@@ -469,6 +557,9 @@ int main(int argc, char** argv) {
       {"atomics", test_atomics},     {"grid_sync", test_grid_sync},
       {"launch_limits", test_launch_limits},
       {"counters", test_counters},   {"device_model", test_device_model},
+#if SIMT_HAS_HALF
+      {"wmma", test_wmma},
+#endif
   };
   const auto aborts = abort_cases();
   if (argc == 2) {
