@@ -50,7 +50,7 @@ constexpr int64_t kPersistentAutoStepBytes = 768 * 1024;
 // Registers per thread the emulator's occupancy model assumes for the persistent kernels:
 // the most the ptxas report shows for them (sm_90, nvcc 13.0). On the GPU the occupancy
 // calculator knows the compiled kernel's own.
-constexpr int kPersistentRegsHint = 96;
+constexpr int kPersistentRegsHint = 128;
 
 struct PersistentPlan {
   bool ok = false;
