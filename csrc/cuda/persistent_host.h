@@ -1,6 +1,6 @@
-// The persistent forward algorithm's host side (kernel: csrc/kernels/persistent_device.cuh):
-// its plan (the launch shape from the device's properties, or why it cannot run) and its
-// launch. Included by rnn_host.h after its helpers, so compiled for the GPU and for the
+// The persistent algorithm's host side (kernels: csrc/kernels/persistent_device.cuh, forward
+// and backward): their plans (the launch shape from the device's properties, or why they
+// cannot run), the choice between them and the standard algorithm, and their launches. Included by rnn_host.h after its helpers, so compiled for the GPU and for the
 // SIMT emulator like the rest of the backend.
 //
 // The plan. Block j owns U hidden units (all G gate rows of each): at least ceil(H / SMs),
@@ -43,7 +43,7 @@ constexpr int64_t kPersistentMaxBatch = 32;
 // in float32 on an H100-class SM).
 constexpr int64_t kPersistentStepFmas = 8192;
 // "auto" also leaves a layer to the standard algorithm where a block's step would read more
-// than this many bytes of shared memory (its dot products' two operands): there the model
+// than this many bytes of shared memory (PersistentPlan::step_bytes): there the model
 // (bench/gpu_model.py, H100 constants) predicts the persistent step slower than the
 // standard one. To be recalibrated on a GPU (bench/gpu_check.sh).
 constexpr int64_t kPersistentAutoStepBytes = 768 * 1024;
