@@ -9,10 +9,10 @@
 // GEMMs go through ATen (cuBLAS on the current stream on the GPU), through the wrappers
 // below, which report each to the emulator's counters (simt::record_gemm).
 //
-// The forward pass has a second algorithm, the persistent kernel (persistent_host.h):
-// the process-wide setting (core/cuda_algorithm.h, rnnfast.cuda_algorithm) picks it per
-// layer after the input projection; backward is the same for both (what forward saves
-// is the same).
+// Both passes have a second algorithm, the persistent kernels (persistent_host.h): the
+// process-wide setting (core/cuda_algorithm.h, rnnfast.cuda_algorithm) and each pass's
+// plan pick it per layer, forward after the input projection, backward for the per-step
+// loop (both algorithms save the same buffers and share the whole-sequence GEMMs).
 //
 // This file is compiled twice: by nvcc in csrc/cuda/rnn_cuda.cu (namespace
 // rnnfast::gpu, CUDA tensors) and by the host compiler in
@@ -203,7 +203,6 @@ template <typename T>
 Tensor blob(const T* p, at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return at::from_blob(const_cast<T*>(p), sizes, opts);
 }
-
 
 // The input projection of the whole sequence, [N, G*H], with the biases folded in:
 // b_ih + b_hh, or b_ih for the GRU, whose b_hh joins the recurrent product.
