@@ -1,4 +1,4 @@
-"""The choice of algorithm of the CUDA layers' forward pass."""
+"""The choice of algorithm of the CUDA layers' forward and backward passes."""
 from __future__ import annotations
 
 import contextlib
@@ -26,20 +26,22 @@ def _current() -> int:
 
 @contextlib.contextmanager
 def cuda_algorithm(name: str) -> Iterator[None]:
-    """Choose the algorithm of the CUDA layers' forward pass within the block.
+    """Choose the algorithm of the CUDA layers' forward and backward passes within the block.
 
-    * ``"auto"`` (the default): the persistent kernel where it fits the device and the
-      batch is small (at most 32 rows), else the standard algorithm;
+    * ``"auto"`` (the default): the persistent kernels where they fit the device, the batch
+      is at most 32 rows and a block's share of a step is small enough to gain from them
+      (a bound from a model of H100-class GPUs, docs/design.md section 4.1), else the
+      standard algorithm; forward and backward are decided apart;
     * ``"standard"``: per time step one recurrent GEMM (cuBLAS) and one fused pointwise
       kernel, the structure of cuDNN's standard algorithm;
     * ``"persistent"``: one cooperative kernel launch per layer and direction runs every
       time step, each block keeping its slice of the recurrent weights in shared memory
-      for the whole sequence. Where it cannot run (a slice larger than a block's shared
-      memory, or a grid that cannot be co-resident) the forward raises a ``RuntimeError``
-      that names the limit and the numbers.
+      for the whole sequence (float16/bfloat16 on tensor cores). Where it cannot run (a
+      slice larger than a block's shared memory, or a grid that cannot be co-resident) the
+      pass raises a ``RuntimeError`` that names the limit and the numbers.
 
-    Both give the same results up to float rounding; the backward pass is the same for
-    both. The choice is process-wide (not thread-local), applies to every rnnfast layer
+    Both give the same results up to float rounding and save the same buffers for
+    backward. The choice is process-wide (not thread-local), applies to every rnnfast layer
     and cell on CUDA tensors and to the emulated CUDA operators
     (:func:`rnnfast.testing.emulate_cuda`), and has no effect on the CPU kernels::
 
