@@ -342,7 +342,6 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   // GRU dgh: the n gate's recurrent-side gradient, [N, H] (its r and z parts equal dg's).
   Tensor dg = at::empty({N, GH}, opts);
   Tensor dgh = gru ? at::empty({N, H}, opts) : Tensor();
-  Tensor dr = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor DR = proj ? at::empty({N, P}, opts) : Tensor();  // dL/d(projected output), all rows
   Tensor Rr = proj ? at::empty({N, H}, opts) : Tensor();  // r = o * tanh(c), all rows
   const Tensor w_rz = gru ? w_hh.narrow(0, 0, 2 * H) : Tensor();
@@ -351,6 +350,7 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
   // The output gradient's rows of a step, read in place with its strides, or nullptr.
   const auto dout = [&](int64_t o) { return a.dy != nullptr ? a.dy + o * a.dy_ld : nullptr; };
   if (!try_persistent_backward(a, dg, dgh, DR, Rr, opts)) {
+    const Tensor dr = proj ? at::empty({B, H}, opts) : Tensor();  // dL/dr of a step's rows
     for (int64_t step = s.T - 1; step >= 0; --step) {
       const int64_t t = s.time_at(step, a.reverse), R = s.bs[t], o = s.off[t];
       if (R == 0) continue;

@@ -55,7 +55,9 @@ namespace RNNFAST_DEVICE_NS {
 // Cell kinds, numbered as core::CellKind.
 constexpr int kKindLstm = 0, kKindGru = 1, kKindRnnTanh = 2, kKindRnnRelu = 3;
 
-SIMT_HD int64_t kind_gates(int kind) { return kind == kKindLstm ? 4 : kind == kKindGru ? 3 : 1; }
+constexpr SIMT_HD int64_t kind_gates(int kind) {
+  return kind == kKindLstm ? 4 : kind == kKindGru ? 3 : 1;
+}
 
 // Lanes that share one dot product of length n: a power of two in [1, 32], about n / 8
 // (each lane sums at least 8 products where n allows), so short rows need few shuffles.
@@ -155,6 +157,19 @@ SIMT_DEVICE StepRows step_rows(const PersistentSteps& p, int64_t step, int64_t* 
   return {ctl[0], ctl[1], ctl[2], ctl[3]};
 }
 
+// The block's hidden units [u0, u0 + nu) and its state columns [col0, col0 + ncols): the
+// units, or with a projection its V of the P outputs (none for trailing blocks when
+// blocks * V > P). nu >= 1: the grid has ceil(H / U) blocks.
+struct BlockSlice {
+  int64_t u0, nu, col0, ncols;
+};
+SIMT_DEVICE BlockSlice block_slice(const PersistentSteps& p, bool proj) {
+  const int64_t j = blockIdx.x, u0 = j * p.U, nu = p.H - u0 < p.U ? p.H - u0 : p.U;
+  if (!proj) return {u0, nu, u0, nu};
+  const int64_t v0 = j * p.V, nv = p.P - v0 < p.V ? p.P - v0 : p.V;
+  return {u0, nu, v0, nv > 0 ? nv : 0};
+}
+
 template <typename T>
 struct PersistentForward : PersistentSteps {
   const T* gx = nullptr;        // [N, G*H] input projection (with the biases but GRU's b_hh)
@@ -248,7 +263,7 @@ SIMT_DEVICE void zero_padding(T* x, int64_t rows, int64_t len) {
 template <typename T, int Kind>
 __global__ void persistent_forward(PersistentForward<T> p) {
   using A = Acc<T>;
-  constexpr int64_t G = Kind == kKindLstm ? 4 : Kind == kKindGru ? 3 : 1;
+  constexpr int64_t G = kind_gates(Kind);
   const bool proj = p.w_hr != nullptr;
   const int64_t B = p.B, H = p.H, P = p.P, U = p.U, V = p.V, GH = G * H;
   constexpr bool tc = TensorCores<T>::value;
@@ -267,12 +282,8 @@ __global__ void persistent_forward(PersistentForward<T> p) {
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int64_t ldp = operand_ld(tc, P), ldh = operand_ld(tc, H);  // operand row strides
   const int64_t ldpre = product_ld(tc, G * U);
-  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
-  const int64_t nu = H - u0 < U ? H - u0 : U;  // >= 1: the grid has ceil(H / U) blocks
-  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * V;
-  const int64_t nv = proj ? (P - v0 < V ? (P - v0 > 0 ? P - v0 : 0) : V) : 0;
-  const int64_t X = U > V ? U : V;            // hl's row stride
-  const int64_t col0 = proj ? v0 : u0, ncols = proj ? nv : nu;
+  const auto [u0, nu, col0, ncols] = block_slice(p, proj);
+  const int64_t X = U > V ? U : V;  // hl's row stride
 
   // The resident weights and the state of the block's units: read once.
   for (int64_t e = tid; e < G * nu * P; e += nthreads) {
@@ -285,9 +296,9 @@ __global__ void persistent_forward(PersistentForward<T> p) {
     zero_padding(wr, operand_rows(tc, V), H);
     zero_padding(rs, operand_rows(tc, B), H);
   }
-  for (int64_t e = tid; e < nv * H; e += nthreads) {
+  for (int64_t e = tid; e < (proj ? ncols : 0) * H; e += nthreads) {
     const int64_t v = e / H, k = e - v * H;
-    wr[v * ldh + k] = simt::ldg(p.w_hr + (v0 + v) * H + k);
+    wr[v * ldh + k] = simt::ldg(p.w_hr + (col0 + v) * H + k);
   }
   if (Kind == kKindLstm) {
     for (int64_t e = tid; e < B * nu; e += nthreads) {
@@ -378,9 +389,9 @@ __global__ void persistent_forward(PersistentForward<T> p) {
       const int64_t ldv = product_ld(tc, V);  // pre holds the projection's outputs now
       block_product(R, V, H, rs, wr, pre, ldv);
       __syncthreads();
-      for (int64_t e = tid; e < R * nv; e += nthreads) {
-        const int64_t b = e / nv, v = e - b * nv;
-        store(p.y + (o + b) * P + v0 + v, pre[b * ldv + v]);
+      for (int64_t e = tid; e < R * ncols; e += nthreads) {
+        const int64_t b = e / ncols, v = e - b * ncols;
+        store(p.y + (o + b) * P + col0 + v, pre[b * ldv + v]);
         hl[b * X + v] = to<T>(pre[b * ldv + v]);
       }
     }
@@ -482,7 +493,7 @@ struct PersistentBackward : PersistentSteps {
 template <typename T, int Kind>
 __global__ void persistent_backward(PersistentBackward<T> p) {
   using A = Acc<T>;
-  constexpr int64_t G = Kind == kKindLstm ? 4 : Kind == kKindGru ? 3 : 1;
+  constexpr int64_t G = kind_gates(Kind);
   const bool proj = p.w_hr != nullptr;
   const int64_t B = p.B, H = p.H, P = p.P, U = p.U, V = p.V, GH = G * H;
   const int64_t X = proj ? V : U;
@@ -501,10 +512,7 @@ __global__ void persistent_backward(PersistentBackward<T> p) {
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int64_t ldt = operand_ld(tc, GH), ldr = operand_ld(tc, P);  // operand row strides
   const int64_t ldu = product_ld(tc, U), ldx = product_ld(tc, X);     // acc's, for dr and dh
-  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
-  const int64_t nu = H - u0 < U ? H - u0 : U;
-  const int64_t col0 = proj ? static_cast<int64_t>(blockIdx.x) * V : u0;
-  const int64_t ncols = proj ? (P - col0 < V ? (P - col0 > 0 ? P - col0 : 0) : V) : nu;
+  const auto [u0, nu, col0, ncols] = block_slice(p, proj);
 
   for (int64_t e = tid; e < ncols * GH; e += nthreads) {
     const int64_t k = e / ncols, j = e - k * ncols;  // consecutive threads: consecutive columns
