@@ -2,12 +2,15 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstdio>
+
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
 #else
 #include <torch/version.h>
 #endif
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/pointwise.h"
 
@@ -40,6 +43,14 @@ std::map<std::string, std::string> build_info() {
   info["bf16_gemm"] = bf16 == "amx"           ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
                       : bf16 == "avx512_bf16" ? "avx512_bf16 dot products (step products), torch's bfloat16 gemm (sequence products)"
                                               : "float32 on up-converted values";
+  if (bf16 == "avx512_bf16") {
+    char rate[96];
+    std::snprintf(rate, sizeof(rate), "%.2f (VDPBF16PS/FMA multiply-adds a second; %s)",
+                  cpu::bf16_dot_rate(),
+                  cpu::bf16_dot_rate() >= cpu::kDotFullRate ? "dot products for every call"
+                                                            : "LSTM/GRU at batch <= 4 only");
+    info["bf16_dot_rate"] = rate;
+  }
   info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";
   info["threads"] = std::to_string(at::get_num_threads());
 #ifdef _OPENMP

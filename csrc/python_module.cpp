@@ -195,6 +195,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "CPU's own choice would use it (_bf16_kernels_for).");
   m.def("_reset_bf16_kernel", &rnnfast::cpu::bf16_reset_kernel,
         "Testing: the bfloat16 kernel selected at start-up again.");
+  m.def("_bf16_dot_rate", &rnnfast::cpu::bf16_dot_rate,
+        "VDPBF16PS's multiply-adds a second over FMA's on this CPU, measured once (0 without "
+        "AVX512-BF16); the dot products serve every bfloat16 call at 1.5 or more.");
+  m.def("_set_bf16_dot_rate", &rnnfast::cpu::bf16_set_dot_rate, pybind11::arg("rate"),
+        "Testing: replaces the measured _bf16_dot_rate() (a negative rate: measure again on "
+        "next use).");
   m.def("_bf16_kernels_for", &rnnfast::cpu::bf16_kernels_for, pybind11::arg("plain_rnn"),
         pybind11::arg("batch"),
         "Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs its "

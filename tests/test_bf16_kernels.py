@@ -182,18 +182,38 @@ def test_amx_bfloat16_weight_packed_as_it_is(groups):
         assert torch.equal(got, want), (per, K, M)
 
 
-def test_dot_products_serve_the_small_batch_lstm_and_gru_unless_forced(_kernel):
-    """Where the CPU's best kernel is the dot products (no AMX), the LSTM and GRU use them up
-    to 4 rows a step and the float32 path beyond, the Elman RNN never; asked for, every call
-    uses the selected kernel (and AMX always serves every call)."""
+@pytest.mark.parametrize("rate", [0.5, 1.49, 1.5, 2.0])
+def test_dot_products_serve_the_calls_the_measured_rate_says(_kernel, rate):
+    """Where the CPU's best kernel is the dot products (no AMX): every call where VDPBF16PS
+    retires 1.5 times FMA's multiply-adds a second or more; below that the LSTM and GRU up to
+    4 rows a step and the float32 path beyond, the Elman RNN never. Asked for, every call uses
+    the selected kernel (and AMX always serves every call)."""
     assert _C._select_bf16_kernel(_kernel, forced=False)
-    if _kernel == "amx":
-        assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 4, 5, 512))
-    else:
-        assert [_C._bf16_kernels_for(False, b) for b in (1, 2, 4, 5, 64)] == [
-            True, True, True, False, False]
-        assert not any(_C._bf16_kernels_for(True, b) for b in (1, 4, 64))
-    assert _C._select_bf16_kernel(_kernel)
-    assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5, 512))
-    assert _C._select_bf16_kernel("fp32")
-    assert not any(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5))
+    _C._set_bf16_dot_rate(rate)
+    try:
+        if _kernel == "amx" or rate >= 1.5:
+            assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 4, 5, 512))
+        else:
+            assert [_C._bf16_kernels_for(False, b) for b in (1, 2, 4, 5, 64)] == [
+                True, True, True, False, False]
+            assert not any(_C._bf16_kernels_for(True, b) for b in (1, 4, 64))
+        assert _C._select_bf16_kernel(_kernel)
+        assert all(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5, 512))
+        assert _C._select_bf16_kernel("fp32")
+        assert not any(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 5))
+    finally:
+        _C._set_bf16_dot_rate(-1.0)
+
+
+def test_dot_rate_is_measured_in_the_range_of_known_cores(_kernel):
+    """The measured VDPBF16PS/FMA rate: about 0.5 on Sapphire Rapids, 2 on Zen 4 (16 vs 32
+    multiply-adds an instruction, at their throughputs); the same rule results when measured
+    again, and build_info reports it."""
+    import rnnfast
+    first = _C._bf16_dot_rate()
+    _C._set_bf16_dot_rate(-1.0)
+    again = _C._bf16_dot_rate()
+    assert 0.2 <= first <= 4.5 and 0.2 <= again <= 4.5, (first, again)
+    assert (first >= 1.5) == (again >= 1.5), (first, again)
+    if _C._step_gemm_bf16() == "avx512_bf16":
+        assert rnnfast.build_info()["bf16_dot_rate"].startswith(f"{again:.2f} ")

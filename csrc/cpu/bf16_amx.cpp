@@ -97,11 +97,37 @@ Bf16Kernel bf16_kernel() {
 
 bool bf16_kernels_usable() { return bf16_kernel() != Bf16Kernel::kNone; }
 
+namespace {
+
+// Defined below, compiled for AVX512-BF16.
+double measure_dot_rate();
+
+// bf16_dot_rate()'s value: < 0 until measured (or after bf16_set_dot_rate(-1)).
+std::atomic<double>& dot_rate_value() {
+  static std::atomic<double> rate{-1.0};
+  return rate;
+}
+
+}  // namespace
+
+double bf16_dot_rate() {
+  if (supported() == Bf16Kernel::kNone) return 0.0;
+  double r = dot_rate_value().load(std::memory_order_relaxed);
+  if (r < 0) {
+    r = measure_dot_rate();
+    dot_rate_value().store(r, std::memory_order_relaxed);
+  }
+  return r;
+}
+
+void bf16_set_dot_rate(double rate) { dot_rate_value().store(rate, std::memory_order_relaxed); }
+
 bool bf16_kernels_for(bool plain_rnn, int64_t batch) {
   const int s = selected().load(std::memory_order_relaxed);
   const Bf16Kernel k = static_cast<Bf16Kernel>(s & ~kForced);
   if (k == Bf16Kernel::kAmx || (s & kForced) != 0) return k != Bf16Kernel::kNone;
-  return k == Bf16Kernel::kDot && !plain_rnn && batch <= kDotMaxBatch;
+  if (k != Bf16Kernel::kDot) return false;
+  return bf16_dot_rate() >= kDotFullRate || (!plain_rnn && batch <= kDotMaxBatch);
 }
 
 const char* bf16_kernel_name(Bf16Kernel k) {
@@ -173,6 +199,45 @@ namespace rnnfast {
 namespace cpu {
 
 namespace {
+
+// See bf16_dot_rate(). Each loop: kIters rounds of 12 independent accumulators (more than
+// latency x throughput of either instruction on current cores), loop-invariant operands;
+// the time stamp counter (constant rate) times both, so the ratio needs no clock rate.
+double measure_dot_rate() {
+  constexpr int kIters = 1024, kReps = 9;
+  const __m512 mul = _mm512_set1_ps(0.999f), add = _mm512_set1_ps(1e-3f);
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(3e-3f), _mm512_set1_ps(1e-3f));
+  uint64_t best_fma = ~uint64_t{0}, best_dot = ~uint64_t{0};
+  float sink = 0.0f;
+  for (int rep = 0; rep < kReps; ++rep) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    uint64_t t0 = __rdtsc();
+    for (int it = 0; it < kIters; ++it) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], mul, add);
+      asm volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]),
+                   "+v"(acc[5]), "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]),
+                   "+v"(acc[10]), "+v"(acc[11]));
+    }
+    best_fma = std::min<uint64_t>(best_fma, __rdtsc() - t0);
+    t0 = __rdtsc();
+    for (int it = 0; it < kIters; ++it) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+      asm volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]),
+                   "+v"(acc[5]), "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]),
+                   "+v"(acc[10]), "+v"(acc[11]));
+    }
+    best_dot = std::min<uint64_t>(best_dot, __rdtsc() - t0);
+    for (int i = 1; i < 12; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    sink += _mm512_cvtss_f32(acc[0]);
+  }
+  asm volatile("" : : "x"(sink));
+  // 16 multiply-adds an FMA, 32 a VDPBF16PS, the same number of each.
+  return best_dot == 0 ? 0.0 : 2.0 * static_cast<double>(best_fma) / static_cast<double>(best_dot);
+}
 
 struct alignas(64) TileConfig {
   uint8_t palette_id;
@@ -696,6 +761,9 @@ void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uin
 
 namespace rnnfast {
 namespace cpu {
+namespace {
+double measure_dot_rate() { return 0.0; }
+}  // namespace
 void amx_gemm_f32(int64_t, int64_t, int64_t, const void*, const float*, int64_t, AmxInit,
                   const float*, float*, int64_t, void*, int) {}
 void amx_gemm_bf16(int64_t, int64_t, int64_t, const void*, const uint16_t*, int64_t, AmxInit,

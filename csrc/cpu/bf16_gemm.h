@@ -56,15 +56,24 @@ Bf16Kernel bf16_kernel();
 const char* bf16_kernel_name(Bf16Kernel k);  // "amx", "avx512_bf16", "fp32"
 bool bf16_kernels_usable();                   // bf16_kernel() != kNone
 // Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows per step at most) runs
-// its products on bf16_kernel(): always on AMX; with the dot products only the LSTM and
-// GRU at batch <= kDotMaxBatch, unless the kernel was asked for (RNNFAST_CPU_BF16 or
-// bf16_select_kernel), since VDPBF16PS retired half the multiply-adds of FMA on the one
-// AVX512-BF16 CPU measured (a Sapphire Rapids Xeon, forced; it has AMX): there the dot
-// products won only where reading W_hh bounds a step (few rows; LSTM/GRU at batch 1, 2 and
-// in training 4), and the two-term products of the Elman RNN lost everywhere. Elsewhere
-// the float32 path (up-converted copies) runs.
+// its products on bf16_kernel(): always on AMX; with the dot products, every call where
+// VDPBF16PS retires at least kDotFullRate times the multiply-adds a second of FMA on this
+// CPU (bf16_dot_rate(): AMD Zen 4 measured 2.0, a full-rate instruction there), else only
+// the LSTM and GRU at batch <= kDotMaxBatch (Sapphire Rapids, forced, measured 0.5: there
+// the dot products won only where reading W_hh bounds a step, LSTM/GRU at batch 1, 2 and in
+// training 4, and the two-term products of the Elman RNN lost everywhere); every call when
+// the kernel was asked for (RNNFAST_CPU_BF16 or bf16_select_kernel). Elsewhere the float32
+// path (up-converted copies) runs.
 constexpr int64_t kDotMaxBatch = 4;
+constexpr double kDotFullRate = 1.5;
 bool bf16_kernels_for(bool plain_rnn, int64_t batch);
+// VDPBF16PS's multiply-adds a second over FMA's (VFMADD231PS), both on 512-bit registers,
+// measured once on first use: register-only loops of 12 independent accumulators on the
+// calling thread, interleaved, the fastest of 9 runs each (about 0.5 ms in all). 0 where the
+// CPU has no AVX512-BF16. Testing: bf16_set_dot_rate(r) replaces it (r < 0: measured again
+// on next use).
+double bf16_dot_rate();
+void bf16_set_dot_rate(double rate);
 // Testing: selects kernel k from now on if this CPU has it (true), else false; forced: for
 // every call, else by the rule of bf16_kernels_for.
 bool bf16_select_kernel(Bf16Kernel k, bool forced = true);
