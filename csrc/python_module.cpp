@@ -24,14 +24,20 @@ pybind11::dict build_info() {
 
 // out = x op(w) + beta * out through the step loops' PackedWeight (testing): x [M, K],
 // w [N, K] (trans_w) or [K, N], out [M, N]; rows may be strided, columns contiguous.
-// bf16_terms 1/2: PackedWeight's bfloat16 mode (x as one or a sum of two bfloat16 values). repeats > 1 (beta 0 only):
+// bf16_terms 1/2: PackedWeight's bfloat16 mode (x as one or a sum of two bfloat16 values);
+// w may then be bfloat16 (x and out float32), packed as it is. repeats > 1 (beta 0 only):
 // the product is run that many times on the one packed weight; returns the seconds per
 // product (measurement).
 double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double beta,
                  at::Tensor& out, int bf16_terms, int64_t repeats, int64_t uses) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm: 2-d tensors");
-  TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.scalar_type() == out.scalar_type(),
-              "step_gemm: one dtype");
+  // A bfloat16 w with float32 x and out: packed into the bfloat16 kernels' tiles as it is.
+  const bool w16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((w16 ? x.scalar_type() == at::kFloat : x.scalar_type() == w.scalar_type()) &&
+                  x.scalar_type() == out.scalar_type(),
+              "step_gemm: one dtype (or a bfloat16 w with float32 x and out)");
+  TORCH_CHECK(!w16 || (bf16_terms > 0 && rnnfast::cpu::bf16_kernels_usable()),
+              "step_gemm: a bfloat16 w needs bf16_terms > 0 and AMX-BF16 or AVX512-BF16");
   TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1 && out.stride(1) == 1,
               "step_gemm: columns must be contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = trans_w ? w.size(0) : w.size(1);
@@ -39,6 +45,18 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
               "step_gemm: shapes do not match");
   TORCH_CHECK(repeats >= 1 && (repeats == 1 || beta == 0.0), "step_gemm: repeats >= 1, beta 0");
   double seconds = 0;
+  if (w16) {
+    TORCH_CHECK(M > 0 && N > 0 && K > 0, "step_gemm: empty product");
+    const rnnfast::cpu::PackedWeight<float> pw(
+        N, K, M, reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()), w.stride(0), 1, 0,
+        bf16_terms, trans_w);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < repeats; ++i)
+      pw.gemm(M, x.const_data_ptr<float>(), x.stride(0), static_cast<float>(beta),
+              out.data_ptr<float>(), out.stride(0));
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+           static_cast<double>(repeats);
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "step_gemm", [&] {
     const rnnfast::cpu::PackedWeight<scalar_t> pw(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
                                                   w.stride(0), 1, 0, bf16_terms, uses);

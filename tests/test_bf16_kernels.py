@@ -182,6 +182,26 @@ def test_amx_bfloat16_weight_packed_as_it_is(groups):
         assert torch.equal(got, want), (per, K, M)
 
 
+@pytest.mark.parametrize("terms", [1, 2])
+@pytest.mark.parametrize("trans_w", [True, False])
+def test_amx_step_weight_packed_from_bfloat16(trans_w, terms):
+    """The step products' W packed from its bfloat16 values (trans_w False: the column slice
+    [K, N] of a row-major weight, as the backward's dh = dG W_hh reads it) give the same bits
+    as the same weight packed from a float32 copy; K and N at and off the tile edges, odd row
+    strides, beta 0 and 1."""
+    gen = torch.Generator().manual_seed(83 + terms)
+    for N, K, M in itertools.product([1, 5, 16, 20, 37], [1, 24, 32, 40, 97], [1, 17, 40]):
+        rows, cols = (N, K) if trans_w else (K, N)
+        w16 = torch.randn(rows, cols + 3, generator=gen).to(torch.bfloat16)[:, 2:cols + 2]
+        x = torch.randn(M, K, generator=gen)
+        for beta in (0.0, 1.0):
+            c0 = torch.randn(M, N, generator=gen)
+            got, want = c0.clone(), c0.clone()
+            _C._step_gemm(x, w16, trans_w, beta, got, bf16_terms=terms)
+            _C._step_gemm(x, w16.float().contiguous(), trans_w, beta, want, bf16_terms=terms)
+            assert torch.equal(got, want), (N, K, M, beta)
+
+
 @pytest.mark.parametrize("rate", [0.5, 1.49, 1.5, 2.0])
 def test_dot_products_serve_the_calls_the_measured_rate_says(_kernel, rate):
     """Where the CPU's best kernel is the dot products (no AMX): every call where VDPBF16PS

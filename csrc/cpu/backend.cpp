@@ -77,6 +77,7 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .bf16 = bf16,
                         .x16 = given.x16,
                         .w_ih16 = given.w_ih16,
+                        .w_hh16 = given.w_hh16,
                         .y16 = given.y16,
                         .hx16 = given.hx16,
                         .dgx16 = given.dgx16,
@@ -198,7 +199,10 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const bool amx = bf16_kernels_for(plain_rnn(a.kind), B);
   const bool lstm = a.kind == core::CellKind::kLstm, gru = a.kind == core::CellKind::kGru;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
-  const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I}), w_hh = up(a.w_hh, {GH, P});
+  // The step products pack W_hh from its bfloat16 values (no float32 copy) where rows exist.
+  const bool w_hh16 = amx && B > 0;
+  const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I});
+  const at::Tensor w_hh = w_hh16 ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H});
   // The outputs in float32 only where the step loop or the float32 products read them: the
   // LSTM's step loop reads its own cell states, and with the kernels on unpacked input the
@@ -246,6 +250,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   if (amx) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;
+    given.w_hh16 = w_hh16 ? bits(a.w_hh) : nullptr;
     given.y16 = a.y != nullptr ? bits(a.y) : nullptr;
     given.hx16 = a.hx != nullptr ? bits(a.hx) : nullptr;
     given.dgx16 = dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr()) : nullptr;

@@ -169,6 +169,26 @@ void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles
   }
 }
 
+void amx_pack_bf16_cols(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, void* tiles) {
+  const int64_t nj = col_tiles(N), nkb = padded_k(K) / kTileK;
+  uint16_t* out = static_cast<uint16_t*>(tiles);
+  for (int64_t j = 0; j < nj; ++j) {
+    const int64_t n0 = j * kTileCols, cols = std::min(kTileCols, N - n0);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      uint16_t* t = out + (j * nkb + kb) * (kTileBytes / 2);
+      // Row r of the tile holds the pairs (k, k + 1) = (kb * kTileK + 2 r + e), e = 0, 1,
+      // of its 16 columns interleaved; W's row k is contiguous along n.
+      for (int64_t r = 0; r < kTileRows; ++r)
+        for (int64_t e = 0; e < 2; ++e) {
+          const int64_t k = kb * kTileK + 2 * r + e;
+          const uint16_t* w = k < K ? W + k * ldw + n0 : nullptr;
+          for (int64_t c = 0; c < kTileCols; ++c)
+            t[r * 32 + 2 * c + e] = w != nullptr && c < cols ? w[c] : uint16_t(0);
+        }
+    }
+  }
+}
+
 namespace {
 
 // One B tile (column tile j, k block kb) of op(W) = grouped W^T from bfloat16 W, element by
@@ -200,6 +220,9 @@ namespace cpu {
 
 namespace {
 
+// Where measure_dot_rate()'s sums go (volatile: the loops cannot be dropped).
+volatile float dot_rate_sink = 0.0f;
+
 // See bf16_dot_rate(). Each loop: kIters rounds of 12 independent accumulators (more than
 // latency x throughput of either instruction on current cores), loop-invariant operands;
 // the time stamp counter (constant rate) times both, so the ratio needs no clock rate.
@@ -213,7 +236,6 @@ double measure_dot_rate() {
   // volatile write before the second: neither the compiler nor the loop's removal can move
   // the timed work outside the two stamps.
   volatile float seed = 1.0f;
-  volatile float sink = 0.0f;
   for (int rep = 0; rep < kReps; ++rep) {
     __m512 acc[12];
     uint64_t t0 = __rdtsc();
@@ -223,7 +245,7 @@ double measure_dot_rate() {
       for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], mul, add);
     }
     for (int i = 1; i < 12; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
-    sink = _mm512_cvtss_f32(acc[0]);
+    dot_rate_sink = _mm512_cvtss_f32(acc[0]);
     best_fma = std::min<uint64_t>(best_fma, __rdtsc() - t0);
     t0 = __rdtsc();
     for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(seed + static_cast<float>(i));
@@ -232,7 +254,7 @@ double measure_dot_rate() {
       for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
     }
     for (int i = 1; i < 12; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
-    sink = _mm512_cvtss_f32(acc[0]);
+    dot_rate_sink = _mm512_cvtss_f32(acc[0]);
     best_dot = std::min<uint64_t>(best_dot, __rdtsc() - t0);
   }
   // 16 multiply-adds an FMA, 32 a VDPBF16PS, the same number of each.

@@ -96,6 +96,11 @@ void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles
 void amx_pack_bf16_rows(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, int64_t per_group,
                         int64_t group_stride, void* tiles);
 
+// Packs op(W) = W into B tiles straight from bfloat16 W (bit patterns): op(W)[k][n] =
+// W[k * ldw + n], k < K, n < N (a column slice of a row-major weight, as the backward's
+// dh = dG W_hh reads it).
+void amx_pack_bf16_cols(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, void* tiles);
+
 // dst[r, c] = bf16(src[r, c]) for rows x cols float32 values (row strides in values),
 // rounded to nearest even by the CPU's AVX512-BF16 conversion (as the A tiles are); only
 // where bf16_kernels_usable().

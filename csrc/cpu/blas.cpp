@@ -370,12 +370,13 @@ PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
 
 template <typename T>
 PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_t* W16,
-                              int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms)
-    : trans_w_(true), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(nullptr), ldw_(ldw),
+                              int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms,
+                              bool trans_w)
+    : trans_w_(trans_w), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(nullptr), ldw_(ldw),
       gathered_(nullptr), kernel_(nullptr), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
       amx_rows_(nullptr) {
   TORCH_CHECK((std::is_same_v<T, float>) && bf16_kernels_usable() && bf16_terms > 0 && N > 0 && K > 0 &&
-                  M_max > 0 && groups >= 1 && N % groups == 0,
+                  M_max > 0 && groups >= 1 && N % groups == 0 && (trans_w || groups == 1),
               "rnnfast internal error: a bfloat16 weight is packed for the AMX tiles only");
   const size_t tile_bytes = static_cast<size_t>(amx_packed_bytes(N, K));
   const size_t row_bytes = static_cast<size_t>(amx_rows_bytes(M_max, K, bf16_terms));
@@ -383,7 +384,11 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
   amx_rows_ = std::aligned_alloc(64, (row_bytes + 63) / 64 * 64);
   TORCH_CHECK(amx_tiles_ != nullptr && amx_rows_ != nullptr, "rnnfast: out of memory for a ", N,
               "x", K, " bfloat16 weight copy");
-  amx_pack_bf16_rows(N, K, W16, ldw, N / groups, group_stride, amx_tiles_);
+  if (trans_w) {
+    amx_pack_bf16_rows(N, K, W16, ldw, N / groups, group_stride, amx_tiles_);
+  } else {
+    amx_pack_bf16_cols(N, K, W16, ldw, amx_tiles_);
+  }
   std::memset(amx_rows_, 0, row_bytes);
 }
 

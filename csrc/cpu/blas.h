@@ -79,10 +79,11 @@ class PackedWeight {
                int64_t uses = -1);
   static constexpr int64_t kDirectMaxRows = 8;
   // float32 on a CPU with bfloat16 kernels (bf16_kernels_usable()) only, with N, K, M_max > 0: op(W) = W^T of
-  // bfloat16 W16 (bit patterns; grouped rows as above), packed into the tiles as it is, with
-  // no float32 copy. bf16() is then true.
+  // bfloat16 W16 (bit patterns; grouped rows as above), or with trans_w false op(W) = W16
+  // [K, N] (row stride ldw, groups 1), packed into the tiles as it is, with no float32
+  // copy. bf16() is then true.
   PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_t* W16, int64_t ldw,
-               int64_t groups, int64_t group_stride, int bf16_terms);
+               int64_t groups, int64_t group_stride, int bf16_terms, bool trans_w = true);
   ~PackedWeight();
   PackedWeight(const PackedWeight&) = delete;
   PackedWeight& operator=(const PackedWeight&) = delete;

@@ -396,11 +396,20 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     // (GRU: the r,z rows and the n rows apart, for the two parts of dGh).
     // bfloat16: dG_t as one bfloat16 term for the LSTM and GRU, two for the RNN (as forward).
     const int dg_terms = !w.bf16 ? 0 : a.kind == CellKind::kRnnTanh || a.kind == CellKind::kRnnRelu ? 2 : 1;
-    const PackedWeight<T> packed(false, p.size(), gru ? H_rz : GH, s.B, a.w_hh + p.begin, P, 1, 0,
-                                 dg_terms);
+    // (bfloat16 weights on the tiles are packed from the layer's bfloat16 values.)
+    const int64_t K_dh = gru ? H_rz : GH;
+    const bool w16 = std::is_same_v<T, float> && w.w_hh16 != nullptr && p.size() > 0 && s.B > 0;
+    const PackedWeight<T> packed =
+        w16 ? PackedWeight<T>(p.size(), K_dh, s.B, w.w_hh16 + p.begin, P, 1, 0, dg_terms, false)
+            : PackedWeight<T>(false, p.size(), K_dh, s.B, a.w_hh != nullptr ? a.w_hh + p.begin : nullptr,
+                              P, 1, 0, dg_terms);
     std::optional<PackedWeight<T>> packed_n;
-    if (gru) packed_n.emplace(false, p.size(), H, s.B, a.w_hh + H_rz * P + p.begin, P, 1, 0,
-                              dg_terms);
+    if (gru && w16) {
+      packed_n.emplace(p.size(), H, s.B, w.w_hh16 + H_rz * P + p.begin, P, 1, 0, dg_terms, false);
+    } else if (gru) {
+      packed_n.emplace(false, p.size(), H, s.B, a.w_hh != nullptr ? a.w_hh + H_rz * P + p.begin : nullptr,
+                       P, 1, 0, dg_terms);
+    }
     // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn, the bias gradients of
     // this thread's columns (gate by gate, then the GRU's n part of dGh) summed here.
     const bool step_rows = w.dgx16 != nullptr;

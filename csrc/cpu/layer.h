@@ -98,6 +98,8 @@ struct BackwardScratch {
   // layer's x and w_ih are nullptr: no float32 copies are made).
   const uint16_t* x16 = nullptr;     // [N, I]
   const uint16_t* w_ih16 = nullptr;  // [G*H, I]
+  const uint16_t* w_hh16 = nullptr;  // [G*H, P] packed for the step products as it is (the
+                                     //   layer's w_hh is then nullptr where B > 0)
   const uint16_t* y16 = nullptr;     // [N, P]
   const uint16_t* hx16 = nullptr;    // [B, P]
   // bf16 with the bfloat16 kernels: the gate gradients rounded to bfloat16 once, in each step by the
