@@ -69,7 +69,7 @@ constexpr double kDotFullRate = 1.5;
 bool bf16_kernels_for(bool plain_rnn, int64_t batch);
 // VDPBF16PS's multiply-adds a second over FMA's (VFMADD231PS), both on 512-bit registers,
 // measured once on first use: register-only loops of 12 independent accumulators on the
-// calling thread, interleaved, the fastest of 9 runs each (about 0.5 ms in all). 0 where the
+// calling thread, interleaved, the fastest of 9 runs each (about 0.1 ms in all). 0 where the
 // CPU has no AVX512-BF16. Testing: bf16_set_dot_rate(r) replaces it (r < 0: measured again
 // on next use).
 double bf16_dot_rate();
