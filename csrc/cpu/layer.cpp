@@ -82,34 +82,6 @@ class BlockCascade {
   std::vector<T> leaf_;
 };
 
-// out[k] = sum_i m[i * ld + k], per column block, by cascade summation: rows in leaves
-// of kLeaf summed in order, leaves combined by BlockCascade (the pairwise tree over
-// leaves). Rounding error grows with kLeaf + log2(rows / kLeaf), not with rows as a plain
-// running sum's does; the order is fixed: deterministic.
-template <typename T>
-void column_sums(T* out, const T* m, int64_t rows, int64_t cols, int64_t ld) {
-  constexpr int64_t kBlock = 64, kLeaf = 32;
-  const int64_t nblocks = (cols + kBlock - 1) / kBlock;
-  // Threads only when each gets real work (~32K additions): a thread team for a tiny
-  // reduction costs more than the reduction, badly so on a loaded machine.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, rows * kBlock));
-  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t k0 = blk * kBlock, n = std::min(cols, k0 + kBlock) - k0;
-      BlockCascade<T> cascade(n, (rows + kLeaf - 1) / kLeaf);
-      for (int64_t i0 = 0; i0 < rows; i0 += kLeaf) {
-        T* __restrict s = cascade.leaf();
-        for (int64_t i = i0; i < std::min(rows, i0 + kLeaf); ++i) {
-          const T* __restrict row = m + i * ld + k0;
-          for (int64_t k = 0; k < n; ++k) s[k] += row[k];
-        }
-        cascade.push();
-      }
-      cascade.sum(out + k0);
-    }
-  });
-}
-
 // [begin, end) of a thread's share of n items, in blocks of `align` (a cache line
 // of floats) so that threads never write the same line.
 struct Range {
@@ -276,15 +248,14 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     // bfloat16 input on the tiles: the input projection reads x16 and starts from this
     // thread's bias columns (gate by gate, as its scratch), with no float32 copies.
     bool read_x16 = false;
-    std::vector<float> bias_u;
-    if constexpr (std::is_same_v<T, float>) {
-      read_x16 = w.x16 != nullptr && packed_ih.bf16();
-      if (read_x16 && w.bias_x != nullptr) {
-        bias_u.resize(static_cast<size_t>(GHs));
-        for (int64_t gate = 0; gate < G; ++gate)
-          std::memcpy(bias_u.data() + gate * u.size(), w.bias_x + gate * H + u.begin,
-                      sizeof(float) * u.size());
-      }
+    if constexpr (std::is_same_v<T, float>) read_x16 = w.x16 != nullptr && packed_ih.bf16();
+    // This thread's bias columns, gate by gate as its scratch: the start of each row.
+    std::vector<T> bias_u;
+    if (w.bias_x != nullptr) {
+      bias_u.resize(static_cast<size_t>(GHs));
+      for (int64_t gate = 0; gate < G; ++gate)
+        std::memcpy(bias_u.data() + gate * u.size(), w.bias_x + gate * H + u.begin,
+                    sizeof(T) * u.size());
     }
     int cur = 0;
     int64_t chunk_lo = 0;  // first row of the current input-projection chunk
@@ -304,10 +275,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
           }
         }
         if (!read_x16 && w.bias_x != nullptr) {
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t gate = 0; gate < G; ++gate)
-              std::memcpy(xp + r * GHs + gate * u.size(), w.bias_x + gate * H + u.begin,
-                          sizeof(T) * u.size());
+          for (int64_t r = 0; r < rows; ++r) std::copy(bias_u.begin(), bias_u.end(), xp + r * GHs);
         }
         const T beta = w.bias_x != nullptr ? T(1) : T(0);
         if (!read_x16) packed_ih.gemm(rows, a.x + chunk_lo * I, I, beta, xp, GHs);
@@ -410,11 +378,14 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       packed_n.emplace(false, p.size(), H, s.B, a.w_hh != nullptr ? a.w_hh + H_rz * P + p.begin : nullptr,
                        P, 1, 0, dg_terms);
     }
-    // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn, the bias gradients of
-    // this thread's columns (gate by gate, then the GRU's n part of dGh) summed here.
+    // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn. The bias gradients of
+    // this thread's columns (gate by gate, then the GRU's n part of dGh) are summed here,
+    // while the step's rows are in cache: a step's rows in order, steps combined by
+    // BlockCascade (the pairwise tree over steps), an order that depends on nothing but
+    // the batch sizes.
     const bool step_rows = w.dgx16 != nullptr;
     const int64_t G = GH / std::max<int64_t>(H, 1), nu = u.size();
-    const bool sum_bias = step_rows && a.db_ih != nullptr;
+    const bool sum_bias = a.db_ih != nullptr;
     std::optional<BlockCascade<T>> bias_cascade;
     if (sum_bias) bias_cascade.emplace((G + (gru ? 1 : 0)) * nu, s.T);
     for (int64_t step = s.T - 1; step >= 0; --step) {
@@ -554,17 +525,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       sequence_gemm<T>(true, rows, P, s.N, dg, ldg, w.hprev, P, T(0), dw, P);
     }
   };
-  const auto bias_sums = [&] {
-    if (a.db_ih != nullptr) column_sums(a.db_ih, w.dgx, s.N, GH, GH);
-    if (a.db_hh != nullptr) {
-      if (gru) {
-        std::memcpy(a.db_hh, a.db_ih, sizeof(T) * H_rz);
-        column_sums(a.db_hh + H_rz, w.dgh, s.N, H, H);
-      } else {
-        std::memcpy(a.db_hh, a.db_ih, sizeof(T) * GH);
-      }
-    }
-  };
   if (!s.uniform()) {
     // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
     for (int64_t t = 0; t < s.T; ++t) {
@@ -642,7 +602,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       if (a.dx != nullptr || w.dx16 != nullptr)
         product(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), w.dx16, a.dx, a.I);
       if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
-      if (w.dgx16 == nullptr) bias_sums();  // else summed in the loop
       return;
     }
   }
@@ -656,7 +615,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   if (a.dx != nullptr)
     sequence_gemm<T>(false, s.N, a.I, GH, w.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
   if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
-  bias_sums();
 }
 
 template void layer_forward<float>(const core::LayerForward<float>&, const ForwardScratch<float>&);

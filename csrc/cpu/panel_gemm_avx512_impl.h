@@ -210,6 +210,41 @@ inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels,
 
 constexpr int kTileM = 12;
 
+// v[j] becomes lane j of v[0..15] (a 16 x 16 transpose in registers): pairs of rows
+// interleaved by float, then by pairs of floats, then 128-bit lanes gathered in two steps.
+inline void transpose16(__m512 v[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // v[4i + c], 128-bit lane L: column 4L + c of rows 4i .. 4i + 3.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  // Column 4L + c: lane L of v[c], v[4 + c], v[8 + c], v[12 + c], in that order.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 u0 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0x44);
+    const __m512 u1 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0xEE);
+    t[c] = _mm512_shuffle_f32x4(u0, w0, 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(u0, w0, 0xDD);
+    t[8 + c] = _mm512_shuffle_f32x4(u1, w1, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(u1, w1, 0xDD);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) v[j] = t[j];
+}
+
 // rows [0, mc) x k [0, kc) of op(A) into 12-row tiles: Ap[i / 12][k][r] = op(A)[i + r][k],
 // zero rows past mc.
 inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, int64_t mc,
@@ -226,6 +261,29 @@ inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, 
           _mm512_storeu_ps(dst + k * kTileM, v);
         } else {
           _mm512_mask_storeu_ps(dst + k * kTileM, lanes(kTileM), v);
+        }
+      }
+    } else if (a_k == 1) {
+      // Rows of A: 16 k at a time, the tile's rows (zero past `rows`) transposed in
+      // registers, one k's 12 values per store (its 4 extra lanes are overwritten by the
+      // next k's store; the last k of the tile is stored masked).
+      for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+        const int64_t nk = kc - k0 < 16 ? kc - k0 : 16;
+        const __mmask16 km = lanes(nk);
+        __m512 v[16];
+#pragma GCC unroll 12
+        for (int r = 0; r < kTileM; ++r)
+          v[r] = r < rows ? _mm512_maskz_loadu_ps(km, A + (i + r) * a_row + k0) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = kTileM; r < 16; ++r) v[r] = _mm512_setzero_ps();
+        transpose16(v);
+        for (int64_t k = 0; k < nk; ++k) {
+          float* out = dst + (k0 + k) * kTileM;
+          if (k0 + k + 1 < kc) {
+            _mm512_storeu_ps(out, v[k]);
+          } else {
+            _mm512_mask_storeu_ps(out, lanes(kTileM), v[k]);
+          }
         }
       }
     } else {

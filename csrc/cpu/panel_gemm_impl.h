@@ -120,6 +120,35 @@ inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels,
 
 constexpr int kTileM = 6;  // rows of the register tile: 12 ymm accumulators with 16 columns
 
+// v[j] becomes lane j of v[0..7] (an 8 x 8 transpose in registers): pairs of rows
+// interleaved by float, then by pairs of floats, then 128-bit halves gathered.
+inline void transpose8(__m256 v[8]) {
+  __m256 t[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // v[4i + c], 128-bit half L: column 4L + c of rows 4i .. 4i + 3.
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    const __m256d a = _mm256_castps_pd(t[4 * i]), b = _mm256_castps_pd(t[4 * i + 2]);
+    const __m256d c = _mm256_castps_pd(t[4 * i + 1]), d = _mm256_castps_pd(t[4 * i + 3]);
+    v[4 * i] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));
+    v[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));
+    v[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(c, d));
+    v[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(c, d));
+  }
+  // Column 4L + c: half L of v[c], then of v[4 + c].
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm256_permute2f128_ps(v[c], v[4 + c], 0x20);
+    t[4 + c] = _mm256_permute2f128_ps(v[c], v[4 + c], 0x31);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) v[j] = t[j];
+}
+
 // rows [0, mc) x k [0, kc) of op(A) into 6-row tiles: Ap[i / 6][k][r] = op(A)[i + r][k],
 // zero rows past mc.
 inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, int64_t mc,
@@ -132,6 +161,30 @@ inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, 
         const float* __restrict src = A + i + k * a_k;
 #pragma GCC unroll 6
         for (int r = 0; r < kTileM; ++r) dst[k * kTileM + r] = src[r];
+      }
+    } else if (a_k == 1) {
+      // Rows of A: 8 k at a time, the tile's rows (zero past `rows`) transposed in
+      // registers, one k's 6 values per store (its 2 extra lanes are overwritten by the
+      // next k's store; the last k of the tile is stored masked).
+      const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+      for (int64_t k0 = 0; k0 < kc; k0 += 8) {
+        const int64_t nk = kc - k0 < 8 ? kc - k0 : 8;
+        const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nk)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 v[8];
+#pragma GCC unroll 6
+        for (int r = 0; r < kTileM; ++r)
+          v[r] = r < rows ? _mm256_maskload_ps(A + (i + r) * a_row + k0, km) : _mm256_setzero_ps();
+        v[6] = v[7] = _mm256_setzero_ps();
+        transpose8(v);
+        for (int64_t k = 0; k < nk; ++k) {
+          float* out = dst + (k0 + k) * kTileM;
+          if (k0 + k + 1 < kc) {
+            _mm256_storeu_ps(out, v[k]);
+          } else {
+            _mm256_maskstore_ps(out, six, v[k]);
+          }
+        }
       }
     } else {
       for (int r = 0; r < kTileM; ++r) {
