@@ -84,7 +84,7 @@ def runs_kernels(input: Tensor) -> bool:
 
 def _acc_like(t: Tensor, shape) -> Tensor:
     """A saved buffer: float32 for half types (the cell state and saved gates stay
-    in float32), the input's dtype otherwise."""
+    in float32; :func:`_saved_fakes` names the exception), the input's dtype otherwise."""
     return t.new_empty(shape, dtype=torch.float32 if t.dtype in _HALF_DTYPES else t.dtype)
 
 
@@ -93,11 +93,16 @@ def _rows(input: Tensor, batch_sizes: Optional[Tensor]) -> Any:
 
 
 def _saved_fakes(kind: str, input: Tensor, batch_sizes: Optional[Tensor], hidden,
-                 need_workspace: bool) -> list:
-    """Fakes of the buffers forward saves for backward (csrc/core/cells.h)."""
+                 need_workspace: bool, ns: str = "rnnfast") -> list:
+    """Fakes of the buffers forward saves for backward (csrc/core/cells.h): float32 for
+    half types, except the CPU kernels' bfloat16 GRU, whose workspace is bfloat16
+    (csrc/cpu/backend.h saved_dtype)."""
     n = _rows(input, batch_sizes)
-    return [_acc_like(input, (n, cols * hidden) if need_workspace else (0,))
-            for _name, cols in CELL_SPECS[kind]["saved"]]
+    shape = lambda cols: (n, cols * hidden) if need_workspace else (0,)  # noqa: E731
+    if (kind == "gru" and input.dtype == torch.bfloat16 and input.device.type == "cpu"
+            and ns == "rnnfast"):
+        return [input.new_empty(shape(cols)) for _name, cols in CELL_SPECS[kind]["saved"]]
+    return [_acc_like(input, shape(cols)) for _name, cols in CELL_SPECS[kind]["saved"]]
 
 
 # ---------------------------------------------------------------------- private torch APIs
@@ -401,7 +406,7 @@ def _register(ns: str) -> None:
                           need_workspace):
         hidden = w_ih.shape[0] // gru_g
         output = input.new_empty((*input.shape[:-1], hidden))
-        (workspace,) = _saved_fakes("gru", input, batch_sizes, hidden, need_workspace)
+        (workspace,) = _saved_fakes("gru", input, batch_sizes, hidden, need_workspace, ns)
         return output, hx.new_empty(hx.shape), workspace
 
     @torch.library.register_fake(f"{ns}::gru_backward")

@@ -1,5 +1,5 @@
-"""bfloat16 on the CPU: rnnfast's kernels (float32 arithmetic, float32 cell state and saved
-buffers, on up-converted copies of the bfloat16 inputs and weights) against a float64
+"""bfloat16 on the CPU: rnnfast's kernels (float32 arithmetic, float32 cell state, the LSTM's
+saved buffers float32 and the GRU's bfloat16, on up-converted copies of the bfloat16 inputs and weights) against a float64
 reference computed from the very same bfloat16 values, and against torch.nn's own bfloat16
 error on that reference: every layer kind, stacked and bidirectional, padded and packed,
 outputs, final states and every gradient; the cells; the operators under opcheck.
@@ -8,7 +8,8 @@ The bound: with every argument exactly representable, the only roundings are flo
 arithmetic (~1e-6 here) and the final rounding of each result to bfloat16 (unit roundoff
 u = 2^-8, half an ulp) -- except that backward reads the layer's output h_t, rounded to
 bfloat16, as h_{t-1} of the next step (what the weight gradients and the GRU's pointwise
-backward multiply), which adds about u times the size of the terms. So each tensor is
+backward multiply), and the GRU's saved gate values r, z, n and W_hn h + b_hn, rounded to
+bfloat16 for backward, each of which adds about u times the size of the terms. So each tensor is
 checked elementwise against |err| <= 2u |ref| + 2u max|ref| (per tensor), and its largest
 error against torch.nn-bf16's largest error on the same reference. (ReLU: a pre-activation
 within rounding of 0 may take the other branch in any finite precision, which moves a
@@ -113,13 +114,19 @@ def test_bfloat16_runs_rnnfast_kernels_and_float16_falls_back():
     assert not ops.runs_kernels(torch.zeros(1, dtype=torch.float16))
 
 
-def test_bfloat16_operator_saves_float32():
-    """The cell state and the saved gates stay float32 (what the pointwise maths runs in)."""
+def test_bfloat16_operator_saved_dtypes():
+    """The LSTM's cell state and saved gates stay float32 (what the pointwise maths runs in);
+    the GRU saves its rows as bfloat16 (half the memory; widened per step in backward)."""
     kind = KINDS["lstm"]
     s = make_sample(kind, False, True, False, dtype=torch.bfloat16)
     out = kind.forward_op(*s.forward_args(True))
     assert out[0].dtype == torch.bfloat16 and out[2].dtype == torch.bfloat16
     assert out[3].dtype == torch.float32 and out[4].dtype == torch.float32
+    kind = KINDS["gru"]
+    s = make_sample(kind, False, True, False, dtype=torch.bfloat16)
+    output, hy, workspace = kind.forward_op(*s.forward_args(True))
+    assert output.dtype == hy.dtype == workspace.dtype == torch.bfloat16
+    assert workspace.shape == (output.shape[0] * output.shape[1], 4 * output.shape[-1])
 
 
 @pytest.mark.parametrize("kind,reverse,bias,packed", OPCHECK_PARAMS)

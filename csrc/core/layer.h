@@ -40,6 +40,9 @@ struct LayerForward {
   // What backward needs (cells.h: LSTM gates [N, 4H] and cells [N, H]; GRU workspace
   // [N, 4H]), or nullptr in inference. The RNN saves nothing.
   A* saved[2] = {nullptr, nullptr};
+  // The saved rows as bfloat16 bit patterns, in place of saved[0] (which is then nullptr),
+  // where the backend saves them so (its saved_dtype, operators.h), else nullptr.
+  uint16_t* saved16 = nullptr;
 };
 
 template <typename T, typename A = T>
@@ -60,6 +63,7 @@ struct LayerBackward {
   const T* w_hr = nullptr;  // [P, H] or nullptr
   const T* y = nullptr;     // [N, P] forward's output
   const A* saved[2] = {nullptr, nullptr};  // what forward saved (see LayerForward)
+  const uint16_t* saved16 = nullptr;        // (see LayerForward)
   T* dh = nullptr;          // [B, P] in: dL/dh_n; out: dL/dh_0
   A* dc = nullptr;          // [B, H] LSTM: in dL/dc_n; out: dL/dc_0
   T* dx = nullptr;          // [N, I] out, or nullptr (not needed)

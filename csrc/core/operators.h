@@ -6,6 +6,9 @@
 // A backend is a type with
 //   static constexpr Dtypes kDtypes;                 which input dtypes it takes
 //   static at::ScalarType acc_dtype(at::ScalarType);  the dtype of c and saved buffers
+//   static at::ScalarType saved_dtype(CellKind, at::ScalarType);
+//                                                     optional: the saved buffers' dtype where
+//                                                     it differs (bfloat16: LayerForward::saved16)
 //   static void dispatch(at::ScalarType, const char* name, F f);
 //                                                     calls f.template operator()<T, A>()
 //                                                     with the element and arithmetic types
@@ -40,6 +43,17 @@ T* ptr(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? static_cast<T*>(t.data_ptr()) : nullptr;
 }
 
+// The dtype of the buffers that forward saves for backward: the backend's saved_dtype where
+// it has one, else its acc_dtype.
+template <class Backend>
+at::ScalarType saved_dtype(CellKind kind, at::ScalarType st) {
+  if constexpr (requires { Backend::saved_dtype(kind, st); }) {
+    return Backend::saved_dtype(kind, st);
+  } else {
+    return Backend::acc_dtype(st);
+  }
+}
+
 struct ForwardOut {
   Tensor output, hy, cy, saved[2];
 };
@@ -65,9 +79,13 @@ ForwardOut run_forward(CellKind kind, const Tensor& input, const Tensor& hx, con
   r.hy = hx.clone(at::MemoryFormat::Contiguous);
   const Tensor c = cx != nullptr ? cx->to(aopts.dtype(), false, /*copy=*/true).contiguous()
                                  : Tensor();
+  const auto sopts = opts.dtype(saved_dtype<Backend>(kind, input.scalar_type()));
+  // bfloat16 saved rows where the arithmetic is wider: one buffer (the GRU's), as saved16.
+  const bool saved16 = sopts.dtype() == at::kBFloat16 && aopts.dtype() != at::kBFloat16;
+  TORCH_INTERNAL_ASSERT(!saved16 || spec.num_saved == 1);
   for (int i = 0; i < spec.num_saved; ++i) {
-    r.saved[i] = need_workspace ? at::empty({d.seq.N, spec.saved[i].h_cols * d.H}, aopts)
-                                : empty0(aopts);
+    r.saved[i] = need_workspace ? at::empty({d.seq.N, spec.saved[i].h_cols * d.H}, sopts)
+                                : empty0(sopts);
   }
   Backend::dispatch(input.scalar_type(), op.c_str(), [&]<typename T, typename A>() {
     const LayerForward<T, A> a{
@@ -86,8 +104,9 @@ ForwardOut run_forward(CellKind kind, const Tensor& input, const Tensor& hx, con
         .y = ptr<T>(r.output),
         .h = ptr<T>(r.hy),
         .c = ptr<A>(c),
-        .saved = {need_workspace ? ptr<A>(r.saved[0]) : nullptr,
+        .saved = {need_workspace && !saved16 ? ptr<A>(r.saved[0]) : nullptr,
                   need_workspace ? ptr<A>(r.saved[1]) : nullptr},
+        .saved16 = need_workspace && saved16 ? ptr<uint16_t>(r.saved[0]) : nullptr,
     };
     Backend::template forward<T, A>(a, opts);
   });
@@ -115,13 +134,15 @@ BackwardOut run_backward(CellKind kind, const OptTensor& grad_output, const OptT
   const auto opts = input.options();
   const auto acc = Backend::acc_dtype(input.scalar_type());
   const auto aopts = opts.dtype(acc);
+  const auto sdt = saved_dtype<Backend>(kind, input.scalar_type());
+  const bool saved16 = sdt == at::kBFloat16 && acc != at::kBFloat16;
   const Tensor* saved[2] = {saved0, saved1};
   for (int i = 0; i < spec.num_saved; ++i) {
     const Tensor& s = *saved[i];
-    TORCH_CHECK(s.numel() == N * spec.saved[i].h_cols * H && s.scalar_type() == acc, op,
+    TORCH_CHECK(s.numel() == N * spec.saved[i].h_cols * H && s.scalar_type() == sdt, op,
                 ": the saved workspace is missing or has the wrong size or dtype (",
                 spec.saved[i].name, " ", s.sizes(), " ", s.scalar_type(), ", expected (", N,
-                ", ", spec.saved[i].h_cols * H, ") ", acc, "); run ", spec.name,
+                ", ", spec.saved[i].h_cols * H, ") ", sdt, "); run ", spec.name,
                 "_forward with need_workspace=True when a backward pass will follow");
   }
   check_grads(op, d, input, output, grad_output, grad_hy);
@@ -166,7 +187,8 @@ BackwardOut run_backward(CellKind kind, const OptTensor& grad_output, const OptT
         .w_hh = ptr<const T>(whh),
         .w_hr = ptr<const T>(whr),
         .y = ptr<const T>(y),
-        .saved = {ptr<const A>(sv[0]), ptr<const A>(sv[1])},
+        .saved = {saved16 ? nullptr : ptr<const A>(sv[0]), ptr<const A>(sv[1])},
+        .saved16 = saved16 ? ptr<const uint16_t>(sv[0]) : nullptr,
         .dh = ptr<T>(r.dh),
         .dc = ptr<A>(dc),
         .dx = ptr<T>(r.dx),

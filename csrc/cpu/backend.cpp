@@ -51,7 +51,9 @@ void run_forward(const core::LayerForward<T>& a, const at::TensorOptions& opts, 
                        .x16 = given.x16,
                        .w_ih16 = given.w_ih16,
                        .w_hh16 = given.w_hh16,
-                       .y16 = given.y16});
+                       .y16 = given.y16,
+                       .ws16 = given.ws16,
+                       .wsstep = given.wsstep});
 }
 
 template <typename T>
@@ -88,7 +90,9 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .dy16 = given.dy16,
                         .dy16_ld = given.dy16_ld,
                         .dy16_cs = given.dy16_cs,
-                        .ystep = given.ystep});
+                        .ystep = given.ystep,
+                        .ws16 = given.ws16,
+                        .wsstep = given.wsstep});
 }
 
 }  // namespace
@@ -106,9 +110,10 @@ void Backend::backward(const core::LayerBackward<T, A>& a, const at::TensorOptio
 }
 
 // bfloat16: the float32 executor on up-converted copies of the inputs and weights (made
-// once per call), its outputs rounded back to bfloat16. The cell state and the saved
-// buffers are float32 already (acc_dtype), so nothing is rounded between steps: the
-// only roundings are the bfloat16 of the arguments and of the results.
+// once per call), its outputs rounded back to bfloat16. The cell state and the LSTM's
+// saved buffers are float32 (acc_dtype), so nothing is rounded between steps: the
+// roundings are the bfloat16 of the arguments and of the results, and the GRU's saved
+// rows (saved_dtype: bfloat16, rounded once each in forward, widened exactly in backward).
 namespace {
 
 // A float32 copy of n bfloat16 values (an undefined tensor for nullptr).
@@ -156,6 +161,8 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   // reads it as it is, or up-converts it).
   const bool y16 = amx;
   const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
+  const at::Tensor wsstep =
+      a.saved16 != nullptr ? at::empty({B, core::saved_row_cols(a.kind, H)}, f32) : at::Tensor();
   core::LayerForward<float> f{.kind = a.kind,
                               .seq = a.seq,
                               .reverse = a.reverse,
@@ -173,6 +180,8 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
                               .c = a.c,
                               .saved = {a.saved[0], a.saved[1]}};
   ForwardScratch<float> given;
+  given.ws16 = a.saved16;
+  given.wsstep = fptr(wsstep);
   if (amx) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = amx_ih ? bits(a.w_ih) : nullptr;
@@ -210,12 +219,16 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const bool y_in_place = amx && a.seq->uniform();
   const at::Tensor y = y_in_place ? at::Tensor() : up(a.y, {N, P});
   const at::Tensor ystep = y_in_place && !lstm ? at::empty({B, H}, f32) : at::Tensor();
+  const at::Tensor wsstep =
+      a.saved16 != nullptr ? at::empty({B, core::saved_row_cols(a.kind, H)}, f32) : at::Tensor();
   const at::Tensor dh = up(a.dh, {B, P});
   const at::Tensor dx = !amx && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
   const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
   const at::Tensor dw_hh = amx ? at::Tensor() : at::empty({GH, P}, f32);
   const at::Tensor dgx16 = amx ? at::empty({N, GH}, opts.dtype(at::kBFloat16)) : at::Tensor();
-  const at::Tensor dgh16 = amx && gru ? at::empty({N, H}, opts.dtype(at::kBFloat16)) : at::Tensor();
+  // (The GRU with bfloat16 saved rows forms dGh's n part in dgx16 after use: no dgh16.)
+  const at::Tensor dgh16 = amx && gru && a.saved16 == nullptr ? at::empty({N, H}, opts.dtype(at::kBFloat16))
+                                                              : at::Tensor();
   const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor dw_hr = a.dw_hr != nullptr ? at::empty({P, H}, f32) : at::Tensor();
@@ -247,6 +260,8 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   given.dy16_ld = a.dy_ld;
   given.dy16_cs = a.dy_cs;
   given.ystep = ystep.defined() ? fptr(ystep) : nullptr;
+  given.ws16 = a.saved16;
+  given.wsstep = fptr(wsstep);
   if (amx) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;

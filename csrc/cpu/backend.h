@@ -1,6 +1,6 @@
 // The CPU backend of the operators (csrc/core/operators.h): float32, float64 and
-// bfloat16 (the float32 executor on up-converted copies, float32 cell state and saved
-// buffers), the executor of csrc/cpu/layer.h with its scratch allocated once per call.
+// bfloat16 (the float32 executor on up-converted copies, float32 cell state, the LSTM's
+// saved buffers float32 and the GRU's bfloat16), the executor of csrc/cpu/layer.h with its scratch allocated once per call.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +16,12 @@ struct Backend {
   static constexpr Dtypes kDtypes = kCpuDtypes;
   static at::ScalarType acc_dtype(at::ScalarType st) {
     return st == at::kBFloat16 ? at::kFloat : st;
+  }
+  // A bfloat16 GRU saves its rows (r, z, n, W_hn h + b_hn) as bfloat16: half the float32
+  // workspace, which kept its training step above torch.nn's in memory. The LSTM keeps
+  // float32 (its cell state is summed over steps; its step is below torch.nn's anyway).
+  static at::ScalarType saved_dtype(core::CellKind kind, at::ScalarType st) {
+    return st == at::kBFloat16 && kind == core::CellKind::kGru ? at::kBFloat16 : acc_dtype(st);
   }
   struct Guard {
     explicit Guard(const at::Tensor&) {}

@@ -2,6 +2,7 @@
 #include "layer.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +26,19 @@
 namespace rnnfast {
 namespace cpu {
 namespace {
+
+// dst = bfloat16(src), rows x cols, rounded to nearest even: the CPU's conversion where it
+// has the bfloat16 kernels, else c10::BFloat16's (the same rounding, scalar).
+void round_rows_bf16(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
+                     int64_t ld_dst) {
+  if (rows <= 0 || cols <= 0) return;
+  if (bf16_kernels_usable()) {
+    bf16_round_rows(rows, cols, src, ld_src, dst, ld_dst);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) dst[r * ld_dst + k] = c10::BFloat16(src[r * ld_src + k]).x;
+}
 
 template <typename T>
 void copy_rows(T* out, int64_t ld_out, const T* src, int64_t ld_src, int64_t rows, int64_t cols) {
@@ -300,8 +314,10 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
                           gru ? rec : nullptr,
                           GHs,
                           w.bias_h,
-                          // (an RNN writing bfloat16 output keeps h_t in hout only)
+                          // (an RNN writing bfloat16 output keeps h_t in hout only;
+                          // bfloat16 saved rows are written as float32 to the step's rows)
                           rnn && w.y16 != nullptr ? hout
+                          : w.ws16 != nullptr     ? w.wsstep
                           : gbuf != nullptr       ? gbuf + row * ld
                                                   : nullptr,
                           hin,
@@ -324,6 +340,12 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
         // bfloat16 output: this thread's columns of y_t = h_t, rounded once.
         if (w.y16 != nullptr && p.size() > 0)
           bf16_round_rows(b, p.size(), hout + p.begin, P, w.y16 + row * P + p.begin, P);
+        // bfloat16 saved rows: this thread's columns of every saved gate, rounded once.
+        if (w.ws16 != nullptr && u.size() > 0) {
+          for (int64_t g = 0; g < ld / H; ++g)
+            round_rows_bf16(b, u.size(), w.wsstep + g * H + u.begin, ld,
+                            w.ws16 + row * ld + g * H + u.begin, ld);
+        }
       }
       // Rows whose sequence ends here: their final state is h_t.
       const int64_t n_next = step + 1 < s.T ? s.bs[s.time_at(step + 1, a.reverse)] : 0;
@@ -432,6 +454,13 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       }
       const T* ws_t = ws != nullptr ? ws + row * ld : nullptr;
       if constexpr (std::is_same_v<T, float>) {
+        // bfloat16 saved rows: this thread's columns of every saved gate, widened.
+        if (w.ws16 != nullptr) {
+          for (int64_t g = 0; g < ld / H; ++g)
+            bf16_widen_rows(b, nu, w.ws16 + row * ld + g * H + u.begin, ld, w.wsstep + g * H + u.begin,
+                            ld);
+          ws_t = w.wsstep;
+        }
         // The outputs as bfloat16 only (w.ystep): this thread's units of the rows it reads.
         if (w.ystep != nullptr && a.y == nullptr) {
           if (gru && tp >= 0) {
@@ -464,7 +493,8 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
           for (int64_t g = 0; g < G; ++g)
             bf16_round_rows(b, nu, dgx_t + g * H + u.begin, GH, w.dgx16 + row * GH + g * H + u.begin,
                             GH);
-          if (gru) bf16_round_rows(b, nu, dgh_t + u.begin, H, w.dgh16 + row * H + u.begin, H);
+          if (gru && w.dgh16 != nullptr)
+            bf16_round_rows(b, nu, dgh_t + u.begin, H, w.dgh16 + row * H + u.begin, H);
         }
       }
       if (sum_bias && nu > 0) {
@@ -591,16 +621,35 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         at::mm_out(out, dg16.narrow(0, a.reverse ? 0 : B, shifted).t(), y16);
         out.addmm_(dg16.narrow(0, a.reverse ? shifted : 0, B).t(), hx16);
       };
+      // The GRU with no dgh16 (its saved rows are bfloat16: ws16): the n part of dGh,
+      // dGx_n * r, is formed in dgx16's own n columns once dW_ih and dx have read them (one
+      // [N, H] bfloat16 buffer less at the step's peak).
+      const bool n_in_place = gru && w.dgh16 == nullptr && w.dgx16 != nullptr;
+      TORCH_INTERNAL_ASSERT(!n_in_place || w.ws16 != nullptr);
+      uint16_t* const dw_hh16_n = w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr;
+      float* const dw_hh_n = a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr;
       if (gru) {
         dw_hh_rows(dgx16.narrow(1, 0, H_rz), w.dw_hh16, a.dw_hh);
-        dw_hh_rows(given(w.dgh16, w.dgh, s.N, H), w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
-                   a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr);
+        if (!n_in_place) dw_hh_rows(given(w.dgh16, w.dgh, s.N, H), dw_hh16_n, dw_hh_n);
       } else {
         dw_hh_rows(dgx16, w.dw_hh16, a.dw_hh);
       }
       product(dgx16.t(), given(w.x16, a.x, s.N, a.I), w.dw_ih16, a.dw_ih, a.I);
       if (a.dx != nullptr || w.dx16 != nullptr)
         product(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), w.dx16, a.dx, a.I);
+      if (n_in_place) {
+        at::parallel_for(0, s.N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)),
+                         [&](int64_t r0, int64_t r1) {
+          std::vector<float> v(static_cast<size_t>(H));
+          for (int64_t i = r0; i < r1; ++i) {
+            uint16_t* const dn = w.dgx16 + i * GH + H_rz;
+            const uint16_t* const r = w.ws16 + i * ld;  // r: the saved row's first H columns
+            for (int64_t k = 0; k < H; ++k) v[k] = bf16_to_float(dn[k]) * bf16_to_float(r[k]);
+            round_rows_bf16(1, H, v.data(), H, dn, H);
+          }
+        });
+        dw_hh_rows(dgx16.narrow(1, H_rz, H), dw_hh16_n, dw_hh_n);
+      }
       if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
       return;
     }

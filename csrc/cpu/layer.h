@@ -77,6 +77,11 @@ struct ForwardScratch {
   uint16_t* y16 = nullptr;  // [N, P] bf16 with the bfloat16 kernels: the output, written as
                             //   bfloat16 straight from each step's h_t (the layer's y is then
                             //   nullptr: no float32 output is made)
+  // bf16, where the layer saves bfloat16 rows (LayerForward::saved16): [N, ld] those rows,
+  // and [B, ld] the float32 rows of a step (each thread its own units' columns), rounded
+  // into ws16 once the step's pointwise pass has written them.
+  uint16_t* ws16 = nullptr;
+  T* wsstep = nullptr;
 };
 
 template <typename T>
@@ -123,6 +128,10 @@ struct BackwardScratch {
   // nullptr (no float32 copy of the outputs): [B, H] the rows of y16 that a step reads (GRU:
   // h_{t-1}; RNN: h_t, its saved row), each thread up-converting its own units.
   T* ystep = nullptr;
+  // bf16, where forward saved bfloat16 rows (LayerBackward::saved16): [N, ld] those rows, and
+  // [B, ld] a step's rows widened to float32 (each thread its own units' columns).
+  const uint16_t* ws16 = nullptr;
+  T* wsstep = nullptr;
 };
 
 
