@@ -1,6 +1,7 @@
 // The CPU backend of the operators (csrc/core/operators.h): float32, float64 and
 // bfloat16 (the float32 executor on up-converted copies, float32 cell state, the LSTM's
-// saved buffers float32 and the GRU's bfloat16), the executor of csrc/cpu/layer.h with its scratch allocated once per call.
+// saved buffers float32 and the GRU's bfloat16), the executor of csrc/cpu/layer.h with
+// its scratch allocated once per call.
 #pragma once
 
 #include <ATen/ATen.h>
