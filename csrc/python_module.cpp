@@ -44,28 +44,25 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   TORCH_CHECK((trans_w ? w.size(1) : w.size(0)) == K && out.size(0) == M && out.size(1) == N,
               "step_gemm: shapes do not match");
   TORCH_CHECK(repeats >= 1 && (repeats == 1 || beta == 0.0), "step_gemm: repeats >= 1, beta 0");
-  double seconds = 0;
-  if (w16) {
-    TORCH_CHECK(M > 0 && N > 0 && K > 0, "step_gemm: empty product");
-    const rnnfast::cpu::PackedWeight<float> pw(
-        N, K, M, reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()), w.stride(0), 1, 0,
-        bf16_terms, trans_w);
+  // Seconds per product of `repeats` products through the packed weight pw.
+  const auto timed = [&]<typename S>(const rnnfast::cpu::PackedWeight<S>& pw) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < repeats; ++i)
-      pw.gemm(M, x.const_data_ptr<float>(), x.stride(0), static_cast<float>(beta),
-              out.data_ptr<float>(), out.stride(0));
+      pw.gemm(M, x.const_data_ptr<S>(), x.stride(0), static_cast<S>(beta), out.data_ptr<S>(),
+              out.stride(0));
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
            static_cast<double>(repeats);
+  };
+  if (w16) {
+    TORCH_CHECK(M > 0 && N > 0 && K > 0, "step_gemm: empty product");
+    return timed(rnnfast::cpu::PackedWeight<float>(
+        N, K, M, reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()), w.stride(0), 1, 0,
+        bf16_terms, trans_w));
   }
+  double seconds = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "step_gemm", [&] {
-    const rnnfast::cpu::PackedWeight<scalar_t> pw(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
-                                                  w.stride(0), 1, 0, bf16_terms, uses);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < repeats; ++i)
-      pw.gemm(M, x.const_data_ptr<scalar_t>(), x.stride(0), static_cast<scalar_t>(beta),
-              out.data_ptr<scalar_t>(), out.stride(0));
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
-              static_cast<double>(repeats);
+    seconds = timed(rnnfast::cpu::PackedWeight<scalar_t>(trans_w, N, K, M, w.const_data_ptr<scalar_t>(),
+                                                         w.stride(0), 1, 0, bf16_terms, uses));
   });
   return seconds;
 }
