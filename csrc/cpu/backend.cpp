@@ -83,7 +83,6 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .y16 = given.y16,
                         .hx16 = given.hx16,
                         .dgx16 = given.dgx16,
-                        .dgh16 = given.dgh16,
                         .dx16 = given.dx16,
                         .dw_ih16 = given.dw_ih16,
                         .dw_hh16 = given.dw_hh16,
@@ -206,7 +205,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
   // on unpacked input (its step loop reads its own cell states; the products read y as is).
   const bool amx = bf16_kernels_for(plain_rnn(a.kind), B);
-  const bool lstm = a.kind == core::CellKind::kLstm, gru = a.kind == core::CellKind::kGru;
+  const bool lstm = a.kind == core::CellKind::kLstm;
   const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
   // The step products pack W_hh from its bfloat16 values (no float32 copy) where rows exist.
   const bool w_hh16 = amx && B > 0;
@@ -226,9 +225,6 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
   const at::Tensor dw_hh = amx ? at::Tensor() : at::empty({GH, P}, f32);
   const at::Tensor dgx16 = amx ? at::empty({N, GH}, opts.dtype(at::kBFloat16)) : at::Tensor();
-  // (The GRU with bfloat16 saved rows forms dGh's n part in dgx16 after use: no dgh16.)
-  const at::Tensor dgh16 = amx && gru && a.saved16 == nullptr ? at::empty({N, H}, opts.dtype(at::kBFloat16))
-                                                              : at::Tensor();
   const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor dw_hr = a.dw_hr != nullptr ? at::empty({P, H}, f32) : at::Tensor();
@@ -269,9 +265,6 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.y16 = a.y != nullptr ? bits(a.y) : nullptr;
     given.hx16 = a.hx != nullptr ? bits(a.hx) : nullptr;
     given.dgx16 = dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr()) : nullptr;
-    given.dgh16 = dgh16.defined() && dgh16.numel() > 0 ? static_cast<uint16_t*>(dgh16.data_ptr())
-                                                       : nullptr;
-    if (given.dgx16 == nullptr) given.dgh16 = nullptr;  // (no rows: nothing to keep)
     given.dx16 = reinterpret_cast<uint16_t*>(a.dx);
     given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
     given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);

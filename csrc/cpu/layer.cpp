@@ -493,8 +493,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
           for (int64_t g = 0; g < G; ++g)
             bf16_round_rows(b, nu, dgx_t + g * H + u.begin, GH, w.dgx16 + row * GH + g * H + u.begin,
                             GH);
-          if (gru && w.dgh16 != nullptr)
-            bf16_round_rows(b, nu, dgh_t + u.begin, H, w.dgh16 + row * H + u.begin, H);
         }
       }
       if (sum_bias && nu > 0) {
@@ -621,16 +619,16 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         at::mm_out(out, dg16.narrow(0, a.reverse ? 0 : B, shifted).t(), y16);
         out.addmm_(dg16.narrow(0, a.reverse ? shifted : 0, B).t(), hx16);
       };
-      // The GRU with no dgh16 (its saved rows are bfloat16: ws16): the n part of dGh,
-      // dGx_n * r, is formed in dgx16's own n columns once dW_ih and dx have read them (one
-      // [N, H] bfloat16 buffer less at the step's peak).
-      const bool n_in_place = gru && w.dgh16 == nullptr && w.dgx16 != nullptr;
+      // The GRU with dgx16 (its saved rows are then bfloat16: ws16): the n part of dGh,
+      // dGx_n * r, is formed in dgx16's own n columns once dW_ih and dx have read them (no
+      // [N, H] buffer of its own); else it is the float32 w.dgh of every row.
+      const bool n_in_place = gru && w.dgx16 != nullptr;
       TORCH_INTERNAL_ASSERT(!n_in_place || w.ws16 != nullptr);
       uint16_t* const dw_hh16_n = w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr;
       float* const dw_hh_n = a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr;
       if (gru) {
         dw_hh_rows(dgx16.narrow(1, 0, H_rz), w.dw_hh16, a.dw_hh);
-        if (!n_in_place) dw_hh_rows(given(w.dgh16, w.dgh, s.N, H), dw_hh16_n, dw_hh_n);
+        if (!n_in_place) dw_hh_rows(given(nullptr, w.dgh, s.N, H), dw_hh16_n, dw_hh_n);
       } else {
         dw_hh_rows(dgx16, w.dw_hh16, a.dw_hh);
       }

@@ -113,9 +113,10 @@ struct BackwardScratch {
   // layer's dx, dw_ih, dw_hh are then nullptr).
   // With dgx16, dgx and dgh hold only two steps' rows ([2, B, G*H] and [2, B, H], used in
   // turn: a step's product reads them while the next step's pointwise pass writes the other)
-  // and the bias gradients are summed in the loop (no [N, G*H] float32 buffer).
+  // and the bias gradients are summed in the loop (no [N, G*H] float32 buffer). The GRU
+  // (whose bfloat16 layer saves bfloat16 rows, ws16) forms the n part of dGh in dgx16's own
+  // n columns after the products that read dGx.
   uint16_t* dgx16 = nullptr;    // [N, G*H]
-  uint16_t* dgh16 = nullptr;    // [N, H] GRU
   uint16_t* dx16 = nullptr;     // [N, I] or nullptr (no input gradient)
   uint16_t* dw_ih16 = nullptr;  // [G*H, I]
   uint16_t* dw_hh16 = nullptr;  // [G*H, P]
