@@ -48,12 +48,13 @@ __all__ = ["build_parser", "Plan", "plan_run", "main"]
 _EPILOG = """\
 where results go:
   A full-grid CPU run (the default: every layer, both modes, S,M,L,XL,B1,B4, float32) writes
-  docs/results/cpu-<kernelset>.md (header with commit, date, CPU, ISA flags, kernel set, torch,
-  threads and this command line; the speedup grid; every cell) and docs/results/cpu-<kernelset>.png;
-  the same grid with --dtypes bfloat16 writes docs/results/cpu-<kernelset>-bfloat16.md/.png;
-  with --memory, docs/results/memory-cpu-<kernelset>.md; with --under-load over its default shapes
-  (every layer and mode), docs/results/load-cpu-<kernelset>.md; with --onnx (every layer, both
-  exporters, default sizes and --min-time), docs/results/onnx-cpu-<kernelset>.md. <kernelset> is rnnfast's CPU kernel set
+  docs/results/cpu-<vendor>-<kernelset>.md (header with commit, date, CPU, ISA flags, kernel set, torch,
+  threads and this command line; the speedup grid; every cell) and docs/results/cpu-<vendor>-<kernelset>.png;
+  the same grid with --dtypes bfloat16 writes docs/results/cpu-<vendor>-<kernelset>-bfloat16.md/.png;
+  with --memory, docs/results/memory-cpu-<vendor>-<kernelset>.md; with --under-load over its default shapes
+  (every layer and mode), docs/results/load-cpu-<vendor>-<kernelset>.md; with --onnx (every layer, both
+  exporters, default sizes and --min-time), docs/results/onnx-cpu-<vendor>-<kernelset>.md. <vendor> is amd or intel and
+  <kernelset> is rnnfast's CPU kernel set
   (rnnfast.build_info()["cpu_kernels"], e.g. avx2, avx512; avx512-amx where the bfloat16 layers run on AMX tiles, avx512-bf16 on AVX512-BF16 dot products). Any other run (a subset of
   --layers/--modes/--shapes/--dtypes, --quick, --device cuda, --memory-repeat > 1, a layer rnnfast
   lacks) writes the same files to bench_results/ instead, so it never overwrites docs/results.

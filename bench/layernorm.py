@@ -16,7 +16,7 @@ Outputs (and, for training, every gradient) of ``ln`` are checked against ``loop
 anything is timed. Timing is interleaved (loop, ln, plain, ...), the minimum of the repeats.
 Targets (docs/performance.md): ``loop / ln`` at least 5x at S, M, B1, B4 and 2x at L, XL;
 ``ln / plain`` (the cost of layer normalisation) at most 1.3x. A full default run writes
-``docs/results/layernorm-cpu-<kernelset>.md``; anything else goes to ``bench_results/``.
+``docs/results/layernorm-cpu-<vendor>-<kernelset>.md``; anything else goes to ``bench_results/``.
 """
 from __future__ import annotations
 

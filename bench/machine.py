@@ -15,7 +15,7 @@ import torch
 from .grid import import_rnnfast
 
 __all__ = [
-    "ISA_FLAGS", "cpu_model", "cpu_flags", "isa_flags", "load_average", "git_state", "kernel_set",
+    "ISA_FLAGS", "cpu_model", "cpu_vendor", "cpu_flags", "isa_flags", "load_average", "git_state", "kernel_set",
     "machine_info", "format_isa", "format_machine",
 ]
 
@@ -42,6 +42,15 @@ def _cpuinfo_field(name: str) -> Optional[str]:
 def cpu_model() -> str:
     """``model name`` from /proc/cpuinfo (else what :mod:`platform` knows, else ``unknown``)."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_vendor() -> Optional[str]:
+    """``amd``, ``intel`` or another vendor's ``vendor_id`` from /proc/cpuinfo, lower case (None
+    where it cannot be read)."""
+    vendor = _cpuinfo_field("vendor_id")
+    if not vendor:
+        return None
+    return {"authenticamd": "amd", "genuineintel": "intel"}.get(vendor.lower(), vendor.lower())
 
 
 def cpu_flags() -> Optional[set]:
@@ -92,14 +101,16 @@ def kernel_set(info: Dict[str, Any]) -> str:
 
 
 def results_key(info: Dict[str, Any]) -> str:
-    """The machine kind a results file is named by: the kernel set, with ``-amx`` where
-    rnnfast's bfloat16 layers run on AMX tiles and ``-bf16`` where they run AVX512-BF16 dot
-    products (``build_info()["bf16_gemm"]``), so that the tables of an AVX-512 EPYC and an
-    AMX Xeon live side by side."""
+    """The machine kind a results file is named by: the CPU vendor (``cpu_vendor``, where known),
+    then the kernel set, with ``-amx`` where rnnfast's bfloat16 layers run on AMX tiles and
+    ``-bf16`` where they run AVX512-BF16 dot products (``build_info()["bf16_gemm"]``): so the
+    tables of an AVX-512 EPYC, an AVX512-BF16 Xeon and an AMX Xeon live side by side
+    (``amd-avx512-bf16``, ``intel-avx512-bf16``, ``intel-avx512-amx``)."""
     build = info.get("rnnfast_build")
     bf16 = str(build.get("bf16_gemm", "") if isinstance(build, dict) else "")
     suffix = "-amx" if bf16.startswith("amx") else "-bf16" if bf16.startswith("avx512_bf16") else ""
-    return kernel_set(info) + suffix
+    vendor = info.get("cpu_vendor")
+    return (f"{vendor}-" if vendor else "") + kernel_set(info) + suffix
 
 
 def machine_info(device: str = "cpu") -> Dict[str, Any]:
@@ -108,6 +119,7 @@ def machine_info(device: str = "cpu") -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "isa": isa_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -1,9 +1,9 @@
 """The report: per-cell tables, the speedup grid, the summary, and the results files.
 
 A full-grid CPU run writes its results into the repository's ``docs/results/`` (never copied
-there by hand): ``cpu-<kernelset>.md`` (header: commit, date, CPU, ISA flags, kernel set, torch,
-threads, command line; the speedup grid; every cell) beside the plot ``cpu-<kernelset>.png``,
-and ``--memory`` writes ``memory-cpu-<kernelset>.md``. The kernel set (``avx2``, ``avx512``)
+there by hand): ``cpu-<vendor>-<kernelset>.md`` (header: commit, date, CPU, ISA flags, kernel set, torch,
+threads, command line; the speedup grid; every cell) beside the plot ``cpu-<vendor>-<kernelset>.png``,
+and ``--memory`` writes ``memory-cpu-<vendor>-<kernelset>.md``. The kernel set (``avx2``, ``avx512``)
 is in the name so that the results of both kinds of machine live side by side. Every other run
 (partial, ``--quick``, CUDA) writes the same files into ``bench_results/`` or ``--out DIR``.
 """
@@ -51,8 +51,8 @@ def _slug(text: str) -> str:
 
 
 def results_stem(info: Dict[str, Any]) -> str:
-    """File name (without extension) of a timing run's results: ``cpu-<kernelset>`` on the
-    CPU (``cpu-<kernelset>-bfloat16`` for a bfloat16-only run), ``cuda-<gpu>`` on CUDA."""
+    """File name (without extension) of a timing run's results: ``cpu-<vendor>-<kernelset>`` on the
+    CPU (``cpu-<vendor>-<kernelset>-bfloat16`` for a bfloat16-only run), ``cuda-<gpu>`` on CUDA."""
     if info.get("device") == "cuda":
         return "cuda-" + _slug(str(info.get("gpu", "unknown")))
     suffix = "-bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
@@ -60,8 +60,8 @@ def results_stem(info: Dict[str, Any]) -> str:
 
 
 def memory_stem(info: Dict[str, Any]) -> str:
-    """File name (without extension) of a ``--memory`` run's results: ``memory-cpu-<kernelset>``
-    (``memory-cpu-<kernelset>-bfloat16`` for a bfloat16 run)."""
+    """File name (without extension) of a ``--memory`` run's results: ``memory-cpu-<vendor>-<kernelset>``
+    (``memory-cpu-<vendor>-<kernelset>-bfloat16`` for a bfloat16 run)."""
     suffix = "-bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
     return "memory-cpu-" + _slug(results_key(info)) + suffix
 
@@ -261,7 +261,7 @@ def _header(title: str, info: Dict[str, Any]) -> List[str]:
 
 def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
                             peak_gflops: Optional[float] = None, plot_name: Optional[str] = None) -> str:
-    """The results file of a timing run (``cpu-<kernelset>.md``): header, speedup grid with the
+    """The results file of a timing run (``cpu-<vendor>-<kernelset>.md``): header, speedup grid with the
     count of targets met, the plot (``plot_name``, relative to the file), every cell, summary."""
     where = (f"CUDA ({info.get('gpu', 'unknown GPU')})" if info.get("device") == "cuda"
              else f"CPU, `{kernel_set(info)}` kernels")
@@ -292,7 +292,7 @@ def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
 
 
 def format_memory_markdown(results: Sequence[MemoryResult], info: Dict[str, Any]) -> str:
-    """The results file of a ``--memory`` run (``memory-cpu-<kernelset>.md``)."""
+    """The results file of a ``--memory`` run (``memory-cpu-<vendor>-<kernelset>.md``)."""
     dtype = " in bfloat16" if info.get("dtypes") == ["bfloat16"] else ""
     out = _header(f"rnnfast vs torch.nn: peak memory of a training step{dtype}, CPU, "
                   f"`{kernel_set(info)}` kernels", info)
@@ -302,12 +302,12 @@ def format_memory_markdown(results: Sequence[MemoryResult], info: Dict[str, Any]
 
 
 def load_stem(info: Dict[str, Any]) -> str:
-    """File name (without extension) of an ``--under-load`` run's results: ``load-cpu-<kernelset>``."""
+    """File name (without extension) of an ``--under-load`` run's results: ``load-cpu-<vendor>-<kernelset>``."""
     return "load-cpu-" + _slug(results_key(info))
 
 
 def format_load_markdown(results: Sequence[Any], info: Dict[str, Any], table: str, summary: str) -> str:
-    """The results file of an ``--under-load`` run (``load-cpu-<kernelset>.md``)."""
+    """The results file of an ``--under-load`` run (``load-cpu-<vendor>-<kernelset>.md``)."""
     out = _header(f"rnnfast vs torch.nn beside a busy process, CPU, `{kernel_set(info)}` kernels", info)
     out += ["", "Median time per call alone, then beside one process spinning on a CPU (`python -c "
             "'while True: pass'`), both implementations interleaved in each phase; slowdown = beside / "
@@ -318,12 +318,12 @@ def format_load_markdown(results: Sequence[Any], info: Dict[str, Any], table: st
 
 
 def onnx_stem(info: Dict[str, Any]) -> str:
-    """File name (without extension) of an ``--onnx`` run's results: ``onnx-cpu-<kernelset>``."""
+    """File name (without extension) of an ``--onnx`` run's results: ``onnx-cpu-<vendor>-<kernelset>``."""
     return "onnx-cpu-" + _slug(results_key(info))
 
 
 def format_onnx_markdown(info: Dict[str, Any], caption: str, table: str, summary: str) -> str:
-    """The results file of an ``--onnx`` run (``onnx-cpu-<kernelset>.md``)."""
+    """The results file of an ``--onnx`` run (``onnx-cpu-<vendor>-<kernelset>.md``)."""
     out = _header(f"rnnfast vs torch.nn exported to ONNX, run in ONNX Runtime, CPU, `{kernel_set(info)}` kernels",
                   info)
     out += ["", caption, "", table, "", summary + "."]

@@ -38,7 +38,7 @@ CELLS = [
 ]
 
 INFO = {
-    "device": "cpu", "cpu": "AMD EPYC 9R14", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0+cpu",
+    "device": "cpu", "cpu": "AMD EPYC 9R14", "cpu_vendor": "amd", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0+cpu",
     "python": "3.11.7", "platform": "Linux", "mkldnn": True, "git": "abc1234 + uncommitted changes",
     "date_utc": "2026-12-02 06:00 UTC",
     "isa": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False},
@@ -48,13 +48,13 @@ INFO = {
 
 
 def test_results_markdown_header_and_tables():
-    text = report.format_results_markdown(CELLS, INFO, plot_name="cpu-avx2.png")
+    text = report.format_results_markdown(CELLS, INFO, plot_name="cpu-amd-avx2.png")
     assert text.startswith("# rnnfast vs torch.nn: CPU, `avx2` kernels\n")
     for line in ["- commit: `abc1234 + uncommitted changes`", "- date: 2026-12-02 06:00 UTC",
                  "- CPU: AMD EPYC 9R14 (2 logical CPUs)",
                  "- ISA: avx2 yes, avx512f no, avx512_bf16 no, amx_bf16 no",
                  "- torch: 2.13.0+cpu (oneDNN on), threads: 2", "- command: `python -m bench`",
-                 "![speedup per shape](cpu-avx2.png)"]:
+                 "![speedup per shape](cpu-amd-avx2.png)"]:
         assert line in text, line
     assert "CPU kernel set `avx2`" in text
     # speedup grid: layer × mode rows, shape columns in grid order, met targets in bold
@@ -65,16 +65,20 @@ def test_results_markdown_header_and_tables():
     assert "**2 of 4 targets met.**" in text
     # the full per-cell table follows
     assert "## All cells" in text and "torch ms (min)" in text and "NOT met" in text
-    assert report.results_stem(INFO) == "cpu-avx2"
-    assert report.memory_stem(INFO) == "memory-cpu-avx2"
-    amx = dict(INFO, rnnfast_build={"cpu_kernels": "avx512", "bf16_gemm": "amx tiles (step products)"})
-    assert report.results_stem(amx) == "cpu-avx512-amx"
-    assert report.results_stem(dict(amx, dtypes=["bfloat16"])) == "cpu-avx512-amx-bfloat16"
-    assert report.load_stem(amx) == "load-cpu-avx512-amx"
+    assert report.results_stem(INFO) == "cpu-amd-avx2"
+    assert report.memory_stem(INFO) == "memory-cpu-amd-avx2"
+    # without a known vendor the name is the kernel set alone
+    assert report.results_stem({k: v for k, v in INFO.items() if k != "cpu_vendor"}) == "cpu-avx2"
+    amx = dict(INFO, cpu_vendor="intel", rnnfast_build={"cpu_kernels": "avx512", "bf16_gemm": "amx tiles (step products)"})
+    assert report.results_stem(amx) == "cpu-intel-avx512-amx"
+    assert report.results_stem(dict(amx, dtypes=["bfloat16"])) == "cpu-intel-avx512-amx-bfloat16"
+    assert report.load_stem(amx) == "load-cpu-intel-avx512-amx"
     dot = dict(INFO, rnnfast_build={"cpu_kernels": "avx512",
                                     "bf16_gemm": "avx512_bf16 dot products (step products)"})
-    assert report.results_stem(dot) == "cpu-avx512-bf16"
-    assert report.results_stem(dict(dot, dtypes=["bfloat16"])) == "cpu-avx512-bf16-bfloat16"
+    assert report.results_stem(dot) == "cpu-amd-avx512-bf16"
+    assert report.results_stem(dict(dot, dtypes=["bfloat16"])) == "cpu-amd-avx512-bf16-bfloat16"
+    # an AVX512-BF16 Xeon without AMX is a kind of its own beside the EPYC with the same ISA
+    assert report.results_stem(dict(dot, cpu_vendor="intel")) == "cpu-intel-avx512-bf16"
 
 
 def test_header_from_this_machine(tmp_path):
