@@ -62,6 +62,24 @@ def _check_against(ref64, fast, torch_bf16, names):
             f"{name}: rnnfast bf16 max error {err.max().item():g} > torch.nn bf16's {torch_err:g}")
 
 
+def _layer_against_float64(kind, kwargs, input_size, hidden_size, lengths, packed):
+    """rnnfast's bfloat16 layer and torch.nn's against float64 on the same bfloat16 values
+    (input [max(lengths), len(lengths), input_size])."""
+    # The bfloat16 values every implementation starts from.
+    ref = kind.torch_layer(input_size, hidden_size, **kwargs).to(torch.bfloat16)
+    _away_from_relu_kink(kind, ref)
+    fast = kind.fast_layer(input_size, hidden_size, **kwargs, dtype=torch.bfloat16)
+    fast.load_state_dict(ref.state_dict())
+    ref64 = kind.torch_layer(input_size, hidden_size, **kwargs, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(int(lengths.max()), len(lengths), input_size).to(torch.bfloat16).double()
+    expected = _run(ref64, x, lengths, packed, torch.float64)
+    got = _run(fast, x, lengths, packed, torch.bfloat16)
+    theirs = _run(ref, x, lengths, packed, torch.bfloat16)
+    names = ["output", *kind.state_names, "grad input", *[n for n, _ in fast.named_parameters()]]
+    _check_against(expected, got, theirs, names)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind", kind_params())
 def test_layers_bfloat16_against_float64(kind, packed, bf16_kernel):
@@ -69,20 +87,28 @@ def test_layers_bfloat16_against_float64(kind, packed, bf16_kernel):
     kwargs = dict(kind.kwargs, num_layers=2, bidirectional=True)
     if kind.proj_size:
         kwargs["proj_size"] = 11
-    # The bfloat16 values every implementation starts from.
-    ref = kind.torch_layer(24, 40, **kwargs).to(torch.bfloat16)
-    _away_from_relu_kink(kind, ref)
-    fast = kind.fast_layer(24, 40, **kwargs, dtype=torch.bfloat16)
-    fast.load_state_dict(ref.state_dict())
-    ref64 = kind.torch_layer(24, 40, **kwargs, dtype=torch.float64)
-    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
-    x = torch.randn(9, 5, 24).to(torch.bfloat16).double()
-    lengths = torch.tensor([9, 8, 8, 4, 1])
-    expected = _run(ref64, x, lengths, packed, torch.float64)
-    got = _run(fast, x, lengths, packed, torch.bfloat16)
-    theirs = _run(ref, x, lengths, packed, torch.bfloat16)
-    names = ["output", *kind.state_names, "grad input", *[n for n, _ in fast.named_parameters()]]
-    _check_against(expected, got, theirs, names)
+    _layer_against_float64(kind, kwargs, 24, 40, torch.tensor([9, 8, 8, 4, 1]), packed)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", kind_params())
+def test_input_size_equal_to_gate_width_bfloat16(kind, packed, bf16_kernel):
+    """input_size == gates × hidden_size, where the backward may hold the gate gradients in
+    the input gradient's own buffer and form dX over them (csrc/cpu/backend.cpp)."""
+    torch.manual_seed(2)
+    kwargs = dict(kind.kwargs, bidirectional=True)  # (a second layer's input is 2H wide)
+    if kind.proj_size:
+        kwargs["proj_size"] = 11
+    _layer_against_float64(kind, kwargs, kind.gates * 40, 40, torch.tensor([9, 8, 8, 4, 1]), packed)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_input_gradient_over_gate_gradients_in_blocks_bfloat16(packed, bf16_kernel):
+    """The same with dX formed over dG in several row blocks (2^20 / I rows: I = 1024 gives
+    blocks of 1024 rows, N = 2700 padded three, the last a partial one)."""
+    torch.manual_seed(3)
+    lengths = torch.tensor([3] * 899 + [2]) if packed else torch.full((900,), 3)
+    _layer_against_float64(KINDS["rnn_tanh"], dict(KINDS["rnn_tanh"].kwargs), 1024, 1024, lengths, packed)
 
 
 @pytest.mark.parametrize("kind", kind_params(CELL_KINDS))

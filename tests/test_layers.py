@@ -114,6 +114,28 @@ def test_parity_with_torch_default_path(kind, bidirectional, form):
         compare(ref, fast, kind, form, native=False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("form", ["batched", "packed_unsorted"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_input_size_equal_to_gate_width(kind, bidirectional, form, dtype):
+    """input_size == gates × hidden_size: the CPU backward then holds the gate gradients in
+    the input gradient's own buffer and forms dX over them (csrc/cpu/layer.cpp)."""
+    hidden = 7
+    ref, fast = kind.layer_pair(kind.gates * hidden, hidden, dtype, num_layers=2,
+                                bidirectional=bidirectional)
+    compare(ref, fast, kind, form, steps=6, batch=5)
+
+
+def test_input_gradient_over_gate_gradients_in_blocks():
+    """The same with dX formed over dG in several row blocks of 2^19 / I rows (I = 2048:
+    blocks of 256 rows, N = 650 gives three, the last a partial one), packed input with
+    shrinking batches included."""
+    ref, fast = KINDS["rnn_tanh"].layer_pair(2048, 2048, torch.float64)
+    for form in ("batched", "packed_unsorted"):
+        compare(ref, fast, KINDS["rnn_tanh"], form, steps=5, batch=130)
+
+
 ODD_SIZES = [pytest.param(kind, hidden, id=f"{kind.name}-H{hidden}")
              for kind in KINDS.values() for hidden in (1, 7, 33)
              if kind.supports_hidden_size(hidden)]

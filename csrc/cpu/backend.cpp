@@ -64,13 +64,17 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
   const bool gru = a.kind == core::CellKind::kGru, proj = a.w_hr != nullptr;
   // With bfloat16 gate gradients (given.dgx16) the float32 ones of two steps suffice.
   const int64_t dg_rows = given.dgx16 != nullptr ? 2 * B : N;
-  const at::Tensor dgx = at::empty({dg_rows, spec.gates * H}, opts);
+  // Where dX has dG's shape ([N, I] with I == G*H: an Elman RNN whose input size is its
+  // hidden size, say), dG is held in dX's own storage and dX formed over it at the end.
+  const bool dx_in_dgx = given.dgx16 == nullptr && a.dx != nullptr && spec.gates * H == a.I;
+  const at::Tensor dgx = dx_in_dgx ? at::Tensor() : at::empty({dg_rows, spec.gates * H}, opts);
   const at::Tensor dgh = gru ? at::empty({dg_rows, H}, opts) : at::Tensor();
   const at::Tensor hprev = a.seq->uniform() ? at::Tensor() : at::empty({N, P}, opts);
   const at::Tensor dr = proj ? at::empty({B, H}, opts) : at::Tensor();
   const at::Tensor R = proj ? at::empty({N, H}, opts) : at::Tensor();
   const at::Tensor DH = proj ? at::empty({N, P}, opts) : at::Tensor();
-  layer_backward<T>(a, {.dgx = ptr<T>(dgx),
+  layer_backward<T>(a, {.dgx = dx_in_dgx ? a.dx : ptr<T>(dgx),
+                        .dx_in_dgx = dx_in_dgx || given.dx_in_dgx,
                         .dgh = ptr<T>(dgh),
                         .hprev = ptr<T>(hprev),
                         .dr = ptr<T>(dr),
@@ -224,7 +228,12 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::Tensor dx = !amx && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
   const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
   const at::Tensor dw_hh = amx ? at::Tensor() : at::empty({GH, P}, f32);
-  const at::Tensor dgx16 = amx ? at::empty({N, GH}, opts.dtype(at::kBFloat16)) : at::Tensor();
+  // The bfloat16 gate gradients live in dx's own storage where the two have one shape
+  // (G*H == I) and nothing reads them after dX (not the GRU: its n part of dGh is formed in
+  // them afterwards); dX is then formed over them (layer.cpp).
+  const bool dx_in_dgx = amx && a.dx != nullptr && GH == I && a.kind != core::CellKind::kGru;
+  const at::Tensor dgx16 = amx && !dx_in_dgx ? at::empty({N, GH}, opts.dtype(at::kBFloat16))
+                                             : at::Tensor();
   const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor dw_hr = a.dw_hr != nullptr ? at::empty({P, H}, f32) : at::Tensor();
@@ -264,7 +273,10 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.w_hh16 = w_hh16 ? bits(a.w_hh) : nullptr;
     given.y16 = a.y != nullptr ? bits(a.y) : nullptr;
     given.hx16 = a.hx != nullptr ? bits(a.hx) : nullptr;
-    given.dgx16 = dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr()) : nullptr;
+    given.dgx16 = dx_in_dgx && N > 0 ? reinterpret_cast<uint16_t*>(a.dx)
+                  : dgx16.numel() > 0 ? static_cast<uint16_t*>(dgx16.data_ptr())
+                                      : nullptr;
+    given.dx_in_dgx = given.dgx16 != nullptr && dx_in_dgx;
     given.dx16 = reinterpret_cast<uint16_t*>(a.dx);
     given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
     given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);

@@ -633,8 +633,22 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         dw_hh_rows(dgx16, w.dw_hh16, a.dw_hh);
       }
       product(dgx16.t(), given(w.x16, a.x, s.N, a.I), w.dw_ih16, a.dw_ih, a.I);
-      if (a.dx != nullptr || w.dx16 != nullptr)
+      if (w.dx_in_dgx) {
+        // dgx16 is dx16's storage (GH == I, not the GRU): each block of rows' product to a
+        // block-sized buffer, then over the rows it was formed from.
+        TORCH_INTERNAL_ASSERT(!n_in_place && w.dx16 == w.dgx16);
+        const at::Tensor w16 = given(w.w_ih16, a.w_ih, GH, a.I);
+        const int64_t block = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(a.I, 1), 64, s.N);
+        at::Tensor tmp = at::empty({block, a.I}, at::TensorOptions().dtype(at::kBFloat16));
+        for (int64_t r0 = 0; r0 < s.N; r0 += block) {
+          const int64_t rows = std::min(block, s.N - r0);
+          at::Tensor t = tmp.narrow(0, 0, rows);
+          at::mm_out(t, dgx16.narrow(0, r0, rows), w16);
+          dgx16.narrow(0, r0, rows).copy_(t);
+        }
+      } else if (a.dx != nullptr || w.dx16 != nullptr) {
         product(dgx16, given(w.w_ih16, a.w_ih, GH, a.I), w.dx16, a.dx, a.I);
+      }
       if (n_in_place) {
         at::parallel_for(0, s.N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, H)),
                          [&](int64_t r0, int64_t r1) {
@@ -659,9 +673,23 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     dw_hh_rows(w.dgx, GH, GH, a.dw_hh);
   }
   sequence_gemm<T>(true, GH, a.I, s.N, w.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
-  if (a.dx != nullptr)
-    sequence_gemm<T>(false, s.N, a.I, GH, w.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
   if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
+  if (a.dx == nullptr) return;
+  if (!w.dx_in_dgx) {
+    sequence_gemm<T>(false, s.N, a.I, GH, w.dgx, GH, a.w_ih, a.I, T(0), a.dx, a.I);
+    return;
+  }
+  // dx and dgx are one [N, I] buffer (GH == I) that nothing reads as dG any more: each
+  // block of rows' product goes to a block-sized buffer and then over the rows it came
+  // from (a row of dX depends only on its own row of dG). The blocks follow from the
+  // shape alone, so the result does not depend on the thread count.
+  const int64_t block = std::clamp<int64_t>((int64_t(1) << 19) / std::max<int64_t>(a.I, 1), 64, s.N);
+  std::vector<T> tmp(static_cast<size_t>(block * a.I));
+  for (int64_t r0 = 0; r0 < s.N; r0 += block) {
+    const int64_t rows = std::min(block, s.N - r0);
+    sequence_gemm<T>(false, rows, a.I, GH, w.dgx + r0 * GH, GH, a.w_ih, a.I, T(0), tmp.data(), a.I);
+    std::copy(tmp.data(), tmp.data() + rows * a.I, a.dx + r0 * a.I);
+  }
 }
 
 template void layer_forward<float>(const core::LayerForward<float>&, const ForwardScratch<float>&);

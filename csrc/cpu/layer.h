@@ -87,6 +87,10 @@ struct ForwardScratch {
 template <typename T>
 struct BackwardScratch {
   T* dgx = nullptr;    // [N, G*H] the gate gradients (input side); [2, B, G*H] with dgx16
+  bool dx_in_dgx = false;  // dgx (or, with dgx16, dgx16) is the storage of the layer's dx
+                           //   (dx16) itself, G*H == I: dX = dG W_ih is formed over dG, a
+                           //   block of rows at a time, after every other product has read
+                           //   dG (one [N, I] buffer fewer)
   T* dgh = nullptr;    // [N, H] GRU: the n gate's recurrent-side gradient (its r and z parts
                        //   equal dgx's), else nullptr; [2, B, H] with dgx16
   T* hprev = nullptr;  // [N, P] h_{t-1} of every row (packed input with shrinking batches
