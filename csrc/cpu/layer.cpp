@@ -209,6 +209,13 @@ void parallel_region(int64_t step_flops, bool split_invariant, const F& fn) {
   fn(0, 1, sync);
 }
 
+// Rows per block where dX is formed over dG in its own storage (layer_backward): a block
+// buffer of about 2 MiB, at least 64 rows, at most the N rows there are (at least one).
+int64_t dx_block_rows(int64_t N, int64_t I, int64_t elem_bytes) {
+  const int64_t rows = (int64_t(2) << 20) / (std::max<int64_t>(I, 1) * elem_bytes);
+  return std::max<int64_t>(1, std::min(N, std::max<int64_t>(64, rows)));
+}
+
 }  // namespace
 
 template <typename T>
@@ -638,7 +645,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         // block-sized buffer, then over the rows it was formed from.
         TORCH_INTERNAL_ASSERT(!n_in_place && w.dx16 == w.dgx16);
         const at::Tensor w16 = given(w.w_ih16, a.w_ih, GH, a.I);
-        const int64_t block = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(a.I, 1), 64, s.N);
+        const int64_t block = dx_block_rows(s.N, a.I, 2);
         at::Tensor tmp = at::empty({block, a.I}, at::TensorOptions().dtype(at::kBFloat16));
         for (int64_t r0 = 0; r0 < s.N; r0 += block) {
           const int64_t rows = std::min(block, s.N - r0);
@@ -683,7 +690,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   // block of rows' product goes to a block-sized buffer and then over the rows it came
   // from (a row of dX depends only on its own row of dG). The blocks follow from the
   // shape alone, so the result does not depend on the thread count.
-  const int64_t block = std::clamp<int64_t>((int64_t(1) << 19) / std::max<int64_t>(a.I, 1), 64, s.N);
+  const int64_t block = dx_block_rows(s.N, a.I, sizeof(T));
   std::vector<T> tmp(static_cast<size_t>(block * a.I));
   for (int64_t r0 = 0; r0 < s.N; r0 += block) {
     const int64_t rows = std::min(block, s.N - r0);
