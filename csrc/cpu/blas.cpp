@@ -260,12 +260,17 @@ void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw
               "rnnfast internal error: bad weight groups");
   const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
+  const PackPanelF32 pack_panel = cpu_kernels().pack_panel_f32;
   for (int64_t j = 0; j < npanels; ++j) {
     float* __restrict pj = panels + j * K * kPanel;
     const int64_t cols = std::min(kPanel, N - j * kPanel);
     const float* rows[kPanel];
     for (int64_t c = 0; c < cols; ++c)
       rows[c] = W + grouped_row(j * kPanel + c, per_group, group_stride) * ldw;
+    if (trans_w && cols == kPanel && pack_panel != nullptr) {
+      pack_panel(K, rows, pj);
+      continue;
+    }
     for (int64_t k = 0; k < K; ++k) {
       float* __restrict dst = pj + k * kPanel;
       for (int64_t c = 0; c < cols; ++c) dst[c] = trans_w ? rows[c][k] : W[k * ldw + j * kPanel + c];

@@ -25,7 +25,7 @@
 namespace rnnfast {
 namespace cpu {
 namespace avx2 {
-constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32, &blocked_gemm_f32,
+constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32, &pack_panel_f32, &blocked_gemm_f32,
                                                  /*blocked_min_n=*/256,
                                                  /*blocked_min_mnk_log2=*/28);
 }  // namespace avx2

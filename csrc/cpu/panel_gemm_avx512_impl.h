@@ -245,6 +245,22 @@ inline void transpose16(__m512 v[16]) {
   for (int j = 0; j < 16; ++j) v[j] = t[j];
 }
 
+// A whole W^T panel (panel_gemm.h PackPanelF32): 16 x 16 blocks through transpose16, the
+// last K % 16 values one at a time.
+inline void pack_panel_f32(int64_t K, const float* const* rows, float* panel) {
+  int64_t k0 = 0;
+  for (; k0 + 16 <= K; k0 += 16) {
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) v[c] = _mm512_loadu_ps(rows[c] + k0);
+    transpose16(v);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) _mm512_storeu_ps(panel + (k0 + k) * kPanel, v[k]);
+  }
+  for (; k0 < K; ++k0)
+    for (int c = 0; c < 16; ++c) panel[k0 * kPanel + c] = rows[c][k0];
+}
+
 // rows [0, mc) x k [0, kc) of op(A) into 12-row tiles: Ap[i / 12][k][r] = op(A)[i + r][k],
 // zero rows past mc.
 inline void pack_a_tiles(const float* __restrict A, int64_t a_row, int64_t a_k, int64_t mc,

@@ -122,6 +122,26 @@ constexpr int kTileM = 6;  // rows of the register tile: 12 ymm accumulators wit
 
 // v[j] becomes lane j of v[0..7] (an 8 x 8 transpose in registers): pairs of rows
 // interleaved by float, then by pairs of floats, then 128-bit halves gathered.
+inline void transpose8(__m256 v[8]);
+
+// A whole W^T panel (panel_gemm.h PackPanelF32): each half of 8 columns in 8 x 8 blocks
+// through transpose8, the last K % 8 values one at a time.
+inline void pack_panel_f32(int64_t K, const float* const* rows, float* panel) {
+  int64_t k0 = 0;
+  for (; k0 + 8 <= K; k0 += 8) {
+    for (int half = 0; half < 2; ++half) {
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) v[c] = _mm256_loadu_ps(rows[8 * half + c] + k0);
+      transpose8(v);
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(panel + (k0 + k) * kPanel + 8 * half, v[k]);
+    }
+  }
+  for (; k0 < K; ++k0)
+    for (int c = 0; c < 16; ++c) panel[k0 * kPanel + c] = rows[c][k0];
+}
+
 inline void transpose8(__m256 v[8]) {
   __m256 t[8];
 #pragma GCC unroll 4

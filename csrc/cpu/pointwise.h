@@ -77,6 +77,8 @@ struct CpuKernels {
   // The step loops' small-GEMM micro-kernel (panel_gemm.h), or nullptr: the BLAS's
   // packed GEMM instead (the generic set).
   PanelGemmF32 panel_gemm_f32;
+  // A whole W^T panel's transposing copy (panel_gemm.h), or nullptr: one value at a time.
+  PackPanelF32 pack_panel_f32;
   // The whole-sequence products' blocked GEMM (panel_gemm.h), or nullptr: the BLAS.
   BlockedGemmF32 blocked_gemm_f32;
   // Smallest product sequence_gemm gives the blocked GEMM (blas.h): N >= this many

@@ -262,6 +262,7 @@ void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 // constexpr: the tables are built at compile time (constinit in isa_*.cpp), so no code
 // of this instruction set runs while the library loads, on CPUs that lack it.
 constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nullptr,
+                                  PackPanelF32 pack_panel = nullptr,
                                   BlockedGemmF32 blocked_gemm = nullptr,
                                   int64_t blocked_min_n = 0, int blocked_min_mnk_log2 = 0) {
   return CpuKernels{
@@ -271,6 +272,7 @@ constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nu
       {&lstm_bwd<float>, &gru_bwd<float>, &rnn_bwd<float, false>, &rnn_bwd<float, true>},
       {&lstm_bwd<double>, &gru_bwd<double>, &rnn_bwd<double, false>, &rnn_bwd<double, true>},
       panel_gemm,
+      pack_panel,
       blocked_gemm,
       blocked_min_n,
       blocked_min_mnk_log2};
