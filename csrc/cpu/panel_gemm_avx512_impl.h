@@ -161,6 +161,26 @@ inline void panel_many_rows_impl(int64_t M, int64_t N, int64_t K, const float* p
   }
 }
 
+inline void transpose16(__m512 v[16]);
+
+// rows (1..12) rows of X, each ldx apart, into one tile packed by k: dst[k * rows + r] =
+// X[r * ldx + k]; 16 k at a time through transpose16 (the rows padded to 16 with zeros,
+// each k's `rows` lanes stored), the last K % 16 one value at a time.
+inline void pack_row_tile(int64_t rows, int64_t K, const float* X, int64_t ldx, float* dst) {
+  const __mmask16 m = lanes(rows);
+  int64_t k0 = 0;
+  for (; k0 + 16 <= K; k0 += 16) {
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) v[r] = r < rows ? _mm512_loadu_ps(X + r * ldx + k0) : _mm512_setzero_ps();
+    transpose16(v);
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(dst + (k0 + k) * rows, m, v[k]);
+  }
+  for (; k0 < K; ++k0)
+    for (int64_t r = 0; r < rows; ++r) dst[k0 * rows + r] = X[r * ldx + k0];
+}
+
 inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
                             int64_t ldx, bool accumulate, float* C, int64_t ldc) {
   static thread_local TileBuffer buffer;
@@ -171,10 +191,7 @@ inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels
     float* dst = buffer.p;
     for (int64_t blk = 0, m = 0; blk < nblocks; ++blk) {
       const int64_t rows = base + (blk < extra ? 1 : 0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* src = X + (m + r) * ldx;
-        for (int64_t k = 0; k < K; ++k) dst[k * rows + r] = src[k];
-      }
+      pack_row_tile(rows, K, X + m * ldx, ldx, dst);
       dst += rows * K;
       m += rows;
     }
