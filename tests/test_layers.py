@@ -128,9 +128,9 @@ def test_input_size_equal_to_gate_width(kind, bidirectional, form, dtype):
 
 
 def test_input_gradient_over_gate_gradients_in_blocks():
-    """The same with dX formed over dG in several row blocks of 2^19 / I rows (I = 2048:
-    blocks of 256 rows, N = 650 gives three, the last a partial one), packed input with
-    shrinking batches included."""
+    """The same with dX formed over dG in several row blocks of about 2 MiB (float64,
+    I = 2048: blocks of 128 rows, so N = 650 gives six, the last a partial one of 10), packed
+    input with shrinking batches included."""
     ref, fast = KINDS["rnn_tanh"].layer_pair(2048, 2048, torch.float64)
     for form in ("batched", "packed_unsorted"):
         compare(ref, fast, KINDS["rnn_tanh"], form, steps=5, batch=130)
