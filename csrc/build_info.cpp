@@ -40,10 +40,19 @@ std::map<std::string, std::string> build_info() {
   info["step_gemm"] = cpu::step_gemm_backend();
   info["sequence_gemm"] = cpu::sequence_gemm_backend();
   const std::string bf16 = cpu::step_gemm_bf16();
-  info["bf16_gemm"] = bf16 == "amx"           ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
-                      : bf16 == "avx512_bf16" ? "avx512_bf16 dot products (step products), torch's bfloat16 gemm (sequence products)"
-                                              : "float32 on up-converted values";
-  if (bf16 == "avx512_bf16") {
+  const bool widened = bf16 != "fp32" && cpu::step_gemm_split_invariant_f32();
+  info["bf16_gemm"] =
+      cpu::bf16_widened_only() && widened
+          ? "float32 products on widened bfloat16 operands (every call)"
+      : bf16 == "amx" ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
+      : bf16 == "avx512_bf16"
+          ? (widened ? "avx512_bf16 dot products (step products), torch's bfloat16 gemm (sequence "
+                       "products); calls the rule leaves out: float32 products on widened "
+                       "bfloat16 operands"
+                     : "avx512_bf16 dot products (step products), torch's bfloat16 gemm (sequence "
+                       "products)")
+          : "float32 on up-converted values";
+  if (bf16 == "avx512_bf16" && !cpu::bf16_widened_only()) {
     char rate[96];
     std::snprintf(rate, sizeof(rate), "%.2f (VDPBF16PS/FMA multiply-adds a second; %s)",
                   cpu::bf16_dot_rate(),

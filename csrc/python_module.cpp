@@ -6,6 +6,7 @@
 #include "build_info.h"
 #include "core/cells.h"
 #include "core/cuda_algorithm.h"
+#include "cpu/backend.h"
 #include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/layer.h"
@@ -36,8 +37,10 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
   TORCH_CHECK((w16 ? x.scalar_type() == at::kFloat : x.scalar_type() == w.scalar_type()) &&
                   x.scalar_type() == out.scalar_type(),
               "step_gemm: one dtype (or a bfloat16 w with float32 x and out)");
-  TORCH_CHECK(!w16 || (bf16_terms > 0 && rnnfast::cpu::bf16_kernels_usable()),
-              "step_gemm: a bfloat16 w needs bf16_terms > 0 and AMX-BF16 or AVX512-BF16");
+  TORCH_CHECK(!w16 || (bf16_terms > 0 ? rnnfast::cpu::bf16_kernels_usable()
+                                       : rnnfast::cpu::step_gemm_split_invariant_f32()),
+              "step_gemm: a bfloat16 w needs bf16_terms > 0 and AMX-BF16 or AVX512-BF16, or "
+              "bf16_terms 0 (widened) and the panel micro-kernel");
   TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1 && out.stride(1) == 1,
               "step_gemm: columns must be contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = trans_w ? w.size(0) : w.size(1);
@@ -75,9 +78,13 @@ double step_gemm(const at::Tensor& x, const at::Tensor& w, bool trans_w, double 
 // [M, N] float32; rows may be strided, columns contiguous.
 void step_gemm_bf16_rows(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t groups,
-                         int64_t group_stride) {
-  TORCH_CHECK(rnnfast::cpu::bf16_kernels_usable(),
-              "step_gemm_bf16_rows: needs AMX-BF16 or AVX512-BF16");
+                         int64_t group_stride, bool widened) {
+  TORCH_CHECK(widened ? rnnfast::cpu::step_gemm_split_invariant_f32()
+                      : rnnfast::cpu::bf16_kernels_usable(),
+              "step_gemm_bf16_rows: needs AMX-BF16 or AVX512-BF16 (widened: the panel "
+              "micro-kernel)");
+  TORCH_CHECK(!widened || w.scalar_type() == at::kBFloat16,
+              "step_gemm_bf16_rows: widened takes a bfloat16 w");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, "step_gemm_bf16_rows: 2-d tensors");
   const bool w16 = w.scalar_type() == at::kBFloat16;
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && (w16 || w.scalar_type() == at::kFloat) &&
@@ -101,7 +108,7 @@ void step_gemm_bf16_rows(const at::Tensor& x, const at::Tensor& w,
     if (w16)
       return rnnfast::cpu::PackedWeight<float>(
           N, K, M, reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()), w.stride(0),
-          groups, group_stride, 1);
+          groups, group_stride, widened ? 0 : 1);
     return rnnfast::cpu::PackedWeight<float>(true, N, K, M, w.const_data_ptr<float>(), w.stride(0),
                                              1, 0, 1);
   };
@@ -181,15 +188,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out = x @ (w.T if trans_w else w) + beta * out through the CPU step loops' GEMM "
         "(the panel micro-kernel where the CPU kernel set has one; bf16_terms 1 or 2: operands rounded to "
         "bfloat16 (x as one or a sum of two bfloat16 values), on AMX tiles where the CPU has them; "
+        "a bfloat16 w with bf16_terms 0: widened into float32 panels; "
         "uses: the products the weight serves, -1 unknown; a float32 W^T serving at most 8 rows "
         "in all is read in place, unpacked; testing). Returns the seconds per "
         "product over `repeats` runs (beta 0).");
   m.def("_step_gemm_bf16_rows", &step_gemm_bf16_rows, pybind11::arg("x"), pybind11::arg("w"),
         pybind11::arg("bias"), pybind11::arg("out"), pybind11::arg("groups") = 1,
-        pybind11::arg("group_stride") = 0,
+        pybind11::arg("group_stride") = 0, pybind11::arg("widened") = false,
         "out = bias + x @ w.T with x bfloat16 read as it is, through the bfloat16 "
         "layers' input projection; a bfloat16 w is packed as it is, its rows grouped as the "
-        "step loops group a thread's gate rows (testing; CPUs with AMX-BF16 or AVX512-BF16).");
+        "step loops group a thread's gate rows (testing; CPUs with AMX-BF16 or AVX512-BF16); "
+        "widened: w and the rows of x widened to float32 for the panel micro-kernel.");
   m.def("_step_gemm_bf16", &rnnfast::cpu::step_gemm_bf16,
         "What the bfloat16 layers' step products run on: 'amx' (tiles), 'avx512_bf16' (dot "
         "products) or 'fp32' (float32 on up-converted values).");
@@ -197,8 +206,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "_select_bf16_kernel",
       [](const std::string& name, bool forced) {
         using rnnfast::cpu::Bf16Kernel;
-        TORCH_CHECK(name == "amx" || name == "avx512_bf16" || name == "fp32",
-                    "_select_bf16_kernel: 'amx', 'avx512_bf16' or 'fp32', not '", name, "'");
+        TORCH_CHECK(name == "amx" || name == "avx512_bf16" || name == "fp32" || name == "widened",
+                    "_select_bf16_kernel: 'amx', 'avx512_bf16', 'widened' or 'fp32', not '", name,
+                    "'");
+        if (name == "widened")
+          return rnnfast::cpu::step_gemm_split_invariant_f32() && rnnfast::cpu::bf16_select_widened();
         return rnnfast::cpu::bf16_select_kernel(name == "amx"           ? Bf16Kernel::kAmx
                                                 : name == "avx512_bf16" ? Bf16Kernel::kDot
                                                                         : Bf16Kernel::kNone,
@@ -207,7 +219,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("name"), pybind11::arg("forced") = true,
       "Testing: the bfloat16 layers' products run on `name` from now on, if this CPU has it "
       "(returns whether it was selected): for every layer call, or (forced=False) where the "
-      "CPU's own choice would use it (_bf16_kernels_for).");
+      "CPU's own choice would use it (_bf16_kernels_for). 'widened': every call keeps the "
+      "bfloat16 data path with float32 products (CPUs with a bfloat16 kernel).");
   m.def("_reset_bf16_kernel", &rnnfast::cpu::bf16_reset_kernel,
         "Testing: the bfloat16 kernel selected at start-up again.");
   m.def("_bf16_dot_rate", &rnnfast::cpu::bf16_dot_rate,
@@ -216,6 +229,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_bf16_dot_rate", &rnnfast::cpu::bf16_set_dot_rate, pybind11::arg("rate"),
         "Testing: replaces the measured _bf16_dot_rate() (a negative rate: measure again on "
         "next use).");
+  m.def("_bf16_path", &rnnfast::cpu::bf16_path_name, pybind11::arg("plain_rnn"),
+        pybind11::arg("batch"),
+        "How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs: 'kernels' "
+        "(its products on the selected bfloat16 kernel), 'widened' (the bfloat16 data path "
+        "with float32 products on widened operands) or 'copies' (the float32 path on "
+        "up-converted copies).");
   m.def("_bf16_kernels_for", &rnnfast::cpu::bf16_kernels_for, pybind11::arg("plain_rnn"),
         pybind11::arg("batch"),
         "Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs its "

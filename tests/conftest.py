@@ -242,9 +242,13 @@ def assert_same_error(expected_fn: Callable[[], object], actual_fn: Callable[[],
 
 
 #: The CPU's bfloat16 product kernels (csrc/cpu/bf16_gemm.h), each tested where the CPU has it.
-#: "-auto": selected as the CPU's own choice, which applies the dot products' batch rule.
-BF16_KERNELS = ["amx", "avx512_bf16", "avx512_bf16-auto", "fp32"]
-_BF16_NEEDS = {"amx": "AMX-BF16 tiles", "avx512_bf16": "AVX512-BF16", "fp32": "nothing"}
+#: "-auto": selected as the CPU's own choice, which applies the dot products' batch rule (the
+#: calls it leaves out take the widened path). "widened": the bfloat16 data path with float32
+#: products for every call.
+BF16_KERNELS = ["amx", "avx512_bf16", "avx512_bf16-auto", "widened", "fp32"]
+_BF16_NEEDS = {"amx": "AMX-BF16 tiles", "avx512_bf16": "AVX512-BF16",
+               "widened": "AVX512-BF16 or its kernel set has no panel micro-kernel",
+               "fp32": "nothing"}
 
 
 def use_bf16_kernel(name: str):

@@ -225,6 +225,34 @@ def test_dot_products_serve_the_calls_the_measured_rate_says(_kernel, rate):
         _C._set_bf16_dot_rate(-1.0)
 
 
+def test_calls_the_rule_leaves_out_take_the_widened_path(_kernel):
+    """A bfloat16 call runs on the kernels where bf16_kernels_for says so; the rest keep the
+    bfloat16 data path with float32 products (widened) where the kernel set has the panel
+    micro-kernel, else the float32 path on up-converted copies; 'widened' sends every call
+    there, 'fp32' every call to the copies."""
+    import rnnfast
+    panel = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+    assert _C._select_bf16_kernel(_kernel, forced=False)
+    _C._set_bf16_dot_rate(0.5)
+    try:
+        for rnn, b in itertools.product((False, True), (1, 4, 5, 64)):
+            want = ("kernels" if _C._bf16_kernels_for(rnn, b) else "widened" if panel else "copies")
+            assert _C._bf16_path(rnn, b) == want, (rnn, b)
+        if _kernel == "avx512_bf16":
+            assert _C._bf16_path(False, 64) == ("widened" if panel else "copies")
+            assert _C._bf16_path(True, 1) == ("widened" if panel else "copies")
+        assert _C._select_bf16_kernel("widened") == panel
+        if panel:
+            assert not any(_C._bf16_kernels_for(rnn, b) for rnn in (False, True) for b in (1, 64))
+            assert {_C._bf16_path(rnn, b) for rnn in (False, True) for b in (1, 64)} == {"widened"}
+            assert rnnfast.build_info()["bf16_gemm"].startswith("float32 products on widened")
+        assert _C._select_bf16_kernel("fp32")
+        assert {_C._bf16_path(rnn, b) for rnn in (False, True) for b in (1, 64)} == {"copies"}
+    finally:
+        _C._set_bf16_dot_rate(-1.0)
+        _C._reset_bf16_kernel()
+
+
 def test_dot_rate_is_measured_in_the_range_of_known_cores(_kernel):
     """The measured VDPBF16PS/FMA rate: about 0.5 on Sapphire Rapids, 2 on Zen 4 (16 vs 32
     multiply-adds an instruction, at their throughputs); the same rule results when measured

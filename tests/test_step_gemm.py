@@ -168,3 +168,50 @@ def test_short_calls_at_small_batch_match_torch(kind):
                 assert torch.equal(outs[0], outs[1])
     finally:
         torch.set_num_threads(old)
+
+
+def _needs_panel_kernel():
+    if rnnfast.build_info()["step_gemm"] != "rnnfast panel micro-kernel":
+        pytest.skip(f"widened bfloat16 weights: the {rnnfast.build_info()['cpu_kernels']} "
+                    "kernel set has no panel micro-kernel")
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
+def test_widened_bfloat16_weight_is_the_float32_product_bitwise(trans_w, beta):
+    """A bfloat16 weight packed for the widened path (bf16_terms 0) is widened exactly into
+    the micro-kernel's float32 panels: every product equals, bit for bit, the one packed
+    from a float32 copy of the same values, at partial panels, odd K and strided weights."""
+    _needs_panel_kernel()
+    gen = torch.Generator().manual_seed(5)
+    for M, N, K in [(1, 16, 7), (3, 17, 128), (7, 33, 301), (13, 100, 64), (64, 48, 1031)]:
+        shape = (N, K) if trans_w else (K, N)
+        w16 = torch.randn(shape[0], shape[1] + 3, generator=gen).bfloat16()[:, 1:shape[1] + 1]
+        x = torch.randn(M, K, generator=gen)
+        c0 = torch.randn(M, N, generator=gen)
+        got, want = c0.clone(), c0.clone()
+        _C._step_gemm(x, w16, trans_w, beta, got, bf16_terms=0)
+        _C._step_gemm(x, w16.float().contiguous(), trans_w, beta, want)
+        assert torch.equal(got, want), (M, N, K)
+
+
+def test_widened_bfloat16_rows_and_grouped_weight_bitwise():
+    """The widened input projection: bfloat16 rows of x (strided) widened for the panel
+    micro-kernel onto the bias rows, against a grouped bfloat16 weight (a thread's gate rows):
+    the float32 product of the same values, packed from a float32 copy, bit for bit."""
+    _needs_panel_kernel()
+    gen = torch.Generator().manual_seed(6)
+    for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (128, 24, 4, 257)]:
+        stride = per_group + 5
+        w16 = torch.randn((groups - 1) * stride + per_group, K, generator=gen).bfloat16()
+        rows = torch.cat([torch.arange(g * stride, g * stride + per_group) for g in range(groups)])
+        N = per_group * groups
+        xs = torch.randn(M, K + 4, generator=gen).bfloat16()
+        x = xs[:, 2:K + 2]
+        bias = torch.randn(N, generator=gen)
+        for b in (bias, None):
+            got = torch.full((M, N), float("nan"))
+            _C._step_gemm_bf16_rows(x, w16, b, got, groups=groups, group_stride=stride, widened=True)
+            want = (b if b is not None else torch.zeros(N)).expand(M, N).contiguous()
+            _C._step_gemm(x.float(), w16[rows].float().contiguous(), True, 1.0, want)
+            assert torch.equal(got, want), (M, per_group, groups, K, b is None)

@@ -2,6 +2,7 @@
 #include "backend.h"
 
 #include "bf16_gemm.h"
+#include "blas.h"
 #include "layer.h"
 
 namespace rnnfast {
@@ -81,6 +82,7 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .R = ptr<T>(R),
                         .DH = ptr<T>(DH),
                         .bf16 = bf16,
+                        .widened = given.widened,
                         .x16 = given.x16,
                         .w_ih16 = given.w_ih16,
                         .w_hh16 = given.w_hh16,
@@ -143,26 +145,37 @@ bool plain_rnn(core::CellKind k) {
 
 }  // namespace
 
+Bf16Mode bf16_mode(bool plain_rnn, int64_t batch) {
+  const bool kernels = bf16_kernels_for(plain_rnn, batch);
+  const bool widened = !kernels && bf16_kernels_usable() && step_gemm_split_invariant_f32();
+  return {kernels, widened, kernels || widened};
+}
+
+const char* bf16_path_name(bool plain_rnn, int64_t batch) {
+  const Bf16Mode m = bf16_mode(plain_rnn, batch);
+  return m.kernels ? "kernels" : m.widened ? "widened" : "copies";
+}
+
 template <>
 void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16, float>& a,
                                            const at::TensorOptions& opts) {
   const int64_t N = a.seq->N, B = a.seq->B, I = a.I, H = a.H, P = a.P;
   const int64_t GH = core::cell_spec(a.kind).gates * H;
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
-  // With the bfloat16 kernels (AMX tiles, or the dot products where bf16_kernels_for says)
-  // the input projection reads x as it is (PackedWeight::gemm_bf16), and the weights are
-  // packed from their bfloat16 values (without input, I = 0, the float32 path takes W_ih).
-  // Without them the float32 path runs on up-converted copies (bf16 = false: nothing packed
-  // for the kernels).
-  const bool amx = bf16_kernels_for(plain_rnn(a.kind), B), amx_ih = amx && I > 0;
-  const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I});
-  const at::Tensor w_ih = amx_ih ? at::Tensor() : up(a.w_ih, {GH, I});
-  const at::Tensor w_hh = amx ? at::Tensor() : up(a.w_hh, {GH, P});
+  // On the bfloat16 data path (the kernels, or widened: bf16_mode) the input projection
+  // reads x as it is (PackedWeight::gemm_bf16), and the weights are packed from their
+  // bfloat16 values (without input, I = 0, the float32 path takes W_ih). Else the float32
+  // path runs on up-converted copies (nothing packed from bfloat16).
+  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B);
+  const bool data16 = mode.data16, data16_ih = data16 && I > 0;
+  const at::Tensor x = data16 ? at::Tensor() : up(a.x, {N, I});
+  const at::Tensor w_ih = data16_ih ? at::Tensor() : up(a.w_ih, {GH, I});
+  const at::Tensor w_hh = data16 ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
-  // With the kernels the bfloat16 output is written straight from each step's h_t (backward
+  // On the bfloat16 data path the bfloat16 output is written straight from each step's h_t (backward
   // reads it as it is, or up-converts it).
-  const bool y16 = amx;
+  const bool y16 = data16;
   const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
   const at::Tensor wsstep =
       a.saved16 != nullptr ? at::empty({B, core::saved_row_cols(a.kind, H)}, f32) : at::Tensor();
@@ -185,13 +198,13 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   ForwardScratch<float> given;
   given.ws16 = a.saved16;
   given.wsstep = fptr(wsstep);
-  if (amx) {
+  if (data16) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
-    given.w_ih16 = amx_ih ? bits(a.w_ih) : nullptr;
+    given.w_ih16 = data16_ih ? bits(a.w_ih) : nullptr;
     given.w_hh16 = bits(a.w_hh);
     if (y16) given.y16 = reinterpret_cast<uint16_t*>(a.y);
   }
-  run_forward<float>(f, f32, amx, given);
+  run_forward<float>(f, f32, mode.kernels, given);
   down(y, a.y);
   down(h, a.h);
 }
@@ -204,35 +217,38 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
   // dy is read in place as bfloat16 by the step loop (it may be strided: an expanded
   // gradient has stride 0), so no float32 copy of it is made.
-  // With the kernels the whole-sequence products read x, W_ih, the outputs and hx as they are
+  // On the bfloat16 data path the whole-sequence products read x, W_ih, the outputs and hx as they are
   // (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded once by the
   // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
   // on unpacked input (its step loop reads its own cell states; the products read y as is).
-  const bool amx = bf16_kernels_for(plain_rnn(a.kind), B);
+  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B);
+  const bool data16 = mode.data16;
   const bool lstm = a.kind == core::CellKind::kLstm;
-  const at::Tensor x = amx ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
+  const at::Tensor x = data16 ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});
   // The step products pack W_hh from its bfloat16 values (no float32 copy) where rows exist.
-  const bool w_hh16 = amx && B > 0;
-  const at::Tensor w_ih = amx ? at::Tensor() : up(a.w_ih, {GH, I});
+  const bool w_hh16 = data16 && B > 0;
+  const at::Tensor w_ih = data16 ? at::Tensor() : up(a.w_ih, {GH, I});
   const at::Tensor w_hh = w_hh16 ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H});
   // The outputs in float32 only where the step loop or the float32 products read them: the
-  // LSTM's step loop reads its own cell states, and with the kernels on unpacked input the
+  // LSTM's step loop reads its own cell states, and on the bfloat16 data path on unpacked input the
   // GRU and RNN step loops up-convert the rows they read (ystep) and the products read y16.
-  const bool y_in_place = amx && a.seq->uniform();
+  const bool y_in_place = data16 && a.seq->uniform();
   const at::Tensor y = y_in_place ? at::Tensor() : up(a.y, {N, P});
   const at::Tensor ystep = y_in_place && !lstm ? at::empty({B, H}, f32) : at::Tensor();
   const at::Tensor wsstep =
       a.saved16 != nullptr ? at::empty({B, core::saved_row_cols(a.kind, H)}, f32) : at::Tensor();
   const at::Tensor dh = up(a.dh, {B, P});
-  const at::Tensor dx = !amx && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
-  const at::Tensor dw_ih = amx ? at::Tensor() : at::empty({GH, I}, f32);
-  const at::Tensor dw_hh = amx ? at::Tensor() : at::empty({GH, P}, f32);
+  const at::Tensor dx = !data16 && a.dx != nullptr ? at::empty({N, I}, f32) : at::Tensor();
+  const at::Tensor dw_ih = data16 ? at::Tensor() : at::empty({GH, I}, f32);
+  const at::Tensor dw_hh = data16 ? at::Tensor() : at::empty({GH, P}, f32);
   // The bfloat16 gate gradients live in dx's own storage where the two have one shape
-  // (G*H == I) and nothing reads them after dX (not the GRU: its n part of dGh is formed in
-  // them afterwards); dX is then formed over them (layer.cpp).
-  const bool dx_in_dgx = amx && a.dx != nullptr && GH == I && a.kind != core::CellKind::kGru;
-  const at::Tensor dgx16 = amx && !dx_in_dgx ? at::empty({N, GH}, opts.dtype(at::kBFloat16))
+  // (G*H == I) and nothing reads them after dX (not the GRU on the kernels: its n part of
+  // dGh is formed in them afterwards; widened, it is formed as they are widened, before
+  // dX); dX is then formed over them (layer.cpp).
+  const bool dx_in_dgx =
+      data16 && a.dx != nullptr && GH == I && (a.kind != core::CellKind::kGru || mode.widened);
+  const at::Tensor dgx16 = data16 && !dx_in_dgx ? at::empty({N, GH}, opts.dtype(at::kBFloat16))
                                              : at::Tensor();
   const at::Tensor db_ih = a.db_ih != nullptr ? at::empty({GH}, f32) : at::Tensor();
   const at::Tensor db_hh = a.db_hh != nullptr ? at::empty({GH}, f32) : at::Tensor();
@@ -267,7 +283,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   given.ystep = ystep.defined() ? fptr(ystep) : nullptr;
   given.ws16 = a.saved16;
   given.wsstep = fptr(wsstep);
-  if (amx) {
+  if (data16) {
     given.x16 = a.x != nullptr ? bits(a.x) : nullptr;
     given.w_ih16 = a.w_ih != nullptr ? bits(a.w_ih) : nullptr;
     given.w_hh16 = w_hh16 ? bits(a.w_hh) : nullptr;
@@ -281,7 +297,8 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
     given.dw_ih16 = reinterpret_cast<uint16_t*>(a.dw_ih);
     given.dw_hh16 = reinterpret_cast<uint16_t*>(a.dw_hh);
   }
-  run_backward<float>(f, f32, amx, given);
+  given.widened = mode.widened;
+  run_backward<float>(f, f32, mode.kernels, given);
   down(dh, a.dh);
   down(dx, a.dx);
   down(dw_ih, a.dw_ih);

@@ -41,6 +41,19 @@ struct Backend {
   static void backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts);
 };
 
+// How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs on this CPU:
+// `kernels`, its products on the bfloat16 kernels (bf16_kernels_for, bf16_gemm.h);
+// `widened`, else where the CPU has a bfloat16 kernel and the kernel set the panel
+// micro-kernel, the same bfloat16 data path with float32 products on widened operands;
+// `data16`, either (x, the weights, the outputs and the gate gradients read and written as
+// bfloat16 in place). Neither: the float32 executor on whole up-converted copies.
+struct Bf16Mode {
+  bool kernels, widened, data16;
+};
+Bf16Mode bf16_mode(bool plain_rnn, int64_t batch);
+// "kernels", "widened" or "copies" (bf16_mode).
+const char* bf16_path_name(bool plain_rnn, int64_t batch);
+
 // bfloat16 (backend.cpp).
 template <>
 void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16, float>& a,

@@ -68,10 +68,13 @@ Bf16Kernel supported() {
   return best;
 }
 
-// The kernel in use (low bits) and whether it was asked for (kForced): the CPU's best, or
-// what RNNFAST_CPU_BF16 asks for ("fp32": none; "avx512_bf16": the dot products, on an AMX
-// CPU too, for every layer call).
+// The kernel in use (low bits), whether it was asked for (kForced), and whether the layers
+// keep to the widened path (kWidenedOnly): the CPU's best, or what RNNFAST_CPU_BF16 asks
+// for ("fp32": none; "avx512_bf16": the dot products, on an AMX CPU too, for every layer
+// call; "widened": the bfloat16 data path with float32 products for every call).
 constexpr int kForced = 4;
+constexpr int kWidenedOnly = 8;
+constexpr int kKernelBits = 3;
 int initial_selection() {
   static const int initial = [] {
     const char* want = std::getenv("RNNFAST_CPU_BF16");
@@ -79,6 +82,8 @@ int initial_selection() {
     if (want != nullptr && std::strcmp(want, "fp32") == 0) return static_cast<int>(Bf16Kernel::kNone);
     if (want != nullptr && std::strcmp(want, "avx512_bf16") == 0 && best != Bf16Kernel::kNone)
       return static_cast<int>(Bf16Kernel::kDot) | kForced;
+    if (want != nullptr && std::strcmp(want, "widened") == 0 && best != Bf16Kernel::kNone)
+      return static_cast<int>(best) | kWidenedOnly;
     return static_cast<int>(best);
   }();
   return initial;
@@ -92,7 +97,7 @@ std::atomic<int>& selected() {
 }  // namespace
 
 Bf16Kernel bf16_kernel() {
-  return static_cast<Bf16Kernel>(selected().load(std::memory_order_relaxed) & ~kForced);
+  return static_cast<Bf16Kernel>(selected().load(std::memory_order_relaxed) & kKernelBits);
 }
 
 bool bf16_kernels_usable() { return bf16_kernel() != Bf16Kernel::kNone; }
@@ -124,7 +129,8 @@ void bf16_set_dot_rate(double rate) { dot_rate_value().store(rate, std::memory_o
 
 bool bf16_kernels_for(bool plain_rnn, int64_t batch) {
   const int s = selected().load(std::memory_order_relaxed);
-  const Bf16Kernel k = static_cast<Bf16Kernel>(s & ~kForced);
+  const Bf16Kernel k = static_cast<Bf16Kernel>(s & kKernelBits);
+  if ((s & kWidenedOnly) != 0) return false;
   if (k == Bf16Kernel::kAmx || (s & kForced) != 0) return k != Bf16Kernel::kNone;
   if (k != Bf16Kernel::kDot) return false;
   return bf16_dot_rate() >= kDotFullRate || (!plain_rnn && batch <= kDotMaxBatch);
@@ -143,6 +149,15 @@ bool bf16_select_kernel(Bf16Kernel k, bool forced) {
   if (ok) selected().store(static_cast<int>(k) | (forced ? kForced : 0), std::memory_order_relaxed);
   return ok;
 }
+
+bool bf16_select_widened() {
+  const Bf16Kernel best = supported();
+  if (best == Bf16Kernel::kNone) return false;
+  selected().store(static_cast<int>(best) | kWidenedOnly, std::memory_order_relaxed);
+  return true;
+}
+
+bool bf16_widened_only() { return (selected().load(std::memory_order_relaxed) & kWidenedOnly) != 0; }
 
 int64_t amx_packed_bytes(int64_t N, int64_t K) {
   return col_tiles(N) * (padded_k(K) / kTileK) * kTileBytes;

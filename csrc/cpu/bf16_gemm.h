@@ -79,6 +79,16 @@ void bf16_set_dot_rate(double rate);
 bool bf16_select_kernel(Bf16Kernel k, bool forced = true);
 // Testing: back to the selection made at start-up (the CPU's and RNNFAST_CPU_BF16's).
 void bf16_reset_kernel();
+// The widened path (backend.cpp): on a CPU with a bfloat16 kernel, a layer call that
+// bf16_kernels_for leaves out keeps the bfloat16 data path (x, the outputs, the saved rows
+// and the gate gradients stay bfloat16, read in place) and runs its products in float32:
+// the step products on float32 panels packed from the bfloat16 weights, the
+// whole-sequence products on operands widened a block of rows at a time, so that no whole
+// float32 copy exists. bf16_select_widened() (testing) or RNNFAST_CPU_BF16=widened sends
+// every call there (bf16_kernels_for is then false); false where the CPU has no bfloat16
+// kernel. bf16_widened_only() says whether that selection is in force.
+bool bf16_select_widened();
+bool bf16_widened_only();
 
 // Bytes of the packed op(W) for N columns and K rows.
 int64_t amx_packed_bytes(int64_t N, int64_t K);

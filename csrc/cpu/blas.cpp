@@ -279,6 +279,35 @@ void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw
   }
 }
 
+// pack_panels for bfloat16 W (bit patterns), each value widened exactly to float32: the
+// rows of one panel (trans_w) are widened into a [16, K] buffer and packed from there.
+void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
+                      float* panels, int64_t groups, int64_t group_stride) {
+  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
+              "rnnfast internal error: bad weight groups");
+  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+  const int64_t npanels = (N + kPanel - 1) / kPanel;
+  if (!trans_w) {
+    for (int64_t j = 0; j < npanels; ++j) {
+      const int64_t cols = std::min(kPanel, N - j * kPanel);
+      for (int64_t k = 0; k < K; ++k) {
+        float* __restrict dst = panels + (j * K + k) * kPanel;
+        bf16_widen_rows(1, cols, W16 + k * ldw + j * kPanel, ldw, dst, kPanel);
+        for (int64_t c = cols; c < kPanel; ++c) dst[c] = 0.0f;
+      }
+    }
+    return;
+  }
+  std::vector<float> rows(static_cast<size_t>(kPanel * K));
+  for (int64_t j = 0; j < npanels; ++j) {
+    const int64_t cols = std::min(kPanel, N - j * kPanel);
+    for (int64_t c = 0; c < cols; ++c)
+      bf16_widen_rows(1, K, W16 + grouped_row(j * kPanel + c, per_group, group_stride) * ldw, ldw,
+                      rows.data() + c * K, K);
+    pack_panels(true, cols, K, rows.data(), K, panels + j * K * kPanel);
+  }
+}
+
 namespace {
 
 // The CPU's own panel micro-kernel (float32 on sets that have one), or nullptr.
@@ -380,8 +409,22 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
     : trans_w_(trans_w), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(nullptr), ldw_(ldw),
       gathered_(nullptr), kernel_(nullptr), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
       amx_rows_(nullptr) {
-  TORCH_CHECK((std::is_same_v<T, float>) && bf16_kernels_usable() && bf16_terms > 0 && N > 0 && K > 0 &&
-                  M_max > 0 && groups >= 1 && N % groups == 0 && (trans_w || groups == 1),
+  TORCH_CHECK((std::is_same_v<T, float>) && N > 0 && K > 0 && M_max > 0 && groups >= 1 &&
+                  N % groups == 0 && (trans_w || groups == 1),
+              "rnnfast internal error: a bfloat16 weight is packed as float32 only");
+  if (bf16_terms == 0) {
+    // Widened: float32 panels of op(W) for the panel micro-kernel.
+    kernel_ = panel_kernel<float>();
+    TORCH_CHECK(kernel_ != nullptr,
+                "rnnfast internal error: widened bfloat16 weights need the panel micro-kernel");
+    const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
+    panels_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    TORCH_CHECK(panels_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
+    pack_panels_bf16(trans_w, N, K, W16, ldw, static_cast<float*>(panels_), groups, group_stride);
+    widened_ = true;
+    return;
+  }
+  TORCH_CHECK(bf16_kernels_usable(),
               "rnnfast internal error: a bfloat16 weight is packed for the AMX tiles only");
   const size_t tile_bytes = static_cast<size_t>(amx_packed_bytes(N, K));
   const size_t row_bytes = static_cast<size_t>(amx_rows_bytes(M_max, K, bf16_terms));
@@ -399,6 +442,7 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
 
 template <typename T>
 PackedWeight<T>::~PackedWeight() {
+  std::free(rows_f32_);
   std::free(amx_tiles_);
   std::free(amx_rows_);
   std::free(panels_);
@@ -444,9 +488,26 @@ void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int
 template <typename T>
 void PackedWeight<T>::gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias,
                                 float* C, int64_t ldc) const {
-  TORCH_CHECK(amx_tiles_ != nullptr && M <= M_max_,
-              "rnnfast internal error: bfloat16 rows need the AMX tiles and at most M_max rows");
+  TORCH_CHECK(takes_bf16_rows() && M <= M_max_,
+              "rnnfast internal error: bfloat16 rows need a bfloat16 weight and at most M_max rows");
   if (M <= 0 || N_ <= 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (amx_tiles_ == nullptr) {
+      // Widened: the rows widened into float32 (once allocated, M_max x K), then the panel
+      // micro-kernel onto the bias rows or zeros.
+      if (rows_f32_ == nullptr) {
+        const size_t bytes = sizeof(float) * static_cast<size_t>(M_max_ * K_);
+        rows_f32_ = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+        TORCH_CHECK(rows_f32_ != nullptr, "rnnfast: out of memory for ", M_max_, "x", K_, " rows");
+      }
+      bf16_widen_rows(M, K_, X16, ldx, rows_f32_, K_);
+      if (bias != nullptr) {
+        for (int64_t m = 0; m < M; ++m) std::memcpy(C + m * ldc, bias, sizeof(float) * N_);
+      }
+      kernel_(M, N_, K_, static_cast<const float*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
+      return;
+    }
+  }
   amx_gemm_bf16(M, N_, K_, amx_tiles_, X16, ldx, bias != nullptr ? AmxInit::kBias : AmxInit::kZero,
                 bias, C, ldc, amx_rows_);
 }

@@ -78,10 +78,13 @@ class PackedWeight {
                int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0,
                int64_t uses = -1);
   static constexpr int64_t kDirectMaxRows = 8;
-  // float32 on a CPU with bfloat16 kernels (bf16_kernels_usable()) only, with N, K, M_max > 0: op(W) = W^T of
-  // bfloat16 W16 (bit patterns; grouped rows as above), or with trans_w false op(W) = W16
-  // [K, N] (row stride ldw, groups 1), packed into the tiles as it is, with no float32
-  // copy. bf16() is then true.
+  // float32 only, with N, K, M_max > 0: op(W) = W^T of bfloat16 W16 (bit patterns; grouped
+  // rows as above), or with trans_w false op(W) = W16 [K, N] (row stride ldw, groups 1).
+  // bf16_terms > 0 (a CPU with bfloat16 kernels, bf16_kernels_usable()): packed into the
+  // tiles as it is, with no float32 copy; bf16() is then true. bf16_terms 0 (the widened
+  // path, bf16_gemm.h; a kernel set with the panel micro-kernel): widened exactly into the
+  // micro-kernel's float32 panels, so that gemm() multiplies float32 X by the float32
+  // values of W16 (bitwise what a float32 copy of W16 gives).
   PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_t* W16, int64_t ldw,
                int64_t groups, int64_t group_stride, int bf16_terms, bool trans_w = true);
   ~PackedWeight();
@@ -91,9 +94,13 @@ class PackedWeight {
   // Whether the products run on the bfloat16 kernels (float32 with bf16_terms > 0 where
   // bf16_kernels_usable()).
   bool bf16() const { return amx_tiles_ != nullptr; }
-  // Only where bf16(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit patterns, row
-  // stride ldx), bias [N] repeated on every row, or no bias (nullptr). X16 is taken as it
-  // is (one term whatever bf16_terms says): no rounding and no float32 copy of X.
+  // Whether gemm_bf16 serves: a weight given as bfloat16 W16, or rounded for the kernels.
+  bool takes_bf16_rows() const { return amx_tiles_ != nullptr || widened_; }
+  // Only where takes_bf16_rows(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit
+  // patterns, row stride ldx), bias [N] repeated on every row, or no bias (nullptr). X16 is
+  // taken as it is (one term whatever bf16_terms says): on the bfloat16 kernels with no
+  // rounding and no float32 copy of X; widened, its M rows are widened into a buffer of
+  // M_max rows (allocated on first use) for the panel micro-kernel.
   void gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias, float* C,
                  int64_t ldc) const;
 
@@ -112,7 +119,13 @@ class PackedWeight {
   void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)
   void* amx_tiles_;         // bf16 with the bfloat16 kernels: op(W) in B tiles (bf16_gemm.h), else nullptr
   void* amx_rows_;          //   and the buffer of X's rows rounded to bfloat16
+  bool widened_ = false;    // W16 widened into panels_ (bf16_terms 0)
+  mutable float* rows_f32_ = nullptr;  // widened: gemm_bf16's rows of X in float32
 };
+
+// pack_panels of bfloat16 W16 (bit patterns), each value widened exactly to float32.
+void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
+                      float* panels, int64_t groups = 1, int64_t group_stride = 0);
 
 // While alive, gemm() calls made by the current thread run single-threaded inside
 // the BLAS (for calls from inside our own parallel regions: MKL would otherwise

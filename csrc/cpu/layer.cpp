@@ -216,6 +216,160 @@ int64_t dx_block_rows(int64_t N, int64_t I, int64_t elem_bytes) {
   return std::max<int64_t>(1, std::min(N, std::max<int64_t>(64, rows)));
 }
 
+// The whole-sequence products of the widened path (bf16_gemm.h): float32 GEMMs
+// (sequence_gemm) on bfloat16 operands widened a block at a time, so that no float32 copy of
+// a whole operand exists, not even of a weight. The float32 blocks share one workspace of
+// about twice `budget` bytes (widened_budget: a quarter of the bfloat16 gate gradients'
+// size, 256 KiB to 2 MiB): a product's result a chunk of rows at a time (`budget`), each
+// summed over blocks of the reduction whose two widened operands take half of it each. An
+// operand may be widened more than once (B of a weight gradient once per chunk of its rows,
+// W once per block of dX's rows); widening runs at several GB/s, a few per cent of the
+// products' time at most.
+int64_t widened_budget(int64_t N, int64_t GH) {
+  return std::clamp<int64_t>(N * GH * 2 / 4, int64_t(256) << 10, int64_t(2) << 20);
+}
+
+// Rows (at least `lo`, at most n, at least 1) whose float32 values of `cols` columns fill
+// about `bytes`.
+int64_t rows_within(int64_t bytes, int64_t cols, int64_t lo, int64_t n) {
+  const int64_t rows = bytes / (4 * std::max<int64_t>(cols, 1));
+  return std::max<int64_t>(1, std::min(n, std::max(lo, rows)));
+}
+
+// The float32 workspace of the widened products, grown on demand (one allocation per call
+// in practice).
+class WidenedScratch {
+ public:
+  float* get(int64_t floats) {
+    if (!t_.defined() || t_.numel() < floats)
+      t_ = at::empty({std::max<int64_t>(floats, 1)}, at::TensorOptions().dtype(at::kFloat));
+    return t_.data_ptr<float>();
+  }
+
+ private:
+  at::Tensor t_;
+};
+
+// dst[r, c] = float(src[r, c]), rows x cols, on the intra-op threads.
+void widen_rows_parallel(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
+                         int64_t ld_dst) {
+  if (rows <= 0 || cols <= 0) return;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
+    bf16_widen_rows(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0 * ld_dst, ld_dst);
+  });
+}
+
+// A float32 result C [rows, cols] into its bfloat16 destination dst16 (rounded once, to
+// nearest even), on the intra-op threads.
+void round_rows_parallel(int64_t rows, int64_t cols, const float* C, int64_t ldc, uint16_t* dst16,
+                         int64_t ld_dst) {
+  if (rows <= 0 || cols <= 0) return;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
+    bf16_round_rows(r1 - r0, cols, C + r0 * ldc, ldc, dst16 + r0 * ld_dst, ld_dst);
+  });
+}
+
+// A weight gradient C[M, K] = A^T B summed over N rows: A [N, M] bfloat16 (row stride lda),
+// with S16 each element times S16's (bfloat16, row stride lds, the product in float32),
+// B's rows given by fill_b(r0, rows, out) as float32 [rows, K]; C into dst16 (bfloat16,
+// rounded once from float32) or dst (float32), whichever is given. C is made a chunk of its
+// rows at a time, each summed over blocks of the N rows; the chunks and blocks follow from
+// the shape alone, so the result does not depend on the thread count where sequence_gemm's
+// does not.
+void widened_weight_grad(int64_t N, int64_t M, int64_t K, const uint16_t* A16, int64_t lda,
+                         const std::function<void(int64_t, int64_t, float*)>& fill_b,
+                         uint16_t* dst16, float* dst, int64_t budget, WidenedScratch& scratch,
+                         const uint16_t* S16 = nullptr, int64_t lds = 0) {
+  if (M <= 0 || K <= 0 || (dst16 == nullptr && dst == nullptr)) return;
+  const int64_t chunk = rows_within(budget, K, 16, M);
+  const int64_t block = rows_within(budget / 2, std::max(chunk, K), 16, std::max<int64_t>(N, 1));
+  float* const ws = scratch.get(chunk * K + block * (chunk + K));
+  float* const c_own = ws;
+  float* const a = ws + chunk * K;
+  float* const b = a + block * chunk;
+  for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+    const int64_t mc = std::min(chunk, M - m0);
+    float* const C = dst16 != nullptr ? c_own : dst + m0 * K;
+    if (N <= 0) std::fill(C, C + mc * K, 0.0f);
+    for (int64_t r0 = 0; r0 < N; r0 += block) {
+      const int64_t rows = std::min(block, N - r0);
+      if (S16 == nullptr) {
+        widen_rows_parallel(rows, mc, A16 + r0 * lda + m0, lda, a, mc);
+      } else {
+        at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / mc), [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const uint16_t* __restrict x = A16 + (r0 + i) * lda + m0;
+            const uint16_t* __restrict sc = S16 + (r0 + i) * lds + m0;
+            float* __restrict y = a + i * mc;
+            for (int64_t k = 0; k < mc; ++k) y[k] = bf16_to_float(x[k]) * bf16_to_float(sc[k]);
+          }
+        });
+      }
+      fill_b(r0, rows, b);
+      sequence_gemm<float>(true, mc, K, rows, a, mc, b, K, r0 > 0 ? 1.0f : 0.0f, C, K);
+    }
+    if (dst16 != nullptr) round_rows_parallel(mc, K, C, K, dst16 + m0 * K, K);
+  }
+}
+
+// Gives back to the OS the whole pages of a buffer whose contents are dead, from its start
+// up to a point that only advances (dead rows, in order): the pages then read as zeros
+// and count no more to the process's memory until written again.
+class PageDiscard {
+ public:
+  explicit PageDiscard(const void* start) : done_(round(start, true)) {}
+  void advance(const void* end) {
+#if defined(__linux__) && defined(MADV_DONTNEED)
+    const uintptr_t e = round(end, false);
+    if (e > done_) {
+      madvise(reinterpret_cast<void*>(done_), e - done_, MADV_DONTNEED);
+      done_ = e;
+    }
+#else
+    (void)end;
+#endif
+  }
+
+ private:
+  static uintptr_t round(const void* p, bool up) {
+    constexpr uintptr_t kPage = 4096;
+    const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+    return up ? (v + kPage - 1) & ~(kPage - 1) : v & ~(kPage - 1);
+  }
+  uintptr_t done_;
+};
+
+// dX = dG W: dG [N, GH] bfloat16 (row stride GH), W [GH, I] bfloat16, dX [N, I] bfloat16.
+// A block of dX's rows at a time, summed over blocks of k (dG's columns, W's rows, each
+// widened for the block), then rounded into its rows. dx16 may be dG's own storage (GH ==
+// I): a block's rows are written only after every k block of them has been read. With
+// discard_dg (dG a buffer of the caller's that nothing reads afterwards), the pages of
+// each block's rows of dG are given back once read, so that dX's pages, touched here for
+// the first time, take their place rather than adding to the step's peak.
+void widened_input_grad(int64_t N, int64_t GH, int64_t I, const uint16_t* dg16, const uint16_t* w16,
+                        uint16_t* dx16, int64_t budget, WidenedScratch& scratch, bool discard_dg) {
+  if (N <= 0 || I <= 0) return;
+  const int64_t block = rows_within(budget, I, 16, N);
+  const int64_t kb = rows_within(budget / 2, std::max(block, I), 16, std::max<int64_t>(GH, 1));
+  float* const ws = scratch.get(block * I + kb * (block + I));
+  float* const t = ws;
+  float* const a = t + block * I;
+  float* const wb = a + block * kb;
+  PageDiscard discarded(dg16);
+  for (int64_t r0 = 0; r0 < N; r0 += block) {
+    const int64_t rows = std::min(block, N - r0);
+    if (GH <= 0) std::fill(t, t + rows * I, 0.0f);
+    for (int64_t k0 = 0; k0 < GH; k0 += kb) {
+      const int64_t kc = std::min(kb, GH - k0);
+      widen_rows_parallel(rows, kc, dg16 + r0 * GH + k0, GH, a, kc);
+      widen_rows_parallel(kc, I, w16 + k0 * I, I, wb, I);
+      sequence_gemm<float>(false, rows, I, kc, a, kc, wb, I, k0 > 0 ? 1.0f : 0.0f, t, I);
+    }
+    round_rows_parallel(rows, I, t, I, dx16 + r0 * I, I);
+    if (discard_dg) discarded.advance(dg16 + (r0 + rows) * GH);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -253,7 +407,8 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     // rounding, whose error stays below torch.nn-bf16's), as two for the Elman RNN (whose
     // state feeds back unsquashed by a gate: one term compounds beyond that).
     const int h_terms = !w.bf16 ? 0 : a.kind == CellKind::kRnnTanh || a.kind == CellKind::kRnnRelu ? 2 : 1;
-    // (bfloat16 weights on the tiles are packed from the layer's bfloat16 values.)
+    // (On the bfloat16 data path the weights are packed from the layer's bfloat16 values:
+    // into the kernels' tiles, or widened into float32 panels, h_terms 0.)
     const bool w16 = std::is_same_v<T, float> && w.w_hh16 != nullptr && GHs > 0 && B > 0;
     const T* const w_hh = a.w_hh != nullptr ? a.w_hh + u.begin * P : nullptr;
     const T* const w_ih = a.w_ih != nullptr ? a.w_ih + u.begin * I : nullptr;
@@ -264,12 +419,12 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
             : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms, s.T);
     const PackedWeight<T> packed_ih =
         w16 && w.w_ih16 != nullptr
-            ? PackedWeight<T>(GHs, I, chunk_rows, w.w_ih16 + u.begin * I, I, G, H, 1)
+            ? PackedWeight<T>(GHs, I, chunk_rows, w.w_ih16 + u.begin * I, I, G, H, w.bf16 ? 1 : 0)
             : PackedWeight<T>(true, GHs, I, chunk_rows, w_ih, I, G, H, w.bf16 ? 1 : 0, chunks);
-    // bfloat16 input on the tiles: the input projection reads x16 and starts from this
-    // thread's bias columns (gate by gate, as its scratch), with no float32 copies.
+    // bfloat16 input: the input projection reads x16 and starts from this thread's bias
+    // columns (gate by gate, as its scratch), with no float32 copy of x.
     bool read_x16 = false;
-    if constexpr (std::is_same_v<T, float>) read_x16 = w.x16 != nullptr && packed_ih.bf16();
+    if constexpr (std::is_same_v<T, float>) read_x16 = w.x16 != nullptr && packed_ih.takes_bf16_rows();
     // This thread's bias columns, gate by gate as its scratch: the start of each row.
     std::vector<T> bias_u;
     if (w.bias_x != nullptr) {
@@ -571,6 +726,64 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     }
   }
   if constexpr (std::is_same_v<T, float>) {
+    if (w.widened) {
+      // The widened path: float32 products on bfloat16 operands widened a block of rows at a
+      // time (dgx16 holds the gate gradients of every row, rounded once).
+      TORCH_INTERNAL_ASSERT(w.dgx16 != nullptr || s.N == 0);
+      const int64_t B = s.B, shifted = s.N - B;
+      // h_{t-1} of rows [r0, r0 + rows) in float32: the initial state, the output one step
+      // over (all B rows in every step), or the gathered rows (packed input).
+      const auto fill_hprev = [&](int64_t r0, int64_t rows, float* out) {
+        if (!s.uniform()) {
+          copy_rows(out, P, w.hprev + r0 * P, P, rows, P);
+          return;
+        }
+        for (int64_t i = r0; i < r0 + rows;) {
+          // A run of rows from one source: hx (first step in processing order), else y.
+          const bool from_hx = a.reverse ? i >= shifted : i < B;
+          const int64_t end = std::min(r0 + rows, from_hx ? (a.reverse ? s.N : B) : (a.reverse ? shifted : s.N));
+          const int64_t src = from_hx ? (a.reverse ? i - shifted : i) : (a.reverse ? i + B : i - B);
+          float* const o = out + (i - r0) * P;
+          if (from_hx) {
+            if (w.hx16 != nullptr) {
+              widen_rows_parallel(end - i, P, w.hx16 + src * P, P, o, P);
+            } else {
+              copy_rows(o, P, a.hx + src * P, P, end - i, P);
+            }
+          } else if (w.y16 != nullptr) {
+            widen_rows_parallel(end - i, P, w.y16 + src * P, P, o, P);
+          } else {
+            copy_rows(o, P, a.y + src * P, P, end - i, P);
+          }
+          i = end;
+        }
+      };
+      const auto fill_x = [&](int64_t r0, int64_t rows, float* out) {
+        widen_rows_parallel(rows, a.I, w.x16 + r0 * a.I, a.I, out, a.I);
+      };
+      TORCH_INTERNAL_ASSERT(!gru || s.N == 0 || w.ws16 != nullptr);
+      const int64_t budget = widened_budget(s.N, GH);
+      WidenedScratch scratch;
+      widened_weight_grad(s.N, gru ? H_rz : GH, P, w.dgx16, GH, fill_hprev, w.dw_hh16, a.dw_hh,
+                          budget, scratch);
+      if (gru) {
+        // The n part of dGh, dGx_n * r (r: the saved row's first H columns), formed as its
+        // blocks are widened.
+        widened_weight_grad(s.N, H, P, w.dgx16 != nullptr ? w.dgx16 + H_rz : nullptr, GH, fill_hprev,
+                            w.dw_hh16 != nullptr ? w.dw_hh16 + H_rz * P : nullptr,
+                            a.dw_hh != nullptr ? a.dw_hh + H_rz * P : nullptr, budget, scratch,
+                            w.ws16, ld);
+      }
+      widened_weight_grad(s.N, GH, a.I, w.dgx16, GH, fill_x, w.dw_ih16, a.dw_ih, budget, scratch);
+      // dX last: the gate gradients' pages are given back as it reads them (not where they
+      // are dX's own storage).
+      if (w.dx16 != nullptr) {
+        TORCH_INTERNAL_ASSERT(!w.dx_in_dgx || w.dx16 == w.dgx16);
+        widened_input_grad(s.N, GH, a.I, w.dgx16, w.w_ih16, w.dx16, budget, scratch, !w.dx_in_dgx);
+      }
+      if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
+      return;
+    }
     if (w.bf16 && bf16_kernels_usable()) {
       // bfloat16 layer: the products on bfloat16 copies (the gate gradients rounded once;
       // x, the outputs, the initial state and W_ih are bfloat16 values already).

@@ -69,12 +69,15 @@ struct ForwardScratch {
                               //   on x and W_ih as they are (bfloat16 values), the step
                               //   product with h_{t-1} rounded to one bfloat16 value (LSTM,
                               //   GRU) or as a sum of two (RNN)
-  const uint16_t* x16 = nullptr;  // [N, I] bf16 with the bfloat16 kernels: the input as bfloat16 bit
-                                  //   patterns, which the input projection reads instead of
-                                  //   the layer's x (then nullptr: no float32 copy is made)
+  // The bfloat16 data path (the bfloat16 kernels, bf16 true, or widened, bf16 false: then
+  // the weights are widened into float32 panels and each chunk's rows of x16 into a
+  // buffer, see bf16_gemm.h):
+  const uint16_t* x16 = nullptr;  // [N, I] the input as bfloat16 bit patterns, which the
+                                  //   input projection reads instead of the layer's x
+                                  //   (then nullptr: no float32 copy is made)
   const uint16_t* w_ih16 = nullptr;  // [G*H, I] and [G*H, P]: the same for the weights,
-  const uint16_t* w_hh16 = nullptr;  //   packed into the tiles as they are (I > 0)
-  uint16_t* y16 = nullptr;  // [N, P] bf16 with the bfloat16 kernels: the output, written as
+  const uint16_t* w_hh16 = nullptr;  //   packed from their bfloat16 values (I > 0)
+  uint16_t* y16 = nullptr;  // [N, P] the output, written as
                             //   bfloat16 straight from each step's h_t (the layer's y is then
                             //   nullptr: no float32 output is made)
   // bf16, where the layer saves bfloat16 rows (LayerForward::saved16): [N, ld] those rows,
@@ -102,6 +105,11 @@ struct BackwardScratch {
                        //   a sum of two bfloat16 values (PackedWeight's bf16 mode); the
                        //   whole-sequence products run on bfloat16 copies (dG rounded
                        //   once) through torch's bfloat16 GEMM (sequence_gemm_bf16)
+  bool widened = false;  // the layer is bfloat16 on the widened path (bf16_gemm.h): with
+                         //   bf16 false, its step products are float32 (on panels widened
+                         //   from w_hh16) and its whole-sequence products float32 GEMMs on
+                         //   dgx16, x16, y16, hx16 and w_ih16 widened a block of rows at
+                         //   a time, their results rounded into dx16, dw_ih16, dw_hh16
   // bf16 with the bfloat16 kernels: the layer's bfloat16 arguments as they were given, which the
   // whole-sequence products read instead of rounding float32 copies back (then the
   // layer's x and w_ih are nullptr: no float32 copies are made).
