@@ -219,14 +219,14 @@ int64_t dx_block_rows(int64_t N, int64_t I, int64_t elem_bytes) {
 // The whole-sequence products of the widened path (bf16_gemm.h): float32 GEMMs
 // (sequence_gemm) on bfloat16 operands widened a block at a time, so that no float32 copy of
 // a whole operand exists, not even of a weight. The float32 blocks share one workspace of
-// about twice `budget` bytes (widened_budget: a quarter of the bfloat16 gate gradients'
-// size, 256 KiB to 2 MiB): a product's result a chunk of rows at a time (`budget`), each
+// about twice `budget` bytes (widened_budget: an eighth of the bfloat16 gate gradients'
+// size, 256 KiB to 4 MiB): a product's result a chunk of rows at a time (`budget`), each
 // summed over blocks of the reduction whose two widened operands take half of it each. An
 // operand may be widened more than once (B of a weight gradient once per chunk of its rows,
 // W once per block of dX's rows); widening runs at several GB/s, a few per cent of the
 // products' time at most.
 int64_t widened_budget(int64_t N, int64_t GH) {
-  return std::clamp<int64_t>(N * GH * 2 / 4, int64_t(256) << 10, int64_t(2) << 20);
+  return std::clamp<int64_t>(N * GH * 2 / 8, int64_t(256) << 10, int64_t(4) << 20);
 }
 
 // Rows (at least `lo`, at most n, at least 1) whose float32 values of `cols` columns fill
@@ -250,12 +250,23 @@ class WidenedScratch {
   at::Tensor t_;
 };
 
-// dst[r, c] = float(src[r, c]), rows x cols, on the intra-op threads.
+// dst[r, c] = float(src[r, c]), rows x cols (exact), in the CPU's widest vectors.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
+                int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* __restrict x = src + r * ld_src;
+    float* __restrict y = dst + r * ld_dst;
+    for (int64_t k = 0; k < cols; ++k) y[k] = bf16_to_float(x[k]);
+  }
+}
+
+// The same on the intra-op threads.
 void widen_rows_parallel(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
                          int64_t ld_dst) {
   if (rows <= 0 || cols <= 0) return;
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
-    bf16_widen_rows(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0 * ld_dst, ld_dst);
+    widen_rows(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0 * ld_dst, ld_dst);
   });
 }
 
