@@ -111,6 +111,18 @@ def test_input_gradient_over_gate_gradients_in_blocks_bfloat16(packed, bf16_kern
     _layer_against_float64(KINDS["rnn_tanh"], dict(KINDS["rnn_tanh"].kwargs), 1024, 1024, lengths, packed)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", kind_params({n: KINDS[n] for n in ("lstm", "gru")}))
+def test_input_gradient_in_blocks_after_the_weight_gradients_bfloat16(kind, packed, bf16_kernel):
+    """Input gradients several times narrower than the gate gradients over N = 2000 rows: on
+    the widened path dX is formed in two row blocks of the 256 KiB workspace, the last
+    product, and each block's gate-gradient pages are given back once read (the second block
+    must still see its own)."""
+    torch.manual_seed(4)
+    lengths = torch.tensor([20] * 99 + [17]) if packed else torch.full((100,), 20)
+    _layer_against_float64(kind, dict(kind.kwargs), 64, 64, lengths, packed)
+
+
 @pytest.mark.parametrize("kind", kind_params(CELL_KINDS))
 def test_cells_bfloat16_against_float64(kind, bf16_kernel):
     torch.manual_seed(1)
