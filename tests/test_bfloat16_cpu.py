@@ -123,6 +123,15 @@ def test_input_gradient_in_blocks_after_the_weight_gradients_bfloat16(kind, pack
     _layer_against_float64(kind, dict(kind.kwargs), 64, 64, lengths, packed)
 
 
+@pytest.mark.parametrize("kind", kind_params({n: KINDS[n] for n in ("lstm", "gru")}))
+def test_weight_gradients_in_row_chunks_bfloat16(kind, bf16_kernel):
+    """A recurrent weight gradient larger than the widened path's workspace (H = 512 over
+    N = 1000 rows): it is made a chunk of its rows at a time (the GRU's n part with each
+    gate gradient times r as it is widened), each chunk summed over blocks of rows."""
+    torch.manual_seed(6)
+    _layer_against_float64(kind, dict(kind.kwargs), 64, 512, torch.full((100,), 10), False)
+
+
 @pytest.mark.parametrize("kind", kind_params(CELL_KINDS))
 def test_cells_bfloat16_against_float64(kind, bf16_kernel):
     torch.manual_seed(1)
