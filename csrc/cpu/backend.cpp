@@ -173,8 +173,8 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   const at::Tensor w_hh = data16 ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H}), b_ih = up(a.b_ih, {GH}), b_hh = up(a.b_hh, {GH});
   const at::Tensor h = up(a.h, {B, P});
-  // On the bfloat16 data path the bfloat16 output is written straight from each step's h_t (backward
-  // reads it as it is, or up-converts it).
+  // On the bfloat16 data path the bfloat16 output is written straight from each step's h_t
+  // (backward reads it as it is, or up-converts it).
   const bool y16 = data16;
   const at::Tensor y = y16 ? at::Tensor() : at::empty({N, P}, f32);
   const at::Tensor wsstep =
@@ -217,10 +217,10 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::TensorOptions f32 = opts.dtype(at::kFloat);
   // dy is read in place as bfloat16 by the step loop (it may be strided: an expanded
   // gradient has stride 0), so no float32 copy of it is made.
-  // On the bfloat16 data path the whole-sequence products read x, W_ih, the outputs and hx as they are
-  // (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded once by the
-  // GEMM, as before), so no float32 copies of these are made; nor of the outputs for the LSTM
-  // on unpacked input (its step loop reads its own cell states; the products read y as is).
+  // On the bfloat16 data path the whole-sequence products read x, W_ih, the outputs and hx
+  // as they are (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded
+  // once), so no whole float32 copies of these are made; nor of the outputs for the LSTM on
+  // unpacked input (its step loop reads its own cell states; the products read y as is).
   const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B);
   const bool data16 = mode.data16;
   const bool lstm = a.kind == core::CellKind::kLstm;
@@ -231,8 +231,9 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   const at::Tensor w_hh = w_hh16 ? at::Tensor() : up(a.w_hh, {GH, P});
   const at::Tensor w_hr = up(a.w_hr, {P, H});
   // The outputs in float32 only where the step loop or the float32 products read them: the
-  // LSTM's step loop reads its own cell states, and on the bfloat16 data path on unpacked input the
-  // GRU and RNN step loops up-convert the rows they read (ystep) and the products read y16.
+  // LSTM's step loop reads its own cell states, and on the bfloat16 data path on unpacked
+  // input the GRU and RNN step loops up-convert the rows they read (ystep) and the products
+  // read y16.
   const bool y_in_place = data16 && a.seq->uniform();
   const at::Tensor y = y_in_place ? at::Tensor() : up(a.y, {N, P});
   const at::Tensor ystep = y_in_place && !lstm ? at::empty({B, H}, f32) : at::Tensor();

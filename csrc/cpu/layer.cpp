@@ -757,7 +757,8 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         for (int64_t i = r0; i < r0 + rows;) {
           // A run of rows from one source: hx (first step in processing order), else y.
           const bool from_hx = a.reverse ? i >= shifted : i < B;
-          const int64_t end = std::min(r0 + rows, from_hx ? (a.reverse ? s.N : B) : (a.reverse ? shifted : s.N));
+          const int64_t run_end = from_hx ? (a.reverse ? s.N : B) : (a.reverse ? shifted : s.N);
+          const int64_t end = std::min(r0 + rows, run_end);
           const int64_t src = from_hx ? (a.reverse ? i - shifted : i) : (a.reverse ? i + B : i - B);
           float* const o = out + (i - r0) * P;
           if (from_hx) {
