@@ -125,15 +125,10 @@ inline float bf16_to_float(uint16_t bits) {
   return f;
 }
 
-// dst[r, c] = float(src[r, c]) for rows x cols bfloat16 bit patterns (exact; any CPU).
-inline void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src,
-                            float* dst, int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* __restrict x = src + r * ld_src;
-    float* __restrict y = dst + r * ld_dst;
-    for (int64_t k = 0; k < cols; ++k) y[k] = bf16_to_float(x[k]);
-  }
-}
+// dst[r, c] = float(src[r, c]) for rows x cols bfloat16 bit patterns (exact; any CPU, in
+// its widest vectors: blas.cpp).
+void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
+                     int64_t ld_dst);
 
 // How C starts before the products are added to it: zeros, C itself, or a bias row
 // bias[N] repeated on every row.

@@ -279,6 +279,16 @@ void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw
   }
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
+                     int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* __restrict x = src + r * ld_src;
+    float* __restrict y = dst + r * ld_dst;
+    for (int64_t k = 0; k < cols; ++k) y[k] = bf16_to_float(x[k]);
+  }
+}
+
 // pack_panels for bfloat16 W (bit patterns), each value widened exactly to float32: the
 // rows of one panel (trans_w) are widened into a [16, K] buffer and packed from there.
 void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,

@@ -255,23 +255,12 @@ class WidenedScratch {
   at::Tensor t_;
 };
 
-// dst[r, c] = float(src[r, c]), rows x cols (exact), in the CPU's widest vectors.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
-                int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* __restrict x = src + r * ld_src;
-    float* __restrict y = dst + r * ld_dst;
-    for (int64_t k = 0; k < cols; ++k) y[k] = bf16_to_float(x[k]);
-  }
-}
-
-// The same on the intra-op threads.
+// bf16_widen_rows on the intra-op threads.
 void widen_rows_parallel(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld_src, float* dst,
                          int64_t ld_dst) {
   if (rows <= 0 || cols <= 0) return;
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
-    widen_rows(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0 * ld_dst, ld_dst);
+    bf16_widen_rows(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0 * ld_dst, ld_dst);
   });
 }
 
