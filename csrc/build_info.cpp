@@ -40,9 +40,9 @@ std::map<std::string, std::string> build_info() {
   info["step_gemm"] = cpu::step_gemm_backend();
   info["sequence_gemm"] = cpu::sequence_gemm_backend();
   const std::string bf16 = cpu::step_gemm_bf16();
-  const bool widened = bf16 != "fp32" && cpu::step_gemm_split_invariant_f32();
+  const bool widened = !cpu::bf16_copies_only() && cpu::step_gemm_split_invariant_f32();
   info["bf16_gemm"] =
-      cpu::bf16_widened_only() && widened
+      (cpu::bf16_widened_only() || bf16 == "fp32") && widened
           ? "float32 products on widened bfloat16 operands (every call)"
       : bf16 == "amx" ? "amx tiles (step products), torch's bfloat16 gemm (sequence products)"
       : bf16 == "avx512_bf16"

@@ -200,8 +200,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "step loops group a thread's gate rows (testing; CPUs with AMX-BF16 or AVX512-BF16); "
         "widened: w and the rows of x widened to float32 for the panel micro-kernel.");
   m.def("_step_gemm_bf16", &rnnfast::cpu::step_gemm_bf16,
-        "What the bfloat16 layers' step products run on: 'amx' (tiles), 'avx512_bf16' (dot "
-        "products) or 'fp32' (float32 on up-converted values).");
+        "The bfloat16 product kernel selected: 'amx' (tiles), 'avx512_bf16' (dot products) or "
+        "'fp32' (none: float32 products, on widened operands or up-converted copies; "
+        "_bf16_path says which a call takes).");
   m.def(
       "_select_bf16_kernel",
       [](const std::string& name, bool forced) {
@@ -209,8 +210,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         TORCH_CHECK(name == "amx" || name == "avx512_bf16" || name == "fp32" || name == "widened",
                     "_select_bf16_kernel: 'amx', 'avx512_bf16', 'widened' or 'fp32', not '", name,
                     "'");
-        if (name == "widened")
-          return rnnfast::cpu::step_gemm_split_invariant_f32() && rnnfast::cpu::bf16_select_widened();
+        if (name == "widened") {
+          if (!rnnfast::cpu::step_gemm_split_invariant_f32()) return false;
+          rnnfast::cpu::bf16_select_widened();
+          return true;
+        }
         return rnnfast::cpu::bf16_select_kernel(name == "amx"           ? Bf16Kernel::kAmx
                                                 : name == "avx512_bf16" ? Bf16Kernel::kDot
                                                                         : Bf16Kernel::kNone,
@@ -220,9 +224,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Testing: the bfloat16 layers' products run on `name` from now on, if this CPU has it "
       "(returns whether it was selected): for every layer call, or (forced=False) where the "
       "CPU's own choice would use it (_bf16_kernels_for). 'widened': every call keeps the "
-      "bfloat16 data path with float32 products (CPUs with a bfloat16 kernel).");
+      "bfloat16 data path with float32 products (kernel sets with the panel micro-kernel); "
+      "'fp32': every call runs the float32 path on up-converted copies, or (forced=False) as on "
+      "a CPU without a bfloat16 kernel.");
   m.def("_reset_bf16_kernel", &rnnfast::cpu::bf16_reset_kernel,
         "Testing: the bfloat16 kernel selected at start-up again.");
+  m.def(
+      "_bf16_round_rows",
+      [](const at::Tensor& x, bool native) {
+        TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1,
+                    "_bf16_round_rows: a 2-d float32 tensor with contiguous columns");
+        TORCH_CHECK(!native || rnnfast::cpu::bf16_round_native(),
+                    "_bf16_round_rows: native rounding needs AVX512-BF16");
+        at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+        auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+        const auto round = native ? &rnnfast::cpu::bf16_round_rows : &rnnfast::cpu::bf16_round_rows_portable;
+        round(x.size(0), x.size(1), x.const_data_ptr<float>(), x.stride(0), dst, x.size(1));
+        return out;
+      },
+      pybind11::arg("x"), pybind11::arg("native"),
+      "Testing: x rounded to bfloat16 as the bfloat16 data path rounds its rows: by the CPU's "
+      "AVX512-BF16 conversion (native) or in integer arithmetic (the portable rounding).");
+  m.def("_bf16_round_native", &rnnfast::cpu::bf16_round_native,
+        "Whether this CPU has the AVX512-BF16 conversion the bfloat16 data path rounds with "
+        "(under the avx512 kernel set; else it rounds in integer arithmetic).");
   m.def("_bf16_dot_rate", &rnnfast::cpu::bf16_dot_rate,
         "VDPBF16PS's multiply-adds a second over FMA's on this CPU, measured once (0 without "
         "AVX512-BF16); the dot products serve every bfloat16 call at 1.5 or more.");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import pathlib
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -244,10 +245,11 @@ def assert_same_error(expected_fn: Callable[[], object], actual_fn: Callable[[],
 #: The CPU's bfloat16 product kernels (csrc/cpu/bf16_gemm.h), each tested where the CPU has it.
 #: "-auto": selected as the CPU's own choice, which applies the dot products' batch rule (the
 #: calls it leaves out take the widened path). "widened": the bfloat16 data path with float32
-#: products for every call.
+#: products for every call (on any CPU whose kernel set has the panel micro-kernel). "fp32":
+#: the float32 path on up-converted copies for every call.
 BF16_KERNELS = ["amx", "avx512_bf16", "avx512_bf16-auto", "widened", "fp32"]
 _BF16_NEEDS = {"amx": "AMX-BF16 tiles", "avx512_bf16": "AVX512-BF16",
-               "widened": "AVX512-BF16 or its kernel set has no panel micro-kernel",
+               "widened": "kernel set with the panel micro-kernel (avx2, avx512)",
                "fp32": "nothing"}
 
 
@@ -256,10 +258,8 @@ def use_bf16_kernel(name: str):
     fixture: skips by name where this CPU lacks it, or where RNNFAST_CPU_BF16 turned the
     kernels off; then back to the start-up selection)."""
     from rnnfast import _C
-    before = _C._step_gemm_bf16()
-    if before == "fp32" and name != "fp32":
-        pytest.skip(f"bfloat16 {name} kernel: turned off (RNNFAST_CPU_BF16=fp32) or this CPU "
-                    "has no AVX512-BF16")
+    if os.environ.get("RNNFAST_CPU_BF16") == "fp32" and name != "fp32":
+        pytest.skip(f"bfloat16 {name} kernel: turned off (RNNFAST_CPU_BF16=fp32)")
     name, auto = name.removesuffix("-auto"), name.endswith("-auto")
     if not _C._select_bf16_kernel(name, forced=not auto):
         pytest.skip(f"bfloat16 {name} kernel: this CPU has no {_BF16_NEEDS[name]}")

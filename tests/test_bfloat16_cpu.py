@@ -155,6 +155,69 @@ def test_cells_bfloat16_against_float64(kind, bf16_kernel):
     _check_against(run(ref64, torch.float64), run(fast, torch.bfloat16), run(ref, torch.bfloat16), names)
 
 
+def test_portable_rounding_is_torchs_bitwise():
+    """The bfloat16 data path's rounding in integer arithmetic (what the avx2 kernel set runs)
+    gives torch's own conversion bit for bit: random bit patterns (every exponent, subnormals,
+    infinities and NaNs among them), exact ties with an even and an odd last kept bit, signed
+    zeros, and the largest float rounding to infinity. NaN stays a (quiet) NaN. The CPU's
+    AVX512-BF16 conversion, where it has one, gives the same bits except on subnormal inputs,
+    which it flushes to a zero of their sign."""
+    from rnnfast import _C
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(-(2 ** 31), 2 ** 31, (64, 257), generator=gen, dtype=torch.int64)
+    ties = (bits & ~0xFFFF) | 0x8000  # half an ulp above a bfloat16 value: a tie
+    specials = torch.tensor([0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF,
+                             0x7FC00000, 0xFFC00001, 0x7F800001, 0x00000001, 0x807FFFFF,
+                             0x00800000, 0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001])
+    bits = torch.cat([bits.flatten(), ties.flatten(), specials]).view(1, -1)
+    x = bits.to(torch.int32).view(torch.float32)
+    want = x.to(torch.bfloat16)
+    got = _C._bf16_round_rows(x, False)
+    nan = x.isnan()
+    assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+    assert got[nan].isnan().all()
+    ties_x = ties.flatten().to(torch.int32).view(torch.float32)
+    assert (ties_x.isfinite()).sum() > 0  # ties among finite values were checked above
+    if not _C._bf16_round_native():
+        pytest.skip("this CPU has no AVX512-BF16 conversion to compare with (the portable one "
+                    "was checked)")
+    native = _C._bf16_round_rows(x, True)
+    subnormal = (x != 0) & (x.abs() < torch.finfo(torch.float32).tiny)
+    keep = ~nan & ~subnormal
+    assert torch.equal(native.view(torch.int16)[keep], want.view(torch.int16)[keep])
+    assert native[nan].isnan().all()
+    flushed = native[subnormal].float()
+    assert (flushed == 0).all()
+    assert torch.equal(flushed.signbit(), x[subnormal].signbit())
+
+
+def test_without_a_bfloat16_kernel_calls_take_the_widened_path():
+    """As a CPU without a bfloat16 kernel chooses (AVX2 only: the AMD EPYC): every call keeps
+    the bfloat16 data path with float32 products where the kernel set has the panel
+    micro-kernel, and the layers stay within the bfloat16 bound there; RNNFAST_CPU_BF16=fp32's
+    selection sends every call to up-converted copies instead."""
+    from rnnfast import _C
+    panel = rnnfast.build_info()["step_gemm"] == "rnnfast panel micro-kernel"
+    calls = [(rnn, b) for rnn in (False, True) for b in (1, 4, 5, 64)]
+    try:
+        assert _C._select_bf16_kernel("fp32", forced=False)
+        assert {_C._bf16_path(rnn, b) for rnn, b in calls} == {"widened" if panel else "copies"}
+        assert not any(_C._bf16_kernels_for(rnn, b) for rnn, b in calls)
+        assert rnnfast.build_info()["bf16_gemm"] == (
+            "float32 products on widened bfloat16 operands (every call)" if panel
+            else "float32 on up-converted values")
+        torch.manual_seed(8)
+        for name in ("lstm", "gru", "rnn_tanh"):
+            kind = KINDS[name]
+            _layer_against_float64(kind, dict(kind.kwargs, num_layers=2), 24, 40,
+                                   torch.tensor([9, 8, 8, 4, 1]), True)
+        assert _C._select_bf16_kernel("fp32")
+        assert {_C._bf16_path(rnn, b) for rnn, b in calls} == {"copies"}
+        assert rnnfast.build_info()["bf16_gemm"] == "float32 on up-converted values"
+    finally:
+        _C._reset_bf16_kernel()
+
+
 def test_bfloat16_runs_rnnfast_kernels_and_float16_falls_back():
     from rnnfast import ops
     assert ops.runs_kernels(torch.zeros(1, dtype=torch.bfloat16))

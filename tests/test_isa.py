@@ -117,3 +117,25 @@ def test_gemm_kernels_under_every_kernel_set(isa):
     assert " passed" in proc.stdout
     if isa in ("avx2", "avx512"):  # the sets that have both kernels: nothing may skip
         assert "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+# The bfloat16 data path (the widened products, the rounding of the outputs and gate
+# gradients, and the copies) under every other kernel set the CPU can run: the avx2 set
+# rounds in integer arithmetic, as it does on a CPU without AVX512-BF16.
+@pytest.mark.parametrize("isa", ALL)
+def test_bfloat16_data_path_under_every_kernel_set(isa):
+    if isa not in _supported():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if isa == rnnfast.build_info()["cpu_kernels"]:
+        pytest.skip(f"{isa} is this CPU's own kernel set: tests/test_bfloat16_cpu.py ran under "
+                    "it in this process")
+    env = dict(os.environ, RNNFAST_CPU_ISA=isa)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                           os.path.join(here, "test_bfloat16_cpu.py"), "-k",
+                           "widened or fp32 or portable or without_a_bfloat16_kernel"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
+    if isa != "generic":  # the sets with the panel micro-kernel run the widened path
+        assert "widened kernel" not in proc.stdout, proc.stdout[-2000:]

@@ -147,7 +147,7 @@ bool plain_rnn(core::CellKind k) {
 
 Bf16Mode bf16_mode(bool plain_rnn, int64_t batch) {
   const bool kernels = bf16_kernels_for(plain_rnn, batch);
-  const bool widened = !kernels && bf16_kernels_usable() && step_gemm_split_invariant_f32();
+  const bool widened = !kernels && !bf16_copies_only() && step_gemm_split_invariant_f32();
   return {kernels, widened, kernels || widened};
 }
 

@@ -68,21 +68,24 @@ Bf16Kernel supported() {
   return best;
 }
 
-// The kernel in use (low bits), whether it was asked for (kForced), and whether the layers
-// keep to the widened path (kWidenedOnly): the CPU's best, or what RNNFAST_CPU_BF16 asks
-// for ("fp32": none; "avx512_bf16": the dot products, on an AMX CPU too, for every layer
-// call; "widened": the bfloat16 data path with float32 products for every call).
+// The kernel in use (low bits), whether it was asked for (kForced), whether the layers keep
+// to the widened path (kWidenedOnly) or to the float32 path on up-converted copies
+// (kCopiesOnly): the CPU's best, or what RNNFAST_CPU_BF16 asks for ("fp32": no kernel, the
+// copies; "avx512_bf16": the dot products, on an AMX CPU too, for every layer call;
+// "widened": the bfloat16 data path with float32 products for every call).
 constexpr int kForced = 4;
 constexpr int kWidenedOnly = 8;
+constexpr int kCopiesOnly = 16;
 constexpr int kKernelBits = 3;
 int initial_selection() {
   static const int initial = [] {
     const char* want = std::getenv("RNNFAST_CPU_BF16");
     const Bf16Kernel best = supported();
-    if (want != nullptr && std::strcmp(want, "fp32") == 0) return static_cast<int>(Bf16Kernel::kNone);
+    if (want != nullptr && std::strcmp(want, "fp32") == 0)
+      return static_cast<int>(Bf16Kernel::kNone) | kCopiesOnly;
     if (want != nullptr && std::strcmp(want, "avx512_bf16") == 0 && best != Bf16Kernel::kNone)
       return static_cast<int>(Bf16Kernel::kDot) | kForced;
-    if (want != nullptr && std::strcmp(want, "widened") == 0 && best != Bf16Kernel::kNone)
+    if (want != nullptr && std::strcmp(want, "widened") == 0)
       return static_cast<int>(best) | kWidenedOnly;
     return static_cast<int>(best);
   }();
@@ -146,18 +149,27 @@ bool bf16_select_kernel(Bf16Kernel k, bool forced) {
   const Bf16Kernel best = supported();
   const bool ok = k == Bf16Kernel::kNone || k == best ||
                   (k == Bf16Kernel::kDot && best == Bf16Kernel::kAmx);
-  if (ok) selected().store(static_cast<int>(k) | (forced ? kForced : 0), std::memory_order_relaxed);
+  const int flags = !forced ? 0 : k == Bf16Kernel::kNone ? kCopiesOnly : kForced;
+  if (ok) selected().store(static_cast<int>(k) | flags, std::memory_order_relaxed);
   return ok;
 }
 
-bool bf16_select_widened() {
-  const Bf16Kernel best = supported();
-  if (best == Bf16Kernel::kNone) return false;
-  selected().store(static_cast<int>(best) | kWidenedOnly, std::memory_order_relaxed);
-  return true;
+void bf16_select_widened() {
+  selected().store(static_cast<int>(supported()) | kWidenedOnly, std::memory_order_relaxed);
 }
 
 bool bf16_widened_only() { return (selected().load(std::memory_order_relaxed) & kWidenedOnly) != 0; }
+
+bool bf16_copies_only() { return (selected().load(std::memory_order_relaxed) & kCopiesOnly) != 0; }
+
+bool bf16_round_native() {
+#if defined(__x86_64__)
+  static const bool native = supported() != Bf16Kernel::kNone;
+  return native;
+#else
+  return false;
+#endif
+}
 
 int64_t amx_packed_bytes(int64_t N, int64_t K) {
   return col_tiles(N) * (padded_k(K) / kTileK) * kTileBytes;

@@ -75,20 +75,25 @@ bool bf16_kernels_for(bool plain_rnn, int64_t batch);
 double bf16_dot_rate();
 void bf16_set_dot_rate(double rate);
 // Testing: selects kernel k from now on if this CPU has it (true), else false; forced: for
-// every call, else by the rule of bf16_kernels_for.
+// every call, else by the rule of bf16_kernels_for. kNone forced: every call on up-converted
+// copies (bf16_copies_only); not forced: as a CPU without a bfloat16 kernel chooses (the
+// widened path where the kernel set allows it).
 bool bf16_select_kernel(Bf16Kernel k, bool forced = true);
 // Testing: back to the selection made at start-up (the CPU's and RNNFAST_CPU_BF16's).
 void bf16_reset_kernel();
-// The widened path (backend.cpp): on a CPU with a bfloat16 kernel, a layer call that
-// bf16_kernels_for leaves out keeps the bfloat16 data path (x, the outputs, the saved rows
-// and the gate gradients stay bfloat16, read in place) and runs its products in float32:
-// the step products on float32 panels packed from the bfloat16 weights, the
+// The widened path (backend.cpp): a layer call that bf16_kernels_for leaves out (every call,
+// on a CPU without a bfloat16 kernel) keeps the bfloat16 data path (x, the outputs, the saved
+// rows and the gate gradients stay bfloat16, read in place) and runs its products in
+// float32: the step products on float32 panels packed from the bfloat16 weights, the
 // whole-sequence products on operands widened a block of rows at a time, so that no whole
-// float32 copy exists. bf16_select_widened() (testing) or RNNFAST_CPU_BF16=widened sends
-// every call there (bf16_kernels_for is then false); false where the CPU has no bfloat16
-// kernel. bf16_widened_only() says whether that selection is in force.
-bool bf16_select_widened();
+// float32 copy exists. It needs the panel micro-kernel (the avx2 and avx512 kernel sets).
+// bf16_select_widened() (testing) or RNNFAST_CPU_BF16=widened sends every call there
+// (bf16_kernels_for is then false); bf16_widened_only() says whether that selection is in
+// force. bf16_select_kernel(kNone) or RNNFAST_CPU_BF16=fp32 sends every call to the float32
+// path on up-converted copies instead; bf16_copies_only() says whether that is in force.
+void bf16_select_widened();
 bool bf16_widened_only();
+bool bf16_copies_only();
 
 // Bytes of the packed op(W) for N columns and K rows.
 int64_t amx_packed_bytes(int64_t N, int64_t K);
@@ -113,9 +118,16 @@ void amx_pack_bf16_cols(int64_t N, int64_t K, const uint16_t* W, int64_t ldw, vo
 
 // dst[r, c] = bf16(src[r, c]) for rows x cols float32 values (row strides in values),
 // rounded to nearest even by the CPU's AVX512-BF16 conversion (as the A tiles are); only
-// where bf16_kernels_usable().
+// where bf16_round_native().
 void bf16_round_rows(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst);
+// Whether this CPU has the AVX512-BF16 conversion bf16_round_rows uses.
+bool bf16_round_native();
+// The same rounding in integer arithmetic, vectorised for the CPU at hand (blas.cpp): to
+// nearest even, a NaN kept a quiet NaN. It differs from bf16_round_rows only where that
+// instruction flushes: a subnormal input, or a result below the smallest normal value.
+void bf16_round_rows_portable(int64_t rows, int64_t cols, const float* src, int64_t ld_src,
+                              uint16_t* dst, int64_t ld_dst);
 
 // The float32 value of a bfloat16 bit pattern (exact).
 inline float bf16_to_float(uint16_t bits) {

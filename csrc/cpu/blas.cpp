@@ -289,6 +289,22 @@ void bf16_widen_rows(int64_t rows, int64_t cols, const uint16_t* src, int64_t ld
   }
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void bf16_round_rows_portable(int64_t rows, int64_t cols, const float* src, int64_t ld_src,
+                              uint16_t* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict x = src + r * ld_src;
+    uint16_t* __restrict y = dst + r * ld_dst;
+    for (int64_t k = 0; k < cols; ++k) {
+      uint32_t u;
+      std::memcpy(&u, x + k, sizeof(u));
+      const uint32_t nearest = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+      const uint32_t quiet_nan = (u >> 16) | 0x40u;
+      y[k] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : nearest);
+    }
+  }
+}
+
 // pack_panels for bfloat16 W (bit patterns), each value widened exactly to float32: the
 // rows of one panel (trans_w) are widened into a [16, K] buffer and packed from there.
 void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,

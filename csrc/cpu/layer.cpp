@@ -27,17 +27,18 @@ namespace rnnfast {
 namespace cpu {
 namespace {
 
-// dst = bfloat16(src), rows x cols, rounded to nearest even: the CPU's conversion where it
-// has the bfloat16 kernels, else c10::BFloat16's (the same rounding, scalar).
+// dst = bfloat16(src), rows x cols, rounded to nearest even: the CPU's AVX512-BF16
+// conversion under the avx512 kernel set on a CPU that has it, else the same rounding in
+// integer arithmetic (bf16_round_rows_portable: what the avx2 set runs, on any CPU).
 void round_rows_bf16(int64_t rows, int64_t cols, const float* src, int64_t ld_src, uint16_t* dst,
                      int64_t ld_dst) {
   if (rows <= 0 || cols <= 0) return;
-  if (bf16_kernels_usable()) {
+  static const bool native = bf16_round_native() && std::strcmp(cpu_kernels().name, "avx512") == 0;
+  if (native) {
     bf16_round_rows(rows, cols, src, ld_src, dst, ld_dst);
-    return;
+  } else {
+    bf16_round_rows_portable(rows, cols, src, ld_src, dst, ld_dst);
   }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) dst[r * ld_dst + k] = c10::BFloat16(src[r * ld_src + k]).x;
 }
 
 template <typename T>
@@ -270,7 +271,7 @@ void round_rows_parallel(int64_t rows, int64_t cols, const float* C, int64_t ldc
                          int64_t ld_dst) {
   if (rows <= 0 || cols <= 0) return;
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
-    bf16_round_rows(r1 - r0, cols, C + r0 * ldc, ldc, dst16 + r0 * ld_dst, ld_dst);
+    round_rows_bf16(r1 - r0, cols, C + r0 * ldc, ldc, dst16 + r0 * ld_dst, ld_dst);
   });
 }
 
@@ -506,7 +507,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
       if constexpr (std::is_same_v<T, float>) {
         // bfloat16 output: this thread's columns of y_t = h_t, rounded once.
         if (w.y16 != nullptr && p.size() > 0)
-          bf16_round_rows(b, p.size(), hout + p.begin, P, w.y16 + row * P + p.begin, P);
+          round_rows_bf16(b, p.size(), hout + p.begin, P, w.y16 + row * P + p.begin, P);
         // bfloat16 saved rows: this thread's columns of every saved gate, rounded once.
         if (w.ws16 != nullptr && u.size() > 0) {
           for (int64_t g = 0; g < ld / H; ++g)
@@ -658,7 +659,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
         // bfloat16 gate gradients for the whole-sequence products: this thread's units.
         if (step_rows && nu > 0) {
           for (int64_t g = 0; g < G; ++g)
-            bf16_round_rows(b, nu, dgx_t + g * H + u.begin, GH, w.dgx16 + row * GH + g * H + u.begin,
+            round_rows_bf16(b, nu, dgx_t + g * H + u.begin, GH, w.dgx16 + row * GH + g * H + u.begin,
                             GH);
         }
       }
