@@ -114,12 +114,12 @@ def test_input_gradient_over_gate_gradients_in_blocks_bfloat16(packed, bf16_kern
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind", kind_params({n: KINDS[n] for n in ("lstm", "gru")}))
 def test_input_gradient_in_blocks_after_the_weight_gradients_bfloat16(kind, packed, bf16_kernel):
-    """Input gradients several times narrower than the gate gradients over N = 2000 rows: on
-    the widened path dX is formed in two row blocks of the 256 KiB workspace, the last
-    product, and each block's gate-gradient pages are given back once read (the second block
-    must still see its own)."""
+    """Input gradients several times narrower than the gate gradients over N = 3000 rows: on
+    the widened path dX is formed in three row blocks of the 256 KiB workspace, the last
+    product, and each block's gate-gradient pages are given back once read (the later blocks
+    must still see their own)."""
     torch.manual_seed(4)
-    lengths = torch.tensor([20] * 99 + [17]) if packed else torch.full((100,), 20)
+    lengths = torch.tensor([30] * 99 + [27]) if packed else torch.full((100,), 30)
     _layer_against_float64(kind, dict(kind.kwargs), 64, 64, lengths, packed)
 
 
