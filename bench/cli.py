@@ -50,7 +50,8 @@ where results go:
   A full-grid CPU run (the default: every layer, both modes, S,M,L,XL,B1,B4, float32) writes
   docs/results/cpu-<vendor>-<kernelset>.md (header with commit, date, CPU, ISA flags, kernel set, torch,
   threads and this command line; the speedup grid; every cell) and docs/results/cpu-<vendor>-<kernelset>.png;
-  the same grid with --dtypes bfloat16 writes docs/results/cpu-<vendor>-<kernelset>-bfloat16.md/.png;
+  the same grid with --dtypes bfloat16 writes docs/results/cpu-<vendor>-<kernelset>-bfloat16.md/.png
+  (its cells also time rnnfast in float32 on the same values: the bf16/f32 table);
   with --memory, docs/results/memory-cpu-<vendor>-<kernelset>.md; with --under-load over its default shapes
   (every layer and mode), docs/results/load-cpu-<vendor>-<kernelset>.md; with --onnx (every layer, both
   exporters, default sizes and --min-time), docs/results/onnx-cpu-<vendor>-<kernelset>.md. <vendor> is amd or intel and
@@ -402,7 +403,9 @@ def _onnx_main(args: argparse.Namespace, command: str) -> int:
 def _progress(i: int, n: int, r: CellResult, elapsed: float) -> str:
     if r.status == "ok":
         tgt = "" if r.target is None else f", target {r.target:.1f}x {'met' if r.target_met else 'NOT met'}"
-        detail = (f"{r.speedup:.2f}x (torch {r.torch_s*1e3:.2f} ms, rnnfast {r.fast_s*1e3:.2f} ms, "
+        own = ("" if r.fast_f32_s is None else
+               f", rnnfast float32 {r.fast_f32_s*1e3:.2f} ms: bf16/f32 {r.bf16_over_f32:.2f}")
+        detail = (f"{r.speedup:.2f}x (torch {r.torch_s*1e3:.2f} ms, rnnfast {r.fast_s*1e3:.2f} ms{own}, "
                   f"{r.runs} runs{tgt})")
     else:
         detail = f"{r.status}: {r.message}"

@@ -25,7 +25,7 @@ __all__ = [
     "DOCS_RESULTS", "SCRATCH_DIR", "output_dir", "results_stem", "memory_stem", "format_table",
     "format_speedup_table", "format_summary", "format_memory_table", "memory_caption", "memory_summary",
     "format_results_markdown", "format_memory_markdown", "load_stem", "format_load_markdown", "onnx_stem",
-    "format_onnx_markdown", "write_text",
+    "format_onnx_markdown", "write_text", "bf16_hardware", "format_own_float32_table",
 ]
 
 #: Where a full-grid CPU run writes its results: ``docs/results`` of the source tree.
@@ -179,6 +179,41 @@ def format_speedup_table(results: Sequence[CellResult]) -> Tuple[str, str]:
     return markdown_table(rows, right), count
 
 
+def bf16_hardware(info: Dict[str, Any]) -> Optional[bool]:
+    """Whether the CPU has bfloat16 hardware (AVX512-BF16 or AMX-BF16); None where unknown."""
+    isa = info.get("isa") or {}
+    flags = [isa.get("avx512_bf16"), isa.get("amx_bf16")]
+    if any(flags):
+        return True
+    return None if any(f is None for f in flags) else False
+
+
+def format_own_float32_table(results: Sequence[CellResult], judged: bool) -> Tuple[str, str]:
+    """rnnfast's bfloat16 time over its own float32 time on the same values (CPU bfloat16 cells,
+    timed interleaved): one row per layer × mode, one column per shape; with ``judged`` (a CPU
+    without bfloat16 hardware, where the target is a ratio of at most 1) the cells that meet it
+    in bold. Returns ``(table, count line)``."""
+    cells = [r for r in results if r.bf16_over_f32 is not None]
+    shapes = list(dict.fromkeys(r.shape for r in cells))
+    order = {sh: i for i, sh in enumerate(GRID_ORDER)}
+    shapes.sort(key=lambda sh: order.get(sh.lstrip("q"), len(order)))
+    keys = list(dict.fromkeys((r.layer, r.mode) for r in cells))
+    rows = [["layer", "mode"] + shapes]
+    for layer, mode in keys:
+        row = [layer, mode]
+        for sh in shapes:
+            r = next((c for c in cells if (c.layer, c.mode, c.shape) == (layer, mode, sh)), None)
+            if r is None:
+                row.append("")
+                continue
+            text = f"{r.bf16_over_f32:.2f}"
+            row.append(f"**{text}**" if judged and r.bf16_over_f32 <= 1.0 else text)
+        rows.append(row)
+    at_most = sum(1 for r in cells if r.bf16_over_f32 <= 1.0)
+    count = f"{at_most} of {len(cells)} cells at or below rnnfast's float32 time"
+    return markdown_table(rows, set(range(2, 2 + len(shapes)))), count
+
+
 def format_memory_table(results: Sequence[MemoryResult]) -> str:
     """Markdown table of :func:`bench.memory.measure_memory`'s rows (MiB = 2**20 bytes)."""
     head = ["layer", "shape", "T×B×H", "torch.nn MiB", "rnnfast MiB", "rnnfast/torch", "rnnfast <= torch",
@@ -284,6 +319,24 @@ def format_results_markdown(results: Sequence[CellResult], info: Dict[str, Any],
     ]
     if plot_name:
         out += ["", f"![speedup per shape]({plot_name})"]
+    if any(r.bf16_over_f32 is not None for r in results):
+        hardware = bf16_hardware(info)
+        own, own_count = format_own_float32_table(results, judged=hardware is False)
+        why = ("the target on a CPU without bfloat16 hardware, as this one: at most 1.00, met in "
+               "bold" if hardware is False else
+               "the target applies to CPUs without bfloat16 hardware; this one has it (or its "
+               "flags are unknown), so it is not judged here")
+        out += [
+            "",
+            "## rnnfast bfloat16 against rnnfast float32",
+            "",
+            f"rnnfast's bfloat16 time / its float32 time on the same values ({stat} of the same "
+            f"interleaved runs; {why}).",
+            "",
+            own,
+            "",
+            f"{own_count}.",
+        ]
     out += ["", "## All cells", "", format_table(results, peak_gflops)]
     summary = format_summary(results, peak_gflops)
     if summary:

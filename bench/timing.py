@@ -8,6 +8,7 @@ peak memory of one call (``torch.cuda.max_memory_allocated``).
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -196,6 +197,14 @@ class CellResult:
     runs: int = 0
     torch_samples_s: List[float] = field(default_factory=list)
     fast_samples_s: List[float] = field(default_factory=list)
+    #: CPU bfloat16 cells: rnnfast in float32 on the same values, timed interleaved with the
+    #: other two, and rnnfast's bfloat16 time over it (the bar on CPUs without bfloat16
+    #: hardware: docs/performance.md).
+    fast_f32_s: Optional[float] = None
+    fast_f32_min_s: Optional[float] = None
+    fast_f32_median_s: Optional[float] = None
+    fast_f32_samples_s: List[float] = field(default_factory=list)
+    bf16_over_f32: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -234,8 +243,15 @@ def run_cell(
     except Exception as e:  # noqa: BLE001
         res.status, res.message = "FAILED", f"{type(e).__name__}: {first_lines(str(e), 3)}"
         return res
+    # A CPU bfloat16 cell also times rnnfast in float32 on the same values (a float32 copy of
+    # the layer and input), interleaved with the other two.
+    own_f32 = device == "cpu" and dtype == torch.bfloat16
     try:
         runners = [make_runner(ref, x, mode), make_runner(fast, x, mode)]
+        if own_f32:
+            fast32 = copy.deepcopy(fast).float()
+            x32 = x.detach().float().requires_grad_(x.requires_grad)
+            runners.append(make_runner(fast32, x32, mode))
         samples = time_interleaved(runners, device, warmup, repeats, min_time)
         if device == "cuda":
             res.torch_peak_bytes = measure_peak_memory(*runners[0], device)
@@ -243,7 +259,12 @@ def run_cell(
     except Exception as e:  # noqa: BLE001
         res.status, res.message = "ERROR", f"timing: {type(e).__name__}: {first_lines(str(e), 3)}"
         return res
-    ts, fs = samples
+    ts, fs = samples[0], samples[1]
+    if own_f32:
+        f32 = samples[2]
+        res.fast_f32_samples_s = f32
+        res.fast_f32_min_s, res.fast_f32_median_s = min(f32), statistics.median(f32)
+        res.fast_f32_s = res.fast_f32_min_s if res.stat == "min" else res.fast_f32_median_s
     res.runs = len(ts)
     res.torch_samples_s, res.fast_samples_s = ts, fs
     res.torch_min_s, res.fast_min_s = min(ts), min(fs)
@@ -258,5 +279,7 @@ def run_cell(
     res.fast_gflops = res.flops / res.fast_s / 1e9 if res.fast_s else None
     if res.target is not None:
         res.target_met = res.speedup >= res.target
+    if res.fast_f32_s:
+        res.bf16_over_f32 = res.fast_s / res.fast_f32_s
     return res
 

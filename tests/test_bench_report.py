@@ -81,6 +81,34 @@ def test_results_markdown_header_and_tables():
     assert report.results_stem(dict(dot, cpu_vendor="intel")) == "cpu-intel-avx512-bf16"
 
 
+def _bf16_cell(layer, mode, shape, ratio):
+    r = _cell(layer, mode, shape, 2.0, None)
+    r.dtype = "bfloat16"
+    r.fast_f32_s = r.fast_f32_min_s = r.fast_f32_median_s = r.fast_s / ratio
+    r.bf16_over_f32 = ratio
+    return r
+
+
+def test_bfloat16_results_have_the_own_float32_table():
+    """A bfloat16 run's file has rnnfast's bf16 time over its float32 time per cell, judged
+    against 1.00 (bold where met) only on a CPU without bfloat16 hardware."""
+    cells = [_bf16_cell("LSTM", "train", "S", 1.07), _bf16_cell("LSTM", "train", "M", 0.82),
+             _bf16_cell("GRU", "infer", "S", 1.00)]
+    info = dict(INFO, dtypes=["bfloat16"])
+    text = report.format_results_markdown(cells, info)
+    assert "## rnnfast bfloat16 against rnnfast float32" in text
+    assert re.search(r"^\| LSTM +\| train +\| +1\.07 \| +\*\*0\.82\*\* \|$", text, re.M), text
+    assert re.search(r"^\| GRU +\| infer +\| +\*\*1\.00\*\* \| +\|$", text, re.M), text
+    assert "2 of 3 cells at or below rnnfast's float32 time." in text
+    assert "without bfloat16 hardware, as this one" in text
+    with_bf16 = dict(info, isa=dict(INFO["isa"], avx512_bf16=True))
+    text = report.format_results_markdown(cells, with_bf16)
+    assert re.search(r"^\| LSTM +\| train +\| +1\.07 \| +0\.82 \|$", text, re.M), text
+    assert "not judged here" in text
+    # a float32 run has no such table
+    assert "against rnnfast float32" not in report.format_results_markdown(CELLS, INFO)
+
+
 def test_header_from_this_machine(tmp_path):
     info = machine.machine_info("cpu")
     info["command"] = "python -m bench --quick"
