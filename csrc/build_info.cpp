@@ -57,7 +57,9 @@ std::map<std::string, std::string> build_info() {
     std::snprintf(rate, sizeof(rate), "%.2f (VDPBF16PS/FMA multiply-adds a second; %s)",
                   cpu::bf16_dot_rate(),
                   cpu::bf16_dot_rate() >= cpu::kDotFullRate ? "dot products for every call"
-                                                            : "LSTM/GRU at batch <= 4 only");
+                                                            : "LSTM/GRU at batch <= 4 whose W_hh "
+                                                              "slice a thread takes >= batch MiB "
+                                                              "in float32");
     info["bf16_dot_rate"] = rate;
   }
   info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";

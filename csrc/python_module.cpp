@@ -254,16 +254,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_bf16_dot_rate", &rnnfast::cpu::bf16_set_dot_rate, pybind11::arg("rate"),
         "Testing: replaces the measured _bf16_dot_rate() (a negative rate: measure again on "
         "next use).");
+  // (w_hh_bytes: a thread's slice of W_hh in float32; by default far beyond any cache, so
+  // that the batch alone decides.)
+  constexpr int64_t kBeyondCaches = int64_t(1) << 40;
   m.def("_bf16_path", &rnnfast::cpu::bf16_path_name, pybind11::arg("plain_rnn"),
-        pybind11::arg("batch"),
-        "How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs: 'kernels' "
+        pybind11::arg("batch"), pybind11::arg("w_hh_bytes") = kBeyondCaches,
+        "How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step, a thread's "
+        "slice of W_hh taking w_hh_bytes in float32) runs: 'kernels' "
         "(its products on the selected bfloat16 kernel), 'widened' (the bfloat16 data path "
         "with float32 products on widened operands) or 'copies' (the float32 path on "
         "up-converted copies).");
   m.def("_bf16_kernels_for", &rnnfast::cpu::bf16_kernels_for, pybind11::arg("plain_rnn"),
-        pybind11::arg("batch"),
-        "Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs its "
-        "products on the selected bfloat16 kernel.");
+        pybind11::arg("batch"), pybind11::arg("w_hh_bytes") = kBeyondCaches,
+        "Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows a step, a thread's "
+        "slice of W_hh taking w_hh_bytes in float32) runs its products on the selected "
+        "bfloat16 kernel.");
+  m.def("_w_hh_slice_bytes", &rnnfast::cpu::w_hh_slice_bytes, pybind11::arg("gate_rows"),
+        pybind11::arg("P"),
+        "The float32 bytes of one intra-op thread's slice of a W_hh [gate_rows, P] (what "
+        "_bf16_kernels_for's w_hh_bytes is for a layer call).");
   m.def("_step_loop_load", &step_loop_load,
         "The CPU step loops' load monitor: loops split across threads, loops run on one "
         "thread because the last split loop found its threads not all running, split "

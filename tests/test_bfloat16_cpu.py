@@ -218,6 +218,18 @@ def test_without_a_bfloat16_kernel_calls_take_the_widened_path():
         _C._reset_bf16_kernel()
 
 
+def test_a_layer_call_weighs_its_own_w_hh_slice():
+    """The layers ask the rule with the float32 bytes of one thread's slice of W_hh (the step
+    loops split its rows among the intra-op threads)."""
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            assert rnnfast._C._w_hh_slice_bytes(4 * 512, 512) == 4 * 4 * 512 * 512 // t
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bfloat16_runs_rnnfast_kernels_and_float16_falls_back():
     from rnnfast import ops
     assert ops.runs_kernels(torch.zeros(1, dtype=torch.bfloat16))

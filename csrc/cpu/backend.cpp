@@ -1,6 +1,10 @@
 // The CPU backend: the scratch of the executor (layer.h), allocated once per call.
 #include "backend.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
 #include "bf16_gemm.h"
 #include "blas.h"
 #include "layer.h"
@@ -145,14 +149,18 @@ bool plain_rnn(core::CellKind k) {
 
 }  // namespace
 
-Bf16Mode bf16_mode(bool plain_rnn, int64_t batch) {
-  const bool kernels = bf16_kernels_for(plain_rnn, batch);
+int64_t w_hh_slice_bytes(int64_t GH, int64_t P) {
+  return int64_t(4) * GH * P / std::max(1, at::get_num_threads());
+}
+
+Bf16Mode bf16_mode(bool plain_rnn, int64_t batch, int64_t w_hh_bytes) {
+  const bool kernels = bf16_kernels_for(plain_rnn, batch, w_hh_bytes);
   const bool widened = !kernels && !bf16_copies_only() && step_gemm_split_invariant_f32();
   return {kernels, widened, kernels || widened};
 }
 
-const char* bf16_path_name(bool plain_rnn, int64_t batch) {
-  const Bf16Mode m = bf16_mode(plain_rnn, batch);
+const char* bf16_path_name(bool plain_rnn, int64_t batch, int64_t w_hh_bytes) {
+  const Bf16Mode m = bf16_mode(plain_rnn, batch, w_hh_bytes);
   return m.kernels ? "kernels" : m.widened ? "widened" : "copies";
 }
 
@@ -166,7 +174,7 @@ void Backend::forward<at::BFloat16, float>(const core::LayerForward<at::BFloat16
   // reads x as it is (PackedWeight::gemm_bf16), and the weights are packed from their
   // bfloat16 values (without input, I = 0, the float32 path takes W_ih). Else the float32
   // path runs on up-converted copies (nothing packed from bfloat16).
-  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B);
+  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B, w_hh_slice_bytes(GH, P));
   const bool data16 = mode.data16, data16_ih = data16 && I > 0;
   const at::Tensor x = data16 ? at::Tensor() : up(a.x, {N, I});
   const at::Tensor w_ih = data16_ih ? at::Tensor() : up(a.w_ih, {GH, I});
@@ -221,7 +229,7 @@ void Backend::backward<at::BFloat16, float>(const core::LayerBackward<at::BFloat
   // as they are (bfloat16) and write dx, dW_ih and dW_hh as bfloat16 straight (each rounded
   // once), so no whole float32 copies of these are made; nor of the outputs for the LSTM on
   // unpacked input (its step loop reads its own cell states; the products read y as is).
-  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B);
+  const Bf16Mode mode = bf16_mode(plain_rnn(a.kind), B, w_hh_slice_bytes(GH, P));
   const bool data16 = mode.data16;
   const bool lstm = a.kind == core::CellKind::kLstm;
   const at::Tensor x = data16 ? at::Tensor() : up(a.x, {N, I}), hx = up(a.hx, {B, P});

@@ -41,7 +41,8 @@ struct Backend {
   static void backward(const core::LayerBackward<T, A>& a, const at::TensorOptions& opts);
 };
 
-// How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step) runs on this CPU:
+// How a bfloat16 layer call (the Elman RNN or not, `batch` rows a step, a thread's slice of
+// W_hh taking w_hh_bytes in float32: w_hh_slice_bytes) runs on this CPU:
 // `kernels`, its products on the bfloat16 kernels (bf16_kernels_for, bf16_gemm.h);
 // `widened`, else where the CPU has a bfloat16 kernel and the kernel set the panel
 // micro-kernel, the same bfloat16 data path with float32 products on widened operands;
@@ -50,9 +51,12 @@ struct Backend {
 struct Bf16Mode {
   bool kernels, widened, data16;
 };
-Bf16Mode bf16_mode(bool plain_rnn, int64_t batch);
+Bf16Mode bf16_mode(bool plain_rnn, int64_t batch, int64_t w_hh_bytes);
 // "kernels", "widened" or "copies" (bf16_mode).
-const char* bf16_path_name(bool plain_rnn, int64_t batch);
+const char* bf16_path_name(bool plain_rnn, int64_t batch, int64_t w_hh_bytes);
+// The float32 bytes of one intra-op thread's slice of W_hh [G*H, P] (the step loops split
+// its rows among the threads).
+int64_t w_hh_slice_bytes(int64_t GH, int64_t P);
 
 // bfloat16 (backend.cpp).
 template <>

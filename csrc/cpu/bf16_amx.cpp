@@ -130,13 +130,14 @@ double bf16_dot_rate() {
 
 void bf16_set_dot_rate(double rate) { dot_rate_value().store(rate, std::memory_order_relaxed); }
 
-bool bf16_kernels_for(bool plain_rnn, int64_t batch) {
+bool bf16_kernels_for(bool plain_rnn, int64_t batch, int64_t w_hh_bytes) {
   const int s = selected().load(std::memory_order_relaxed);
   const Bf16Kernel k = static_cast<Bf16Kernel>(s & kKernelBits);
   if ((s & kWidenedOnly) != 0) return false;
   if (k == Bf16Kernel::kAmx || (s & kForced) != 0) return k != Bf16Kernel::kNone;
   if (k != Bf16Kernel::kDot) return false;
-  return bf16_dot_rate() >= kDotFullRate || (!plain_rnn && batch <= kDotMaxBatch);
+  return bf16_dot_rate() >= kDotFullRate ||
+         (!plain_rnn && batch <= kDotMaxBatch && w_hh_bytes >= batch * kDotBytesPerRow);
 }
 
 const char* bf16_kernel_name(Bf16Kernel k) {

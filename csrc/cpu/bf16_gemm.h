@@ -55,18 +55,25 @@ enum class Bf16Kernel { kNone = 0, kDot = 1, kAmx = 2 };
 Bf16Kernel bf16_kernel();
 const char* bf16_kernel_name(Bf16Kernel k);  // "amx", "avx512_bf16", "fp32"
 bool bf16_kernels_usable();                   // bf16_kernel() != kNone
-// Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows per step at most) runs
-// its products on bf16_kernel(): always on AMX; with the dot products, every call where
-// VDPBF16PS retires at least kDotFullRate times the multiply-adds a second of FMA on this
-// CPU (bf16_dot_rate(): AMD Zen 4 measured 2.0, a full-rate instruction there), else only
-// the LSTM and GRU at batch <= kDotMaxBatch (Sapphire Rapids, forced, measured 0.5: there
-// the dot products won only where reading W_hh bounds a step, LSTM/GRU at batch 1, 2 and in
-// training 4, and the two-term products of the Elman RNN lost everywhere); every call when
-// the kernel was asked for (RNNFAST_CPU_BF16 or bf16_select_kernel). Elsewhere the float32
-// path (up-converted copies) runs.
+// Whether a bfloat16 layer call (the Elman RNN or not, `batch` rows per step at most, a
+// thread's slice of W_hh taking w_hh_bytes in float32) runs its products on bf16_kernel():
+// always on AMX; with the dot products, every call where VDPBF16PS retires at least
+// kDotFullRate times the multiply-adds a second of FMA on this CPU (bf16_dot_rate(): AMD
+// Zen 4 measured 2.0, a full-rate instruction there), else only the LSTM and GRU at batch <=
+// kDotMaxBatch whose float32 W_hh slice takes at least batch * kDotBytesPerRow: there a step
+// is bound by reading W_hh from beyond L2, and the dot products read half the bytes. (On the
+// Emerald Rapids Xeon without AMX, rate 0.5, against the widened path, 2 threads: the LSTM at
+// H 512, 2 MiB a thread, ran 0.63x/0.80x of float32's inference time with the dot products at
+// batch 1/2 against 1.04x/1.02x widened, but 1.22x at batch 4 against 0.97x; at H 256, 0.5 MiB,
+// they tied at batch 1 and lost from batch 2 (1.26x against 1.03x); the GRU at H 512, 1.5
+// MiB, won at batch 1 (0.86x/0.97x) and lost at 2; at H 1024, 6-8 MiB, both won at batch 2
+// and 4 and lost at 8 (LSTM training 1.32x against 1.12x); the two-term products of the
+// Elman RNN lost everywhere.) Every call when the kernel was asked for (RNNFAST_CPU_BF16 or
+// bf16_select_kernel). Elsewhere the widened path or the float32 path on copies runs.
 constexpr int64_t kDotMaxBatch = 4;
+constexpr int64_t kDotBytesPerRow = int64_t(1) << 20;
 constexpr double kDotFullRate = 1.5;
-bool bf16_kernels_for(bool plain_rnn, int64_t batch);
+bool bf16_kernels_for(bool plain_rnn, int64_t batch, int64_t w_hh_bytes);
 // VDPBF16PS's multiply-adds a second over FMA's (VFMADD231PS), both on 512-bit registers,
 // measured once on first use: register-only loops of 12 independent accumulators on the
 // calling thread, interleaved, the fastest of 9 runs each (about 0.1 ms in all). 0 where the

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -314,13 +315,12 @@ void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, i
   const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   if (!trans_w) {
-    for (int64_t j = 0; j < npanels; ++j) {
-      const int64_t cols = std::min(kPanel, N - j * kPanel);
-      for (int64_t k = 0; k < K; ++k) {
-        float* __restrict dst = panels + (j * K + k) * kPanel;
-        bf16_widen_rows(1, cols, W16 + k * ldw + j * kPanel, ldw, dst, kPanel);
-        for (int64_t c = cols; c < kPanel; ++c) dst[c] = 0.0f;
-      }
+    // Row k of W widened whole (one call), then its 16-column pieces into their panels.
+    std::vector<float> row(static_cast<size_t>(npanels * kPanel), 0.0f);
+    for (int64_t k = 0; k < K; ++k) {
+      bf16_widen_rows(1, N, W16 + k * ldw, ldw, row.data(), N);
+      for (int64_t j = 0; j < npanels; ++j)
+        std::memcpy(panels + (j * K + k) * kPanel, row.data() + j * kPanel, sizeof(float) * kPanel);
     }
     return;
   }
