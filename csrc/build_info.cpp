@@ -53,14 +53,23 @@ std::map<std::string, std::string> build_info() {
                        "products)")
           : "float32 on up-converted values";
   if (bf16 == "avx512_bf16" && !cpu::bf16_widened_only()) {
-    char rate[96];
+    char rate[192];
     std::snprintf(rate, sizeof(rate), "%.2f (VDPBF16PS/FMA multiply-adds a second; %s)",
                   cpu::bf16_dot_rate(),
                   cpu::bf16_dot_rate() >= cpu::kDotFullRate ? "dot products for every call"
-                                                            : "LSTM/GRU at batch <= 4 whose W_hh "
-                                                              "slice a thread takes >= batch MiB "
-                                                              "in float32");
+                                                            : "LSTM/GRU at batch 1 whose W_hh "
+                                                              "slice a thread takes >= 1 MiB in "
+                                                              "float32");
     info["bf16_dot_rate"] = rate;
+  }
+  if (widened && cpu::cpu_kernels().panel_gemm_bf16w != nullptr) {
+    char panels[160];
+    std::snprintf(panels, sizeof(panels),
+                  "bfloat16 panels where a widened step product has <= %lld rows and its float32 "
+                  "panels would take > %.2f MiB (3/4 of L2)",
+                  static_cast<long long>(cpu::kBf16PanelMaxRows),
+                  static_cast<double>(cpu::bf16_half_panels_min_bytes()) / (1 << 20));
+    info["bf16_half_panels"] = panels;
   }
   info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";
   info["threads"] = std::to_string(at::get_num_threads());

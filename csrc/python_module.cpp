@@ -248,6 +248,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_bf16_round_native", &rnnfast::cpu::bf16_round_native,
         "Whether this CPU has the AVX512-BF16 conversion the bfloat16 data path rounds with "
         "(under the avx512 kernel set; else it rounds in integer arithmetic).");
+  m.def("_bf16_half_panels", &rnnfast::cpu::bf16_half_panels_for, pybind11::arg("m_max"),
+        pybind11::arg("n"), pybind11::arg("k"),
+        "Whether a widened bfloat16 weight op(W) [k, n] used for at most m_max rows a call is "
+        "packed as bfloat16 panels, widened in registers (the same bits as float32 panels).");
+  m.def(
+      "_set_bf16_half_panels",
+      [](const std::string& mode) {
+        using rnnfast::cpu::HalfPanels;
+        TORCH_CHECK(mode == "auto" || mode == "always" || mode == "never",
+                    "_set_bf16_half_panels: mode must be 'auto', 'always' or 'never', got '", mode, "'");
+        rnnfast::cpu::set_bf16_half_panels(mode == "always" ? HalfPanels::kAlways
+                                           : mode == "never" ? HalfPanels::kNever
+                                                             : HalfPanels::kAuto);
+      },
+      pybind11::arg("mode"),
+      "Testing and comparisons: which widened bfloat16 weights later calls pack as bfloat16 "
+      "panels: 'auto' (the rule: up to 8 rows, float32 panels above 3/4 of L2), 'always' (up "
+      "to 8 rows) or 'never'.");
   m.def("_bf16_dot_rate", &rnnfast::cpu::bf16_dot_rate,
         "VDPBF16PS's multiply-adds a second over FMA's on this CPU, measured once (0 without "
         "AVX512-BF16); the dot products serve every bfloat16 call at 1.5 or more.");

@@ -218,6 +218,34 @@ def test_without_a_bfloat16_kernel_calls_take_the_widened_path():
         _C._reset_bf16_kernel()
 
 
+@pytest.mark.parametrize("kind", kind_params())
+def test_widened_small_batch_steps_on_bfloat16_panels_bitwise(kind):
+    """At up to 8 rows a step, the widened path's step products read the weights as bfloat16
+    panels widened in registers (half the bytes to stream through the caches): every output,
+    state and gradient is bitwise what float32 panels of the same values give, at batches
+    1, 3 and 8, padded and packed (shrinking batches), bidirectional and stacked."""
+    from rnnfast import _C
+    if rnnfast.build_info()["step_gemm"] != "rnnfast panel micro-kernel":
+        pytest.skip("widened bfloat16 path: this kernel set has no panel micro-kernel")
+    assert _C._select_bf16_kernel("widened")
+    try:
+        torch.manual_seed(11)
+        mod = kind.fast_layer(13, 37, **dict(kind.kwargs, num_layers=2, bidirectional=True),
+                              dtype=torch.bfloat16)
+        for lengths, packed in ((torch.tensor([6]), False), (torch.tensor([5, 5, 5]), False),
+                                (torch.tensor([7, 6, 6, 4, 3, 3, 2, 1]), True)):
+            x = torch.randn(int(lengths.max()), len(lengths), 13).bfloat16()
+            runs = []
+            for mode in ("always", "never"):
+                _C._set_bf16_half_panels(mode)
+                runs.append(_run(mod, x, lengths, packed, torch.bfloat16))
+            for i, (a, b) in enumerate(zip(*runs)):
+                assert torch.equal(a, b), f"tensor {i} differs between bfloat16 and float32 panels"
+    finally:
+        _C._set_bf16_half_panels("auto")
+        _C._reset_bf16_kernel()
+
+
 def test_a_layer_call_weighs_its_own_w_hh_slice():
     """The layers ask the rule with the float32 bytes of one thread's slice of W_hh (the step
     loops split its rows among the intra-op threads)."""

@@ -176,15 +176,46 @@ def _needs_panel_kernel():
                     "kernel set has no panel micro-kernel")
 
 
+@pytest.fixture(params=["always", "never"], ids=["bf16-panels", "f32-panels"])
+def half_panels(request):
+    """Widened bfloat16 weights for up to 8 rows packed as bfloat16 panels (widened in
+    registers) or as float32 panels, whatever their size."""
+    _needs_panel_kernel()
+    _C._set_bf16_half_panels(request.param)
+    try:
+        assert _C._bf16_half_panels(8, 16, 16) == (request.param == "always")
+        assert not _C._bf16_half_panels(9, 16, 16)
+        yield request.param
+    finally:
+        _C._set_bf16_half_panels("auto")
+
+
+def test_bfloat16_panels_where_float32_ones_would_crowd_l2():
+    """The rule: bfloat16 panels for at most 8 rows where the float32 panels would take more
+    than 3/4 of L2 (the bytes build_info names), float32 panels otherwise."""
+    _needs_panel_kernel()
+    info = rnnfast.build_info()["bf16_half_panels"]
+    mib = float(info.split("> ")[1].split(" MiB")[0])
+    floats = int(mib * 2 ** 20) // 4  # at the bound (to 2 decimals of a MiB)
+    n = 512
+    k_over, k_under = floats // n + 64, floats // n - 64
+    assert _C._bf16_half_panels(8, n, k_over) and _C._bf16_half_panels(1, n, k_over)
+    assert not _C._bf16_half_panels(9, n, k_over)
+    assert not _C._bf16_half_panels(4, n, k_under)
+    assert not _C._bf16_half_panels(1, 16, 16)
+
+
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 @pytest.mark.parametrize("trans_w", [True, False], ids=["W^T", "W"])
-def test_widened_bfloat16_weight_is_the_float32_product_bitwise(trans_w, beta):
-    """A bfloat16 weight packed for the widened path (bf16_terms 0) is widened exactly into
-    the micro-kernel's float32 panels: every product equals, bit for bit, the one packed
-    from a float32 copy of the same values, at partial panels, odd K and strided weights."""
-    _needs_panel_kernel()
+def test_widened_bfloat16_weight_is_the_float32_product_bitwise(trans_w, beta, half_panels):
+    """A bfloat16 weight packed for the widened path (bf16_terms 0) is widened exactly, into
+    the micro-kernel's float32 panels or, for up to 8 rows, in registers from bfloat16 panels:
+    every product equals, bit for bit, the one packed from a float32 copy of the same values,
+    at every row count up to 8, partial panels, odd K and strided weights."""
     gen = torch.Generator().manual_seed(5)
-    for M, N, K in [(1, 16, 7), (3, 17, 128), (7, 33, 301), (13, 100, 64), (64, 48, 1031)]:
+    cases = [(M, 16 * M + 3, 5 + 37 * M) for M in range(1, 9)]
+    cases += [(1, 16, 7), (3, 17, 128), (7, 33, 301), (8, 200, 64), (13, 100, 64), (64, 48, 1031)]
+    for M, N, K in cases:
         shape = (N, K) if trans_w else (K, N)
         w16 = torch.randn(shape[0], shape[1] + 3, generator=gen).bfloat16()[:, 1:shape[1] + 1]
         x = torch.randn(M, K, generator=gen)
@@ -195,13 +226,12 @@ def test_widened_bfloat16_weight_is_the_float32_product_bitwise(trans_w, beta):
         assert torch.equal(got, want), (M, N, K)
 
 
-def test_widened_bfloat16_rows_and_grouped_weight_bitwise():
+def test_widened_bfloat16_rows_and_grouped_weight_bitwise(half_panels):
     """The widened input projection: bfloat16 rows of x (strided) widened for the panel
     micro-kernel onto the bias rows, against a grouped bfloat16 weight (a thread's gate rows):
     the float32 product of the same values, packed from a float32 copy, bit for bit."""
-    _needs_panel_kernel()
     gen = torch.Generator().manual_seed(6)
-    for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (128, 24, 4, 257)]:
+    for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (8, 40, 3, 70), (128, 24, 4, 257)]:
         stride = per_group + 5
         w16 = torch.randn((groups - 1) * stride + per_group, K, generator=gen).bfloat16()
         rows = torch.cat([torch.arange(g * stride, g * stride + per_group) for g in range(groups)])

@@ -60,17 +60,18 @@ bool bf16_kernels_usable();                   // bf16_kernel() != kNone
 // always on AMX; with the dot products, every call where VDPBF16PS retires at least
 // kDotFullRate times the multiply-adds a second of FMA on this CPU (bf16_dot_rate(): AMD
 // Zen 4 measured 2.0, a full-rate instruction there), else only the LSTM and GRU at batch <=
-// kDotMaxBatch whose float32 W_hh slice takes at least batch * kDotBytesPerRow: there a step
-// is bound by reading W_hh from beyond L2, and the dot products read half the bytes. (On the
-// Emerald Rapids Xeon without AMX, rate 0.5, against the widened path, 2 threads: the LSTM at
-// H 512, 2 MiB a thread, ran 0.63x/0.80x of float32's inference time with the dot products at
-// batch 1/2 against 1.04x/1.02x widened, but 1.22x at batch 4 against 0.97x; at H 256, 0.5 MiB,
-// they tied at batch 1 and lost from batch 2 (1.26x against 1.03x); the GRU at H 512, 1.5
-// MiB, won at batch 1 (0.86x/0.97x) and lost at 2; at H 1024, 6-8 MiB, both won at batch 2
-// and 4 and lost at 8 (LSTM training 1.32x against 1.12x); the two-term products of the
-// Elman RNN lost everywhere.) Every call when the kernel was asked for (RNNFAST_CPU_BF16 or
-// bf16_select_kernel). Elsewhere the widened path or the float32 path on copies runs.
-constexpr int64_t kDotMaxBatch = 4;
+// kDotMaxBatch (1) whose float32 W_hh slice takes at least batch * kDotBytesPerRow: there a
+// step is bound by reading W_hh from beyond L2, and the dot products read half the bytes. At
+// 2 to 8 rows the widened path's bfloat16 panels (panel_gemm.h PanelGemmBf16W) read half the
+// bytes too, at FMA's full rate. (On the Emerald Rapids Xeon without AMX, rate 0.5, 2
+// threads, time over rnnfast float32's, dot products / widened on bfloat16 panels: LSTM
+// inference H 512 batch 1 0.61/0.70, batch 2 0.84/0.79, H 1024 batch 1 0.60/0.67, batch 2
+// 0.68/0.69, batch 4 0.85/0.65; training H 512 batch 2 1.00/0.79, H 1024 batch 4 1.07/0.83;
+// the GRU at H 512 batch 1, whose 1.5 MiB slice keeps float32 panels, 0.81/1.09; the
+// two-term products of the Elman RNN lost everywhere.) Every call when the kernel was asked
+// for (RNNFAST_CPU_BF16 or bf16_select_kernel). Elsewhere the widened path or the float32
+// path on copies runs.
+constexpr int64_t kDotMaxBatch = 1;
 constexpr int64_t kDotBytesPerRow = int64_t(1) << 20;
 constexpr double kDotFullRate = 1.5;
 bool bf16_kernels_for(bool plain_rnn, int64_t batch, int64_t w_hh_bytes);

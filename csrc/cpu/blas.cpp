@@ -7,8 +7,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -334,6 +336,75 @@ void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, i
   }
 }
 
+void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
+                             uint16_t* panels16, int64_t groups, int64_t group_stride) {
+  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
+              "rnnfast internal error: bad weight groups");
+  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+  const int64_t npanels = (N + kPanel - 1) / kPanel;
+  if (!trans_w) {  // row k of a panel: 16 values of row k of W, zeros past N
+    for (int64_t j = 0; j < npanels; ++j) {
+      const int64_t cols = std::min(kPanel, N - j * kPanel);
+      for (int64_t k = 0; k < K; ++k) {
+        uint16_t* dst = panels16 + (j * K + k) * kPanel;
+        std::memcpy(dst, W16 + k * ldw + j * kPanel, sizeof(uint16_t) * cols);
+        std::fill(dst + cols, dst + kPanel, uint16_t(0));
+      }
+    }
+    return;
+  }
+  // W^T: a panel's rows widened and transposed as pack_panels_bf16 does, then narrowed back
+  // (exact: every value is a widened bfloat16).
+  std::vector<float> rows(static_cast<size_t>(kPanel * K));
+  std::vector<float> panel(static_cast<size_t>(kPanel * K));
+  for (int64_t j = 0; j < npanels; ++j) {
+    const int64_t cols = std::min(kPanel, N - j * kPanel);
+    for (int64_t c = 0; c < cols; ++c)
+      bf16_widen_rows(1, K, W16 + grouped_row(j * kPanel + c, per_group, group_stride) * ldw, ldw,
+                      rows.data() + c * K, K);
+    pack_panels(true, cols, K, rows.data(), K, panel.data());
+    uint16_t* __restrict dst = panels16 + j * K * kPanel;
+    const float* __restrict src = panel.data();
+    for (int64_t i = 0; i < K * kPanel; ++i) {
+      uint32_t u;
+      std::memcpy(&u, src + i, sizeof(u));
+      dst[i] = static_cast<uint16_t>(u >> 16);
+    }
+  }
+}
+
+namespace {
+
+std::atomic<int> g_bf16_half_panels{static_cast<int>(HalfPanels::kAuto)};
+
+}  // namespace
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (b > 0) return static_cast<int64_t>(b);
+#endif
+    return int64_t(1) << 20;
+  }();
+  return bytes;
+}
+
+int64_t bf16_half_panels_min_bytes() { return l2_cache_bytes() / 4 * 3; }
+
+void set_bf16_half_panels(HalfPanels mode) {
+  g_bf16_half_panels.store(static_cast<int>(mode), std::memory_order_relaxed);
+}
+
+bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K) {
+  if (cpu_kernels().panel_gemm_bf16w == nullptr || M_max > kBf16PanelMaxRows) return false;
+  switch (static_cast<HalfPanels>(g_bf16_half_panels.load(std::memory_order_relaxed))) {
+    case HalfPanels::kAlways: return true;
+    case HalfPanels::kNever: return false;
+    default: return 4 * panel_floats(N, K) > bf16_half_panels_min_bytes();
+  }
+}
+
 namespace {
 
 // The CPU's own panel micro-kernel (float32 on sets that have one), or nullptr.
@@ -439,15 +510,25 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
                   N % groups == 0 && (trans_w || groups == 1),
               "rnnfast internal error: a bfloat16 weight is packed as float32 only");
   if (bf16_terms == 0) {
-    // Widened: float32 panels of op(W) for the panel micro-kernel.
+    // Widened: float32 panels of op(W) for the panel micro-kernel; for a few rows, panels
+    // of the bfloat16 values themselves, widened in registers (half the bytes to stream).
     kernel_ = panel_kernel<float>();
     TORCH_CHECK(kernel_ != nullptr,
                 "rnnfast internal error: widened bfloat16 weights need the panel micro-kernel");
+    widened_ = true;
+    if (bf16_half_panels_for(M_max, N, K)) {
+      const size_t bytes = sizeof(uint16_t) * static_cast<size_t>(panel_floats(N, K));
+      panels_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      TORCH_CHECK(panels_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
+      pack_panels_bf16_halves(trans_w, N, K, W16, ldw, static_cast<uint16_t*>(panels_), groups,
+                              group_stride);
+      kernel16_ = cpu_kernels().panel_gemm_bf16w;
+      return;
+    }
     const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
     panels_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     TORCH_CHECK(panels_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
     pack_panels_bf16(trans_w, N, K, W16, ldw, static_cast<float*>(panels_), groups, group_stride);
-    widened_ = true;
     return;
   }
   TORCH_CHECK(bf16_kernels_usable(),
@@ -498,6 +579,12 @@ void PackedWeight<T>::gemm(int64_t M, const T* X, int64_t ldx, T beta, T* C, int
       }
       return;
     }
+    if (kernel16_ != nullptr) {
+      TORCH_CHECK((beta == 0.0f || beta == 1.0f) && M <= M_max_,
+                  "rnnfast internal error: panel GEMM takes beta 0 or 1 and at most M_max rows");
+      kernel16_(M, N_, K_, static_cast<const uint16_t*>(panels_), X, ldx, beta != 0.0f, C, ldc);
+      return;
+    }
     if (panels_ != nullptr) {
       TORCH_CHECK(beta == 0.0f || beta == 1.0f, "rnnfast internal error: panel GEMM takes beta 0 or 1");
       kernel_(M, N_, K_, static_cast<const float*>(panels_), X, ldx, beta != 0.0f, C, ldc);
@@ -530,7 +617,11 @@ void PackedWeight<T>::gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, con
       if (bias != nullptr) {
         for (int64_t m = 0; m < M; ++m) std::memcpy(C + m * ldc, bias, sizeof(float) * N_);
       }
-      kernel_(M, N_, K_, static_cast<const float*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
+      if (kernel16_ != nullptr) {
+        kernel16_(M, N_, K_, static_cast<const uint16_t*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
+      } else {
+        kernel_(M, N_, K_, static_cast<const float*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
+      }
       return;
     }
   }

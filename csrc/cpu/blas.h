@@ -120,12 +120,39 @@ class PackedWeight {
   void* amx_tiles_;         // bf16 with the bfloat16 kernels: op(W) in B tiles (bf16_gemm.h), else nullptr
   void* amx_rows_;          //   and the buffer of X's rows rounded to bfloat16
   bool widened_ = false;    // W16 widened into panels_ (bf16_terms 0)
+  PanelGemmBf16W kernel16_ = nullptr;  // widened, M_max <= kBf16PanelMaxRows: panels_ holds
+                                       // W16's values (bfloat16 panels) for this kernel
   mutable float* rows_f32_ = nullptr;  // widened: gemm_bf16's rows of X in float32
 };
 
 // pack_panels of bfloat16 W16 (bit patterns), each value widened exactly to float32.
 void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
                       float* panels, int64_t groups = 1, int64_t group_stride = 0);
+
+// The same panels holding the bfloat16 values themselves (PanelGemmBf16W, panel_gemm.h):
+// panels16[j][k][c], zeros past column N.
+void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
+                             uint16_t* panels16, int64_t groups = 1, int64_t group_stride = 0);
+
+// Whether a widened bfloat16 weight op(W) [K, N] multiplied by at most M_max rows a call is
+// packed as bfloat16 panels (PanelGemmBf16W) rather than float32 ones: where the kernel set
+// has that kernel, M_max <= kBf16PanelMaxRows and its float32 panels would take more than
+// bf16_half_panels_min_bytes(), 3/4 of the L2 cache (a thread's slice of W_hh that the cache
+// cannot keep with everything else a step reads). Below that the float32 panels stay in L2
+// and widening in registers costs more than the bytes it saves. Measured on the
+// AVX512-BF16 Xeon (2 MiB L2), LSTM inference at T100, interleaved, time over rnnfast
+// float32's (float32 panels -> bfloat16 panels): slice 0.5 MiB, batch 1: 1.00 -> 1.02;
+// 1 MiB: batch 1 0.99 -> 1.05, batch 4 1.02 -> 1.07; 2 MiB: batch 1 0.96 -> 0.61, batch 4
+// 1.08 -> 0.97; 4 MiB (H1024), batch 4: 0.99 -> 0.66. The products are the same bits either
+// way. set_bf16_half_panels switches the rule off (kAlways, kNever), for tests and
+// comparisons.
+enum class HalfPanels { kAuto = 0, kAlways = 1, kNever = 2 };
+bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K);
+int64_t bf16_half_panels_min_bytes();
+void set_bf16_half_panels(HalfPanels mode);
+
+// The L2 cache's size in bytes (sysconf), or 1 MiB where the system does not say.
+int64_t l2_cache_bytes();
 
 // While alive, gemm() calls made by the current thread run single-threaded inside
 // the BLAS (for calls from inside our own parallel regions: MKL would otherwise

@@ -27,7 +27,7 @@ namespace cpu {
 namespace avx2 {
 constinit const CpuKernels kKernels = make_kernels("avx2", &panel_gemm_f32, &pack_panel_f32, &blocked_gemm_f32,
                                                  /*blocked_min_n=*/256,
-                                                 /*blocked_min_mnk_log2=*/28);
+                                                 /*blocked_min_mnk_log2=*/28, &panel_gemm_bf16w);
 }  // namespace avx2
 }  // namespace cpu
 }  // namespace rnnfast

@@ -29,7 +29,7 @@ namespace cpu {
 namespace avx512 {
 constinit const CpuKernels kKernels = make_kernels("avx512", &panel_gemm_f32, &pack_panel_f32, &blocked_gemm_f32,
                                                    /*blocked_min_n=*/16,
-                                                   /*blocked_min_mnk_log2=*/24);
+                                                   /*blocked_min_mnk_log2=*/24, &panel_gemm_bf16w);
 }  // namespace avx512
 }  // namespace cpu
 }  // namespace rnnfast

@@ -23,12 +23,23 @@ inline __mmask16 lanes(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
+// One k of a panel (16 columns) as float32: float32 panels as they are; bfloat16 panels
+// (PanelGemmBf16W) widened exactly, each value's 16 bits moved to the top of its lane.
+inline __m512 load_panel_row(const float* p) { return _mm512_load_ps(p); }
+inline __m512 load_panel_row(const uint16_t* p) {
+  // (The zero-masked forms: GCC 12 warns that the unmasked ones' undefined source may be
+  // used uninitialized.)
+  const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  const __mmask16 all = 0xFFFF;
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, h), 16));
+}
+
 // Rows [0, MR) of C, columns [0, ncols) (ncols <= 16 * NP): NP panels from wp (panel
-// p at wp + p * pstride, row k of a panel at + k * 16).
+// p at wp + p * pstride, row k of a panel at + k * 16), of float32 or bfloat16 values (WT).
 // X is row r, element k at X[r * ldx + k]; or, Packed, a row tile packed by k, at
 // X[k * MR + r] (ldx unused).
-template <int MR, int NP, bool Packed = false>
-inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
+template <int MR, int NP, bool Packed = false, typename WT = float>
+inline void zpanel_block(int64_t K, const WT* __restrict wp, int64_t pstride,
                          const float* __restrict X, int64_t ldx, float* __restrict C,
                          int64_t ldc, int64_t ncols, bool accumulate) {
   __m512 acc[MR][NP];
@@ -41,7 +52,7 @@ inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
   for (int64_t k = 0; k < K; ++k) {
     __m512 w[NP];
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(wp + p * pstride + k * kPanel);
+    for (int p = 0; p < NP; ++p) w[p] = load_panel_row(wp + p * pstride + k * kPanel);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(Packed ? X[k * MR + r] : X[r * ldx + k]);
@@ -70,19 +81,19 @@ inline void zpanel_block(int64_t K, const float* __restrict wp, int64_t pstride,
 }
 
 // Columns [0, N) for MR rows, NP panels at a time (the remainder one panel at a time).
-template <int MR, int NP>
-inline void zpanel_rows(int64_t N, int64_t K, const float* panels, const float* X, int64_t ldx,
+template <int MR, int NP, typename WT = float>
+inline void zpanel_rows(int64_t N, int64_t K, const WT* panels, const float* X, int64_t ldx,
                         bool accumulate, float* C, int64_t ldc) {
   const int64_t pstride = K * kPanel;
   int64_t n = 0;
   for (; n + (NP - 1) * kPanel < N; n += NP * kPanel) {
     const int64_t ncols = N - n < NP * kPanel ? N - n : NP * kPanel;
-    zpanel_block<MR, NP>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc, ncols,
-                         accumulate);
+    zpanel_block<MR, NP, false, WT>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc,
+                                    ncols, accumulate);
   }
   for (; n < N; n += kPanel) {
-    zpanel_block<MR, 1>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc,
-                        N - n < kPanel ? N - n : kPanel, accumulate);
+    zpanel_block<MR, 1, false, WT>(K, panels + (n / kPanel) * pstride, pstride, X, ldx, C + n, ldc,
+                                   N - n < kPanel ? N - n : kPanel, accumulate);
   }
 }
 
@@ -200,22 +211,37 @@ inline void panel_many_rows(int64_t M, int64_t N, int64_t K, const float* panels
   return panel_many_rows_impl<false>(M, N, K, panels, X, ldx, accumulate, C, ldc, nullptr);
 }
 
+// Up to 8 rows (1 <= M <= 8): one row block against as many panels as give 8 to 24
+// accumulators; float32 or bfloat16 panels, summed in the same order.
+template <typename WT>
+inline void panel_few_rows(int64_t M, int64_t N, int64_t K, const WT* panels, const float* X,
+                           int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  switch (M) {
+    case 1: return zpanel_rows<1, 8, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 2: return zpanel_rows<2, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 3: return zpanel_rows<3, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 4: return zpanel_rows<4, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 5: return zpanel_rows<5, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 6: return zpanel_rows<6, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 7: return zpanel_rows<7, 3, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 8: return zpanel_rows<8, 3, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    default: return;
+  }
+}
+
 inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
                            int64_t ldx, bool accumulate, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  // Up to 8 rows: one row block against as many panels as give 8 to 24 accumulators.
-  switch (M) {
-    case 1: return zpanel_rows<1, 8>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 2: return zpanel_rows<2, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 3: return zpanel_rows<3, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 4: return zpanel_rows<4, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 5: return zpanel_rows<5, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 6: return zpanel_rows<6, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 7: return zpanel_rows<7, 3>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 8: return zpanel_rows<8, 3>(N, K, panels, X, ldx, accumulate, C, ldc);
-    default: break;
-  }
+  if (M <= 8) return panel_few_rows(M, N, K, panels, X, ldx, accumulate, C, ldc);
   return panel_many_rows(M, N, K, panels, X, ldx, accumulate, C, ldc);
+}
+
+// panel_gemm.h PanelGemmBf16W: M <= kBf16PanelMaxRows (8) rows on bfloat16 panels,
+// bitwise what panel_gemm_f32 gives on the same values widened into float32 panels.
+inline void panel_gemm_bf16w(int64_t M, int64_t N, int64_t K, const uint16_t* panels, const float* X,
+                             int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  panel_few_rows(M, N, K, panels, X, ldx, accumulate, C, ldc);
 }
 
 

@@ -9,10 +9,18 @@ namespace rnnfast {
 namespace cpu {
 namespace RNNFAST_ISA {
 
+// Eight columns of one k of a panel as float32: float32 panels as they are; bfloat16
+// panels (PanelGemmBf16W) widened exactly, each value's 16 bits moved to the top of its lane.
+inline __m256 load_panel_half(const float* p) { return _mm256_load_ps(p); }
+inline __m256 load_panel_half(const uint16_t* p) {
+  const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 // Rows [0, MR) of C, columns [0, ncols) (ncols <= 16 * NP): NP panels from wp (panel
-// p at wp + p * pstride), 2 * NP ymm accumulators per row.
-template <int MR, int NP>
-inline void panel_block(int64_t K, const float* __restrict wp, int64_t pstride,
+// p at wp + p * pstride) of float32 or bfloat16 values (WT), 2 * NP ymm accumulators per row.
+template <int MR, int NP, typename WT = float>
+inline void panel_block(int64_t K, const WT* __restrict wp, int64_t pstride,
                         const float* __restrict X, int64_t ldx, float* __restrict C, int64_t ldc,
                         int64_t ncols, bool accumulate) {
   __m256 acc[MR][2 * NP];
@@ -25,8 +33,8 @@ inline void panel_block(int64_t K, const float* __restrict wp, int64_t pstride,
     __m256 w[2 * NP];
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
-      w[2 * p] = _mm256_load_ps(wp + p * pstride + k * kPanel);
-      w[2 * p + 1] = _mm256_load_ps(wp + p * pstride + k * kPanel + 8);
+      w[2 * p] = load_panel_half(wp + p * pstride + k * kPanel);
+      w[2 * p + 1] = load_panel_half(wp + p * pstride + k * kPanel + 8);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
@@ -56,63 +64,76 @@ inline void panel_block(int64_t K, const float* __restrict wp, int64_t pstride,
 }
 
 // All column blocks of NP panels for MR rows.
-template <int MR, int NP>
-inline void panel_rows(int64_t N, int64_t K, const float* panels, const float* X, int64_t ldx,
+template <int MR, int NP, typename WT = float>
+inline void panel_rows(int64_t N, int64_t K, const WT* panels, const float* X, int64_t ldx,
                        bool accumulate, float* C, int64_t ldc) {
   const int64_t pstride = K * kPanel;
   for (int64_t n = 0; n < N; n += NP * kPanel) {
     const int64_t ncols = N - n < NP * kPanel ? N - n : NP * kPanel;
-    const float* wp = panels + (n / kPanel) * pstride;
+    const WT* wp = panels + (n / kPanel) * pstride;
     if (ncols > (NP - 1) * kPanel) {
-      panel_block<MR, NP>(K, wp, pstride, X, ldx, C + n, ldc, ncols, accumulate);
+      panel_block<MR, NP, WT>(K, wp, pstride, X, ldx, C + n, ldc, ncols, accumulate);
     } else {  // fewer panels left than a block holds: one at a time
       for (int64_t q = 0; q < ncols; q += kPanel) {
-        panel_block<MR, 1>(K, wp + (q / kPanel) * pstride, pstride, X, ldx, C + n + q, ldc,
-                           ncols - q < kPanel ? ncols - q : kPanel, accumulate);
+        panel_block<MR, 1, WT>(K, wp + (q / kPanel) * pstride, pstride, X, ldx, C + n + q, ldc,
+                               ncols - q < kPanel ? ncols - q : kPanel, accumulate);
       }
     }
   }
 }
 
-template <int MR>
-inline void panel_column(int64_t K, const float* wp, const float* X, int64_t ldx,
+template <int MR, typename WT = float>
+inline void panel_column(int64_t K, const WT* wp, const float* X, int64_t ldx,
                          bool accumulate, float* C, int64_t ldc, int64_t ncols) {
-  panel_block<MR, 1>(K, wp, K * kPanel, X, ldx, C, ldc, ncols, accumulate);
+  panel_block<MR, 1, WT>(K, wp, K * kPanel, X, ldx, C, ldc, ncols, accumulate);
 }
 
-inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
-                           int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+template <typename WT>
+inline void panel_gemm_t(int64_t M, int64_t N, int64_t K, const WT* panels, const float* X,
+                         int64_t ldx, bool accumulate, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   // Up to 6 rows: one row block; fewer rows take more panels at once, so that at
   // least 8 independent accumulators hide the FMA latency.
   switch (M) {
-    case 1: return panel_rows<1, 4>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 2: return panel_rows<2, 2>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 3: return panel_rows<3, 2>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 4: return panel_rows<4, 1>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 5: return panel_rows<5, 1>(N, K, panels, X, ldx, accumulate, C, ldc);
-    case 6: return panel_rows<6, 1>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 1: return panel_rows<1, 4, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 2: return panel_rows<2, 2, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 3: return panel_rows<3, 2, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 4: return panel_rows<4, 1, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 5: return panel_rows<5, 1, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
+    case 6: return panel_rows<6, 1, WT>(N, K, panels, X, ldx, accumulate, C, ldc);
     default: break;
   }
   // More rows: panel by panel, all rows against a panel while it is in L1/L2.
   const int64_t pstride = K * kPanel;
   for (int64_t n = 0; n < N; n += kPanel) {
-    const float* wp = panels + (n / kPanel) * pstride;
+    const WT* wp = panels + (n / kPanel) * pstride;
     const int64_t ncols = N - n < kPanel ? N - n : kPanel;
     int64_t m = 0;
     for (; m + 6 <= M; m += 6)
-      panel_column<6>(K, wp, X + m * ldx, ldx, accumulate, C + m * ldc + n, ldc, ncols);
+      panel_column<6, WT>(K, wp, X + m * ldx, ldx, accumulate, C + m * ldc + n, ldc, ncols);
     const float* xr = X + m * ldx;
     float* cr = C + m * ldc + n;
     switch (M - m) {
-      case 5: panel_column<5>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
-      case 4: panel_column<4>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
-      case 3: panel_column<3>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
-      case 2: panel_column<2>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
-      case 1: panel_column<1>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
+      case 5: panel_column<5, WT>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
+      case 4: panel_column<4, WT>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
+      case 3: panel_column<3, WT>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
+      case 2: panel_column<2, WT>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
+      case 1: panel_column<1, WT>(K, wp, xr, ldx, accumulate, cr, ldc, ncols); break;
       default: break;
     }
   }
+}
+
+inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels, const float* X,
+                           int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  panel_gemm_t(M, N, K, panels, X, ldx, accumulate, C, ldc);
+}
+
+// panel_gemm.h PanelGemmBf16W: M <= kBf16PanelMaxRows (8) rows on bfloat16 panels,
+// bitwise what panel_gemm_f32 gives on the same values widened into float32 panels.
+inline void panel_gemm_bf16w(int64_t M, int64_t N, int64_t K, const uint16_t* panels, const float* X,
+                             int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  panel_gemm_t(M, N, K, panels, X, ldx, accumulate, C, ldc);
 }
 
 

@@ -85,6 +85,8 @@ struct CpuKernels {
   // columns and M N K >= 2^(this); below it the BLAS was as fast in the measurements.
   int64_t blocked_gemm_min_n;
   int blocked_gemm_min_mnk_log2;
+  // The panel micro-kernel on bfloat16 panels (panel_gemm.h), or nullptr (the generic set).
+  PanelGemmBf16W panel_gemm_bf16w;
 };
 
 const CpuKernels& cpu_kernels();

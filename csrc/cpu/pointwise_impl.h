@@ -264,7 +264,8 @@ void rnn_bwd(const BwdStep<T>& s, int64_t row_begin, int64_t row_end) {
 constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nullptr,
                                   PackPanelF32 pack_panel = nullptr,
                                   BlockedGemmF32 blocked_gemm = nullptr,
-                                  int64_t blocked_min_n = 0, int blocked_min_mnk_log2 = 0) {
+                                  int64_t blocked_min_n = 0, int blocked_min_mnk_log2 = 0,
+                                  PanelGemmBf16W panel_gemm_bf16 = nullptr) {
   return CpuKernels{
       name,
       {&lstm_fwd<float>, &gru_fwd<float>, &rnn_fwd<float, false>, &rnn_fwd<float, true>},
@@ -275,7 +276,8 @@ constexpr CpuKernels make_kernels(const char* name, PanelGemmF32 panel_gemm = nu
       pack_panel,
       blocked_gemm,
       blocked_min_n,
-      blocked_min_mnk_log2};
+      blocked_min_mnk_log2,
+      panel_gemm_bf16};
 }
 
 }  // namespace RNNFAST_ISA
