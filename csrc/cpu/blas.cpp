@@ -308,6 +308,19 @@ void bf16_round_rows_portable(int64_t rows, int64_t cols, const float* src, int6
   }
 }
 
+namespace {
+
+// The `cols` rows of W16 that are columns j * 16 .. j * 16 + cols - 1 of op(W) = W16^T
+// (grouped as pack_panels takes them), widened into rows [cols, K].
+void widen_panel_rows(int64_t j, int64_t cols, int64_t K, const uint16_t* W16, int64_t ldw,
+                      int64_t per_group, int64_t group_stride, float* rows) {
+  for (int64_t c = 0; c < cols; ++c)
+    bf16_widen_rows(1, K, W16 + grouped_row(j * kPanel + c, per_group, group_stride) * ldw, ldw,
+                    rows + c * K, K);
+}
+
+}  // namespace
+
 // pack_panels for bfloat16 W (bit patterns), each value widened exactly to float32: the
 // rows of one panel (trans_w) are widened into a [16, K] buffer and packed from there.
 void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
@@ -329,9 +342,7 @@ void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, i
   std::vector<float> rows(static_cast<size_t>(kPanel * K));
   for (int64_t j = 0; j < npanels; ++j) {
     const int64_t cols = std::min(kPanel, N - j * kPanel);
-    for (int64_t c = 0; c < cols; ++c)
-      bf16_widen_rows(1, K, W16 + grouped_row(j * kPanel + c, per_group, group_stride) * ldw, ldw,
-                      rows.data() + c * K, K);
+    widen_panel_rows(j, cols, K, W16, ldw, per_group, group_stride, rows.data());
     pack_panels(true, cols, K, rows.data(), K, panels + j * K * kPanel);
   }
 }
@@ -359,9 +370,7 @@ void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t*
   std::vector<float> panel(static_cast<size_t>(kPanel * K));
   for (int64_t j = 0; j < npanels; ++j) {
     const int64_t cols = std::min(kPanel, N - j * kPanel);
-    for (int64_t c = 0; c < cols; ++c)
-      bf16_widen_rows(1, K, W16 + grouped_row(j * kPanel + c, per_group, group_stride) * ldw, ldw,
-                      rows.data() + c * K, K);
+    widen_panel_rows(j, cols, K, W16, ldw, per_group, group_stride, rows.data());
     pack_panels(true, cols, K, rows.data(), K, panel.data());
     uint16_t* __restrict dst = panels16 + j * K * kPanel;
     const float* __restrict src = panel.data();
