@@ -62,7 +62,7 @@ std::map<std::string, std::string> build_info() {
                                                               "float32");
     info["bf16_dot_rate"] = rate;
   }
-  if (widened && cpu::cpu_kernels().panel_gemm_bf16w != nullptr) {
+  if (cpu::cpu_kernels().panel_gemm_bf16w != nullptr) {
     char panels[160];
     std::snprintf(panels, sizeof(panels),
                   "bfloat16 panels where a widened step product has <= %lld rows and its float32 "

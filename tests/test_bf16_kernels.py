@@ -206,8 +206,8 @@ def test_amx_step_weight_packed_from_bfloat16(trans_w, terms):
 def test_dot_products_serve_the_calls_the_measured_rate_says(_kernel, rate):
     """Where the CPU's best kernel is the dot products (no AMX): every call where VDPBF16PS
     retires 1.5 times FMA's multiply-adds a second or more; below that the LSTM and GRU at one
-    row a step whose float32 W_hh slice per thread takes at least a MiB, the Elman RNN never. Asked for, every call uses the selected kernel (and AMX always serves every
-    call)."""
+    row a step whose float32 W_hh slice per thread takes at least a MiB, the Elman RNN never.
+    Asked for, every call uses the selected kernel (and AMX always serves every call)."""
     assert _C._select_bf16_kernel(_kernel, forced=False)
     _C._set_bf16_dot_rate(rate)
     mib = 1 << 20
