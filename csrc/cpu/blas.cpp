@@ -250,6 +250,13 @@ void packed_gemm<float>(const void* packed, int64_t N, int64_t K, int64_t M, con
 
 namespace {
 
+// The columns of op(W) per group of W's rows (the packings' `groups`, trans_w only), checked.
+inline int64_t rows_per_group(bool trans_w, int64_t N, int64_t groups) {
+  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
+              "rnnfast internal error: bad weight groups");
+  return groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+}
+
 // Row of W that holds column n of a grouped op(W) (see PackedWeight).
 inline int64_t grouped_row(int64_t n, int64_t per_group, int64_t group_stride) {
   return (n / per_group) * group_stride + n % per_group;
@@ -259,9 +266,7 @@ inline int64_t grouped_row(int64_t n, int64_t per_group, int64_t group_stride) {
 
 void pack_panels(bool trans_w, int64_t N, int64_t K, const float* W, int64_t ldw, float* panels,
                  int64_t groups, int64_t group_stride) {
-  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
-              "rnnfast internal error: bad weight groups");
-  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+  const int64_t per_group = rows_per_group(trans_w, N, groups);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const PackPanelF32 pack_panel = cpu_kernels().pack_panel_f32;
   for (int64_t j = 0; j < npanels; ++j) {
@@ -325,9 +330,7 @@ void widen_panel_rows(int64_t j, int64_t cols, int64_t K, const uint16_t* W16, i
 // rows of one panel (trans_w) are widened into a [16, K] buffer and packed from there.
 void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
                       float* panels, int64_t groups, int64_t group_stride) {
-  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
-              "rnnfast internal error: bad weight groups");
-  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+  const int64_t per_group = rows_per_group(trans_w, N, groups);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   if (!trans_w) {
     // Row k of W widened whole (one call), then its 16-column pieces into their panels.
@@ -349,9 +352,7 @@ void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, i
 
 void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
                              uint16_t* panels16, int64_t groups, int64_t group_stride) {
-  TORCH_CHECK(groups >= 1 && N % groups == 0 && (groups == 1 || trans_w),
-              "rnnfast internal error: bad weight groups");
-  const int64_t per_group = groups > 1 ? N / groups : std::max<int64_t>(N, 1);
+  const int64_t per_group = rows_per_group(trans_w, N, groups);
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   if (!trans_w) {  // row k of a panel: 16 values of row k of W, zeros past N
     for (int64_t j = 0; j < npanels; ++j) {

@@ -240,6 +240,7 @@ inline void panel_gemm_f32(int64_t M, int64_t N, int64_t K, const float* panels,
 // bitwise what panel_gemm_f32 gives on the same values widened into float32 panels.
 inline void panel_gemm_bf16w(int64_t M, int64_t N, int64_t K, const uint16_t* panels, const float* X,
                              int64_t ldx, bool accumulate, float* C, int64_t ldc) {
+  static_assert(kBf16PanelMaxRows <= 8, "panel_few_rows dispatches up to 8 rows");
   if (M <= 0 || N <= 0) return;
   panel_few_rows(M, N, K, panels, X, ldx, accumulate, C, ldc);
 }
