@@ -66,7 +66,7 @@ std::map<std::string, std::string> build_info() {
     char panels[160];
     std::snprintf(panels, sizeof(panels),
                   "bfloat16 panels where a widened step product has <= %lld rows and its float32 "
-                  "panels would take > %.2f MiB (3/4 of L2)",
+                  "panels would take >= %.2f MiB (3/4 of L2)",
                   static_cast<long long>(cpu::kBf16PanelMaxRows),
                   static_cast<double>(cpu::bf16_half_panels_min_bytes()) / (1 << 20));
     info["bf16_half_panels"] = panels;

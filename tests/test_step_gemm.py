@@ -191,11 +191,11 @@ def half_panels(request):
 
 
 def test_bfloat16_panels_where_float32_ones_would_crowd_l2():
-    """The rule: bfloat16 panels for at most 8 rows where the float32 panels would take more
-    than 3/4 of L2 (the bytes build_info names), float32 panels otherwise."""
+    """The rule: bfloat16 panels for at most 8 rows where the float32 panels would take at
+    least 3/4 of L2 (the bytes build_info names), float32 panels otherwise."""
     _needs_panel_kernel()
     info = rnnfast.build_info()["bf16_half_panels"]
-    mib = float(info.split("> ")[1].split(" MiB")[0])
+    mib = float(info.split(">= ")[1].split(" MiB")[0])
     floats = int(mib * 2 ** 20) // 4  # at the bound (to 2 decimals of a MiB)
     n = 512
     k_over, k_under = floats // n + 64, floats // n - 64
@@ -229,9 +229,12 @@ def test_widened_bfloat16_weight_is_the_float32_product_bitwise(trans_w, beta, h
 def test_widened_bfloat16_rows_and_grouped_weight_bitwise(half_panels):
     """The widened input projection: bfloat16 rows of x (strided) widened for the panel
     micro-kernel onto the bias rows, against a grouped bfloat16 weight (a thread's gate rows):
-    the float32 product of the same values, packed from a float32 copy, bit for bit."""
+    the float32 product of the same values, packed from a float32 copy, bit for bit. Also
+    where the rows are widened a block at a time (128 rows of K 257) and where the float32
+    panels would crowd L2, so that the blocks run over a slab of them at a time (800 x 600)."""
     gen = torch.Generator().manual_seed(6)
-    for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (8, 40, 3, 70), (128, 24, 4, 257)]:
+    for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (8, 40, 3, 70), (128, 24, 4, 257),
+                                    (100, 200, 4, 600)]:
         stride = per_group + 5
         w16 = torch.randn((groups - 1) * stride + per_group, K, generator=gen).bfloat16()
         rows = torch.cat([torch.arange(g * stride, g * stride + per_group) for g in range(groups)])

@@ -402,6 +402,12 @@ int64_t l2_cache_bytes() {
 
 int64_t bf16_half_panels_min_bytes() { return l2_cache_bytes() / 4 * 3; }
 
+int64_t widened_row_block(int64_t M_max, int64_t N, int64_t K) {
+  if (4 * panel_floats(N, K) > bf16_half_panels_min_bytes()) return std::max<int64_t>(M_max, 1);
+  const int64_t rows = kWidenedRowBytes / (4 * std::max<int64_t>(K, 1)) / 12 * 12;
+  return std::max<int64_t>(1, std::min(M_max, std::max<int64_t>(12, rows)));
+}
+
 void set_bf16_half_panels(HalfPanels mode) {
   g_bf16_half_panels.store(static_cast<int>(mode), std::memory_order_relaxed);
 }
@@ -411,7 +417,7 @@ bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K) {
   switch (static_cast<HalfPanels>(g_bf16_half_panels.load(std::memory_order_relaxed))) {
     case HalfPanels::kAlways: return true;
     case HalfPanels::kNever: return false;
-    default: return 4 * panel_floats(N, K) > bf16_half_panels_min_bytes();
+    default: return 4 * panel_floats(N, K) >= bf16_half_panels_min_bytes();
   }
 }
 
@@ -616,21 +622,28 @@ void PackedWeight<T>::gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, con
   if (M <= 0 || N_ <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
     if (amx_tiles_ == nullptr) {
-      // Widened: the rows widened into float32 (once allocated, M_max x K), then the panel
-      // micro-kernel onto the bias rows or zeros.
+      // Widened: a block of rows widened into float32 at a time (widened_row_block rows, the
+      // buffer allocated once), then the panel micro-kernel onto the bias rows or zeros. Each
+      // C element is the same sum over k, in the same order, whatever the blocks.
+      const int64_t rb = widened_row_block(M_max_, N_, K_);
       if (rows_f32_ == nullptr) {
-        const size_t bytes = sizeof(float) * static_cast<size_t>(M_max_ * K_);
+        const size_t bytes = sizeof(float) * static_cast<size_t>(rb * K_);
         rows_f32_ = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-        TORCH_CHECK(rows_f32_ != nullptr, "rnnfast: out of memory for ", M_max_, "x", K_, " rows");
+        TORCH_CHECK(rows_f32_ != nullptr, "rnnfast: out of memory for ", rb, "x", K_, " rows");
       }
-      bf16_widen_rows(M, K_, X16, ldx, rows_f32_, K_);
       if (bias != nullptr) {
         for (int64_t m = 0; m < M; ++m) std::memcpy(C + m * ldc, bias, sizeof(float) * N_);
       }
-      if (kernel16_ != nullptr) {
-        kernel16_(M, N_, K_, static_cast<const uint16_t*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
-      } else {
-        kernel_(M, N_, K_, static_cast<const float*>(panels_), rows_f32_, K_, bias != nullptr, C, ldc);
+      for (int64_t m0 = 0; m0 < M; m0 += rb) {
+        const int64_t mc = std::min(rb, M - m0);
+        bf16_widen_rows(mc, K_, X16 + m0 * ldx, ldx, rows_f32_, K_);
+        if (kernel16_ != nullptr) {
+          kernel16_(mc, N_, K_, static_cast<const uint16_t*>(panels_), rows_f32_, K_,
+                    bias != nullptr, C + m0 * ldc, ldc);
+        } else {
+          kernel_(mc, N_, K_, static_cast<const float*>(panels_), rows_f32_, K_, bias != nullptr,
+                  C + m0 * ldc, ldc);
+        }
       }
       return;
     }

@@ -99,8 +99,8 @@ class PackedWeight {
   // Only where takes_bf16_rows(): C[M, N] = bias + X16 op(W) for bfloat16 rows X16 (bit
   // patterns, row stride ldx), bias [N] repeated on every row, or no bias (nullptr). X16 is
   // taken as it is (one term whatever bf16_terms says): on the bfloat16 kernels with no
-  // rounding and no float32 copy of X; widened, its M rows are widened into a buffer of
-  // M_max rows (allocated on first use) for the panel micro-kernel.
+  // rounding and no float32 copy of X; widened, its rows are widened a block at a time
+  // (widened_row_block; the buffer allocated on first use) for the panel micro-kernel.
   void gemm_bf16(int64_t M, const uint16_t* X16, int64_t ldx, const float* bias, float* C,
                  int64_t ldc) const;
 
@@ -136,10 +136,12 @@ void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t*
 
 // Whether a widened bfloat16 weight op(W) [K, N] multiplied by at most M_max rows a call is
 // packed as bfloat16 panels (PanelGemmBf16W) rather than float32 ones: where the kernel set
-// has that kernel, M_max <= kBf16PanelMaxRows and its float32 panels would take more than
+// has that kernel, M_max <= kBf16PanelMaxRows and its float32 panels would take at least
 // bf16_half_panels_min_bytes(), 3/4 of the L2 cache (a thread's slice of W_hh that the cache
 // cannot keep with everything else a step reads). Below that the float32 panels stay in L2
-// and widening in registers costs more than the bytes it saves. Measured on the
+// and widening in registers costs more than the bytes it saves; at 3/4 the two tie (GRU
+// T100 B4 H512, a 1.5 MiB slice: 0.985 and 0.989 inference, 0.977 and 0.987 training) and
+// the bfloat16 panels take half the memory. Measured on the
 // AVX512-BF16 Xeon (2 MiB L2), LSTM inference at T100, interleaved, time over rnnfast
 // float32's (float32 panels -> bfloat16 panels): slice 0.5 MiB, batch 1: 1.00 -> 1.02;
 // 1 MiB: batch 1 0.99 -> 1.05, batch 4 1.02 -> 1.07; 2 MiB: batch 1 0.96 -> 0.61, batch 4
@@ -149,6 +151,15 @@ void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t*
 enum class HalfPanels { kAuto = 0, kAlways = 1, kNever = 2 };
 bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K);
 int64_t bf16_half_panels_min_bytes();
+
+// PackedWeight::gemm_bf16 widens the rows of X a block at a time where the weight's float32
+// panels stay in L2 (take at most bf16_half_panels_min_bytes()): blocks of a multiple of 12
+// rows, at least 12, whose float32 values take about kWidenedRowBytes (a buffer of all M_max
+// rows took 256 KiB a thread at T100 B4 H512). Panels that do not stay in L2 are read from
+// memory once a call for all M_max rows at once (blocks there cost LSTM inference at T50
+// B128 H1024 10%, each block reading the panels again).
+constexpr int64_t kWidenedRowBytes = int64_t(96) << 10;
+int64_t widened_row_block(int64_t M_max, int64_t N, int64_t K);
 void set_bf16_half_panels(HalfPanels mode);
 
 // The L2 cache's size in bytes (sysconf), or 1 MiB where the system does not say.

@@ -221,19 +221,19 @@ int64_t dx_block_rows(int64_t N, int64_t I, int64_t elem_bytes) {
 // (sequence_gemm) on bfloat16 operands widened a block at a time, so that no float32 copy of
 // a whole operand exists, not even of a weight. The float32 blocks share one workspace of
 // about twice `budget` bytes (widened_budget: an eighth of the bfloat16 gate gradients'
-// size, 256 KiB to 4 MiB; 1 MiB where the gate gradients take 2 MiB or less, so that a
+// size, 256 KiB to 4 MiB; 512 KiB where the gate gradients take 2 MiB or less, so that a
 // small call's products run in a few GEMMs each: training steps at T100 B4 H512 took 1.27x
-// (RNN), 1.16x (LSTM) and 1.19x (GRU) their float32 time with the smaller workspace, 1.01x,
-// 0.94x and 1.01x with 1 MiB, and the memory stays small next to the step's: the RNN's
-// bfloat16 peak went from 3.6 to 5.0 MiB against torch.nn's 7.0, the GRU's from 9.1 to 10.5
-// against 12.8): a product's result a chunk of rows at a time (`budget`), each summed over blocks of
-// the reduction whose two widened operands take half of it each. An operand may be widened
+// (RNN), 1.16x (LSTM) and 1.19x (GRU) their float32 time with 256 KiB, about 1.05x, 0.99x
+// and 1.00x with 512 KiB; 1 MiB was up to 4% faster still, but put the bfloat16 training
+// step of the RNN and GRU at that shape above torch.nn's in memory): a product's result a
+// chunk of rows at a time (`budget`), each summed over blocks of the reduction whose two
+// widened operands take half of it each. An operand may be widened
 // more than once (B of a weight gradient once per chunk of its rows, W once per block of
 // dX's rows); widening runs at several GB/s, a few per cent of the products' time at most.
 int64_t widened_budget(int64_t N, int64_t GH) {
-  constexpr int64_t kSmall = int64_t(1) << 20;
-  if (N * GH * 2 <= 2 * kSmall) return kSmall;
-  return std::clamp<int64_t>(N * GH * 2 / 8, int64_t(256) << 10, int64_t(4) << 20);
+  const int64_t gates = N * GH * 2;
+  if (gates <= int64_t(2) << 20) return int64_t(512) << 10;
+  return std::clamp<int64_t>(gates / 8, int64_t(256) << 10, int64_t(4) << 20);
 }
 
 // The reduction of each widened GEMM call is at least this long where the product has it
