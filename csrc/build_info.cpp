@@ -63,12 +63,16 @@ std::map<std::string, std::string> build_info() {
     info["bf16_dot_rate"] = rate;
   }
   if (cpu::cpu_kernels().panel_gemm_bf16w != nullptr) {
-    char panels[160];
+    char panels[224];
+    const double mib = 1 << 20;
     std::snprintf(panels, sizeof(panels),
-                  "bfloat16 panels where a widened step product has <= %lld rows and its float32 "
-                  "panels would take >= %.2f MiB (3/4 of L2)",
-                  static_cast<long long>(cpu::kBf16PanelMaxRows),
-                  static_cast<double>(cpu::bf16_half_panels_min_bytes()) / (1 << 20));
+                  "bfloat16 panels where a widened step product's float32 panels would take >= "
+                  "%.2f MiB (3/4 of L2) at 1-4 rows, >= %.2f MiB (L2) at 5-6 rows, >= %.2f MiB "
+                  "(2x L2) at 7-%lld rows",
+                  static_cast<double>(cpu::bf16_half_panels_min_bytes(4)) / mib,
+                  static_cast<double>(cpu::bf16_half_panels_min_bytes(6)) / mib,
+                  static_cast<double>(cpu::bf16_half_panels_min_bytes(8)) / mib,
+                  static_cast<long long>(cpu::kBf16PanelMaxRows));
     info["bf16_half_panels"] = panels;
   }
   info["blocked_gemm"] = cpu::cpu_kernels().blocked_gemm_f32 != nullptr ? "true" : "false";

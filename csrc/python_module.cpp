@@ -264,7 +264,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       pybind11::arg("mode"),
       "Testing and comparisons: which widened bfloat16 weights later calls pack as bfloat16 "
-      "panels: 'auto' (the rule: up to 8 rows, float32 panels above 3/4 of L2), 'always' (up "
+      "panels: 'auto' (the rule in build_info()['bf16_half_panels']), 'always' (up "
       "to 8 rows) or 'never'.");
   m.def("_bf16_dot_rate", &rnnfast::cpu::bf16_dot_rate,
         "VDPBF16PS's multiply-adds a second over FMA's on this CPU, measured once (0 without "

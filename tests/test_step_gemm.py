@@ -192,16 +192,20 @@ def half_panels(request):
 
 def test_bfloat16_panels_where_float32_ones_would_crowd_l2():
     """The rule: bfloat16 panels for at most 8 rows where the float32 panels would take at
-    least 3/4 of L2 (the bytes build_info names), float32 panels otherwise."""
+    least the bytes build_info names for that many rows (3/4 of L2 at 1-4 rows, L2 at 5-6,
+    twice L2 at 7-8), float32 panels otherwise."""
     _needs_panel_kernel()
     info = rnnfast.build_info()["bf16_half_panels"]
-    mib = float(info.split(">= ")[1].split(" MiB")[0])
-    floats = int(mib * 2 ** 20) // 4  # at the bound (to 2 decimals of a MiB)
+    bounds = [float(part.split(" MiB")[0]) for part in info.split(">= ")[1:]]
+    assert len(bounds) == 3 and bounds[0] < bounds[1] < bounds[2], info
     n = 512
-    k_over, k_under = floats // n + 64, floats // n - 64
-    assert _C._bf16_half_panels(8, n, k_over) and _C._bf16_half_panels(1, n, k_over)
-    assert not _C._bf16_half_panels(9, n, k_over)
-    assert not _C._bf16_half_panels(4, n, k_under)
+    for rows, mib in zip((range(1, 5), range(5, 7), range(7, 9)), bounds):
+        floats = int(mib * 2 ** 20) // 4  # at the bound (to 2 decimals of a MiB)
+        k_over, k_under = floats // n + 64, floats // n - 64
+        for m in rows:
+            assert _C._bf16_half_panels(m, n, k_over), (m, mib)
+            assert not _C._bf16_half_panels(m, n, k_under), (m, mib)
+    assert not _C._bf16_half_panels(9, n, int(bounds[2] * 2 ** 20) // 4 // n + 64)
     assert not _C._bf16_half_panels(1, 16, 16)
 
 

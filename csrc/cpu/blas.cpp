@@ -400,10 +400,13 @@ int64_t l2_cache_bytes() {
   return bytes;
 }
 
-int64_t bf16_half_panels_min_bytes() { return l2_cache_bytes() / 4 * 3; }
+int64_t bf16_half_panels_min_bytes(int64_t rows) {
+  const int64_t l2 = l2_cache_bytes();
+  return rows <= 4 ? l2 / 4 * 3 : rows <= 6 ? l2 : 2 * l2;
+}
 
 int64_t widened_row_block(int64_t M_max, int64_t N, int64_t K) {
-  if (4 * panel_floats(N, K) > bf16_half_panels_min_bytes()) return std::max<int64_t>(M_max, 1);
+  if (4 * panel_floats(N, K) > l2_cache_bytes() / 4 * 3) return std::max<int64_t>(M_max, 1);
   const int64_t rows = kWidenedRowBytes / (4 * std::max<int64_t>(K, 1)) / 12 * 12;
   return std::max<int64_t>(1, std::min(M_max, std::max<int64_t>(12, rows)));
 }
@@ -417,7 +420,7 @@ bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K) {
   switch (static_cast<HalfPanels>(g_bf16_half_panels.load(std::memory_order_relaxed))) {
     case HalfPanels::kAlways: return true;
     case HalfPanels::kNever: return false;
-    default: return 4 * panel_floats(N, K) >= bf16_half_panels_min_bytes();
+    default: return 4 * panel_floats(N, K) >= bf16_half_panels_min_bytes(M_max);
   }
 }
 

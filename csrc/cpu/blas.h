@@ -137,23 +137,26 @@ void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t*
 // Whether a widened bfloat16 weight op(W) [K, N] multiplied by at most M_max rows a call is
 // packed as bfloat16 panels (PanelGemmBf16W) rather than float32 ones: where the kernel set
 // has that kernel, M_max <= kBf16PanelMaxRows and its float32 panels would take at least
-// bf16_half_panels_min_bytes(), 3/4 of the L2 cache (a thread's slice of W_hh that the cache
-// cannot keep with everything else a step reads). Below that the float32 panels stay in L2
-// and widening in registers costs more than the bytes it saves; at 3/4 the two tie (GRU
-// T100 B4 H512, a 1.5 MiB slice: 0.985 and 0.989 inference, 0.977 and 0.987 training) and
-// the bfloat16 panels take half the memory. Measured on the
-// AVX512-BF16 Xeon (2 MiB L2), LSTM inference at T100, interleaved, time over rnnfast
-// float32's (float32 panels -> bfloat16 panels): slice 0.5 MiB, batch 1: 1.00 -> 1.02;
-// 1 MiB: batch 1 0.99 -> 1.05, batch 4 1.02 -> 1.07; 2 MiB: batch 1 0.96 -> 0.61, batch 4
-// 1.08 -> 0.97; 4 MiB (H1024), batch 4: 0.99 -> 0.66. The products are the same bits either
-// way. set_bf16_half_panels switches the rule off (kAlways, kNever), for tests and
-// comparisons.
+// bf16_half_panels_min_bytes(M_max): 3/4 of the L2 cache at up to 4 rows, all of it at 5-6
+// rows, twice it at 7-8. A small-batch step is bound by streaming the thread's slice of W_hh
+// once L2 cannot keep it with everything else a step reads; half the bytes then keep it
+// there, for two more instructions per panel row (the widening) that each row block pays, so
+// the more rows, the less the bytes matter and the larger the slice must be. Measured on the
+// AVX512-BF16 Xeon (2 MiB L2), T100, interleaved, time over rnnfast float32's (float32
+// panels -> bfloat16 panels), LSTM inference: slice 0.5 MiB, batch 1: 1.00 -> 1.02; 1 MiB:
+// batch 1 0.99 -> 1.05, batch 4 1.02 -> 1.07; 2 MiB: batch 1 0.96 -> 0.61, batch 4 1.08 ->
+// 0.97, batch 6 0.93 -> 0.91, batch 8 0.96 -> 1.06 (training 1.13 -> 1.16); 8 MiB (H1024),
+// batch 4: 0.99 -> 0.66, batch 8 0.97 -> 0.96. GRU, 1.5 MiB (H512): batch 2 training 1.17 ->
+// 1.09, batch 4 0.985 -> 0.989 (training 0.977 -> 0.987: a tie, and the bfloat16 panels take
+// half the memory), batch 6 0.95 -> 1.04, batch 8 0.99 -> 1.04; 6 MiB (H1024) batch 8 0.97
+// -> 0.85. The products are the same bits either way. set_bf16_half_panels switches the rule
+// off (kAlways, kNever), for tests and comparisons.
 enum class HalfPanels { kAuto = 0, kAlways = 1, kNever = 2 };
 bool bf16_half_panels_for(int64_t M_max, int64_t N, int64_t K);
-int64_t bf16_half_panels_min_bytes();
+int64_t bf16_half_panels_min_bytes(int64_t rows);
 
 // PackedWeight::gemm_bf16 widens the rows of X a block at a time where the weight's float32
-// panels stay in L2 (take at most bf16_half_panels_min_bytes()): blocks of a multiple of 12
+// panels stay in L2 (take at most 3/4 of it): blocks of a multiple of 12
 // rows, at least 12, whose float32 values take about kWidenedRowBytes (a buffer of all M_max
 // rows took 256 KiB a thread at T100 B4 H512). Panels that do not stay in L2 are read from
 // memory once a call for all M_max rows at once (blocks there cost LSTM inference at T50
