@@ -35,10 +35,8 @@ __all__ = ["MEMORY_IMPLS", "MemoryResult", "measure_step_memory", "measure_memor
 #    the input with :func:`make_pair` (float32, or bfloat16 with ``--dtypes bfloat16``: both
 #    layers and the input in that dtype; weights identical to torch.nn's), the input
 #    requiring grad as in ``train`` mode, and a fixed upstream gradient ``ones(T, B, H)``;
-#    drop the other implementation's layer, ``gc.collect()``, ``rnnfast.empty_cache()`` (the
-#    CPU weight panels rnnfast keeps between calls for the next call are freed, so a step's
-#    panels count to it, warm or cold), ``malloc_trim(0)`` (free heap memory goes back to the
-#    kernel, so it cannot silently absorb the step's allocations);
+#    drop the other implementation's layer, ``gc.collect()``, ``malloc_trim(0)`` (free heap
+#    memory goes back to the kernel, so it cannot silently absorb the step's allocations);
 # 2. ``rss_before`` = RSS from ``/proc/self/statm``; then the high-water mark is reset to the
 #    current RSS by writing ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0; checked at run
 #    time: after the write ``VmHWM`` must equal ``VmRSS``);
@@ -128,10 +126,7 @@ def _malloc_trim() -> None:
 def _settle() -> None:
     import gc  # noqa: PLC0415
 
-    import rnnfast  # noqa: PLC0415
-
     gc.collect()
-    rnnfast.empty_cache()  # the weight panels rnnfast keeps between calls count to each step
     _malloc_trim()
 
 

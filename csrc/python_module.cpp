@@ -248,11 +248,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_bf16_round_native", &rnnfast::cpu::bf16_round_native,
         "Whether this CPU has the AVX512-BF16 conversion the bfloat16 data path rounds with "
         "(under the avx512 kernel set; else it rounds in integer arithmetic).");
-  m.def("_release_kept_panels", &rnnfast::cpu::release_kept_panels,
-        "Frees the CPU step products' weight panels kept between calls (at most 8 MiB, blocks "
-        "of up to 4 MiB, process-wide) and returns their bytes.");
-  m.def("_kept_panels_bytes", &rnnfast::cpu::kept_panels_bytes,
-        "Bytes of CPU weight panels kept between calls for the next call to reuse.");
   m.def("_bf16_half_panels", &rnnfast::cpu::bf16_half_panels_for, pybind11::arg("m_max"),
         pybind11::arg("n"), pybind11::arg("k"),
         "Whether a widened bfloat16 weight op(W) [k, n] used for at most m_max rows a call is "

@@ -20,23 +20,10 @@ from .streaming import StreamingState
 from . import quantization  # registers the layers with torch's dynamic quantization
 from . import onnx  # registers the ONNX exporter's symbolic functions for rnnfast's operators
 from .onnx import OnnxExportError, onnx_translation_table
-from . import _C
 from ._C import build_info
 from ._cuda import cuda_algorithm
 
-
-def empty_cache() -> int:
-    """Frees the memory rnnfast keeps between calls on the CPU and returns its size in bytes.
-
-    The CPU step products pack each call's weights into panels for their micro-kernel; once a
-    call is done, panels of up to 4 MiB stay allocated (8 MiB at most, process-wide) for the
-    next call to reuse, since fresh pages cost a page fault each and a small call's panels
-    would otherwise be faulted in again every call. Like ``torch.cuda.empty_cache()``, this
-    gives that memory back; later calls keep panels again.
-    """
-    return int(_C._release_kept_panels())
-
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "build_info",
-           "cuda_algorithm", "empty_cache",
+           "cuda_algorithm",
            "functional", "ops", "onnx", "onnx_translation_table", "OnnxExportError",
            "quantization", "init", "StreamingState", "__version__"]

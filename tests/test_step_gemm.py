@@ -252,31 +252,3 @@ def test_widened_bfloat16_rows_and_grouped_weight_bitwise(half_panels):
             want = (b if b is not None else torch.zeros(N)).expand(M, N).contiguous()
             _C._step_gemm(x.float(), w16[rows].float().contiguous(), True, 1.0, want)
             assert torch.equal(got, want), (M, per_group, groups, K, b is None)
-
-
-def test_panels_kept_between_calls_and_given_back():
-    """The CPU weight panels of a call stay allocated for the next call (bounded, process-wide)
-    and rnnfast.empty_cache() frees them: outputs are the same bits with fresh or reused
-    panels, and a reused block's stale values (panels of another shape) change nothing."""
-    _needs_panel_kernel()
-    torch.manual_seed(0)
-    rnnfast.empty_cache()
-    assert _C._kept_panels_bytes() == 0
-    small = rnnfast.LSTM(37, 45)
-    big = rnnfast.GRU(61, 70)
-    x_small, x_big = torch.randn(9, 3, 37), torch.randn(7, 2, 61)
-    with torch.no_grad():
-        fresh_small = small(x_small)[0]
-        kept = _C._kept_panels_bytes()
-        assert kept > 0
-        fresh_big = big(x_big)[0]
-        for _ in range(3):  # each call takes the other shape's blocks back where they fit
-            assert torch.equal(small(x_small)[0], fresh_small)
-            assert torch.equal(big(x_big)[0], fresh_big)
-        assert 0 < _C._kept_panels_bytes() <= 8 << 20
-    freed = rnnfast.empty_cache()
-    assert freed > 0 and _C._kept_panels_bytes() == 0
-    assert rnnfast.empty_cache() == 0
-    xg = x_small.clone().requires_grad_(True)
-    small(xg)[0].sum().backward()  # training packs panels as well, and keeps them
-    assert _C._kept_panels_bytes() > 0

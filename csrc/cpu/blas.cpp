@@ -17,7 +17,6 @@
 #include <vector>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <type_traits>
 
 // Fortran BLAS symbols; weak so that the extension still loads against a libtorch
@@ -447,78 +446,6 @@ float dot_f32(int64_t K, const float* __restrict x, const float* __restrict w) {
   return sum;
 }
 
-// Panel storage kept between calls (see blas.h): blocks with a 64-byte header that holds
-// their capacity, the panels after it.
-class PanelStore {
- public:
-  ~PanelStore() { release(); }
-  void* take(size_t bytes) {
-    const size_t cap = (bytes + 63) / 64 * 64;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      size_t best = kept_.size();
-      for (size_t i = 0; i < kept_.size(); ++i)
-        if (capacity(kept_[i]) >= cap && (best == kept_.size() || capacity(kept_[i]) < capacity(kept_[best])))
-          best = i;
-      if (best < kept_.size()) {
-        char* const block = kept_[best];
-        kept_bytes_ -= capacity(block);
-        kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(best));
-        return block + 64;
-      }
-    }
-    char* const block = static_cast<char*>(std::aligned_alloc(64, cap + 64));
-    if (block == nullptr) return nullptr;
-    *reinterpret_cast<size_t*>(block) = cap;
-    return block + 64;
-  }
-  void give(void* p) {
-    if (p == nullptr) return;
-    char* const block = static_cast<char*>(p) - 64;
-    const size_t cap = capacity(block);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cap <= static_cast<size_t>(kPanelsKeptBlockMax) &&
-          kept_bytes_ + cap <= static_cast<size_t>(kPanelsKeptMax)) {
-        kept_.push_back(block);
-        kept_bytes_ += cap;
-        return;
-      }
-    }
-    std::free(block);
-  }
-  int64_t release() {
-    std::vector<char*> blocks;
-    size_t bytes = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      blocks.swap(kept_);
-      bytes = kept_bytes_;
-      kept_bytes_ = 0;
-    }
-    for (char* b : blocks) std::free(b);
-    return static_cast<int64_t>(bytes);
-  }
-  int64_t kept() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return static_cast<int64_t>(kept_bytes_);
-  }
-
- private:
-  static size_t capacity(const char* block) { return *reinterpret_cast<const size_t*>(block); }
-  std::mutex mu_;
-  std::vector<char*> kept_;
-  size_t kept_bytes_ = 0;
-};
-
-PanelStore& panel_store() {
-  static PanelStore store;
-  return store;
-}
-
-void* take_panels(size_t bytes) { return panel_store().take(bytes); }
-void give_panels(void* p) { panel_store().give(p); }
-
 // W packed into panels for `kernel` (64-byte aligned), or nullptr.
 template <typename T>
 void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw,
@@ -526,7 +453,7 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
   if constexpr (std::is_same_v<T, float>) {
     if (kernel == nullptr || N <= 0 || K <= 0) return nullptr;
     const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
-    void* dest = take_panels(bytes);
+    void* dest = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (dest != nullptr)
       pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(dest), groups, group_stride);
     return dest;
@@ -535,9 +462,6 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
 }
 
 }  // namespace
-
-int64_t release_kept_panels() { return panel_store().release(); }
-int64_t kept_panels_bytes() { return panel_store().kept(); }
 
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
@@ -613,7 +537,7 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
     widened_ = true;
     if (bf16_half_panels_for(M_max, N, K)) {
       const size_t bytes = sizeof(uint16_t) * static_cast<size_t>(panel_floats(N, K));
-      panels_ = take_panels(bytes);
+      panels_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
       TORCH_CHECK(panels_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
       pack_panels_bf16_halves(trans_w, N, K, W16, ldw, static_cast<uint16_t*>(panels_), groups,
                               group_stride);
@@ -621,7 +545,7 @@ PackedWeight<T>::PackedWeight(int64_t N, int64_t K, int64_t M_max, const uint16_
       return;
     }
     const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
-    panels_ = take_panels(bytes);
+    panels_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     TORCH_CHECK(panels_ != nullptr, "rnnfast: out of memory for a ", N, "x", K, " weight copy");
     pack_panels_bf16(trans_w, N, K, W16, ldw, static_cast<float*>(panels_), groups, group_stride);
     return;
@@ -647,7 +571,7 @@ PackedWeight<T>::~PackedWeight() {
   std::free(rows_f32_);
   std::free(amx_tiles_);
   std::free(amx_rows_);
-  give_panels(panels_);
+  std::free(panels_);
   std::free(packed_);
   std::free(gathered_);
 }

@@ -134,21 +134,6 @@ void pack_panels_bf16(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, i
 void pack_panels_bf16_halves(bool trans_w, int64_t N, int64_t K, const uint16_t* W16, int64_t ldw,
                              uint16_t* panels16, int64_t groups = 1, int64_t group_stride = 0);
 
-// Panel storage is kept between calls: a PackedWeight's panels, once it is destroyed, stay
-// allocated (blocks of up to kPanelsKeptBlockMax bytes, kPanelsKeptMax in all, process-wide)
-// and the next PackedWeight that fits takes them. Fresh pages cost a page fault each on first
-// touch, and a call's panels are packed every call: LSTM inference at T100 B1 H256 took
-// about 100 faults a call (2 MiB of panels), which the C library's heap handed back to the OS
-// between calls; kept, 7 faults and 0.79x the time (min of 100 calls each way, interleaved
-// with calls that freed the kept panels first), B4 H512 inference 0.98x, training at B1
-// 0.96-1.00x (its other faults are the BLAS's buffers). Larger panels are freed as before:
-// their calls run long enough for the faults not to matter. release_kept_panels frees what is kept and
-// returns its bytes; kept_panels_bytes says how many are kept.
-constexpr int64_t kPanelsKeptBlockMax = int64_t(4) << 20;
-constexpr int64_t kPanelsKeptMax = int64_t(8) << 20;
-int64_t release_kept_panels();
-int64_t kept_panels_bytes();
-
 // Whether a widened bfloat16 weight op(W) [K, N] multiplied by at most M_max rows a call is
 // packed as bfloat16 panels (PanelGemmBf16W) rather than float32 ones: where the kernel set
 // has that kernel, M_max <= kBf16PanelMaxRows and its float32 panels would take at least
