@@ -235,7 +235,7 @@ def test_widened_bfloat16_rows_and_grouped_weight_bitwise(half_panels):
     micro-kernel onto the bias rows, against a grouped bfloat16 weight (a thread's gate rows):
     the float32 product of the same values, packed from a float32 copy, bit for bit. Also
     where the rows are widened a block at a time (128 rows of K 257) and where the float32
-    panels would crowd L2, so that the blocks run over a slab of them at a time (800 x 600)."""
+    panels would crowd L2, so that all rows are widened at once (800 x 600)."""
     gen = torch.Generator().manual_seed(6)
     for M, per_group, groups, K in [(1, 16, 4, 96), (5, 7, 3, 33), (8, 40, 3, 70), (128, 24, 4, 257),
                                     (100, 200, 4, 600)]:

@@ -158,9 +158,9 @@ int64_t bf16_half_panels_min_bytes(int64_t rows);
 // PackedWeight::gemm_bf16 widens the rows of X a block at a time where the weight's float32
 // panels stay in L2 (take at most 3/4 of it): blocks of a multiple of 12
 // rows, at least 12, whose float32 values take about kWidenedRowBytes (a buffer of all M_max
-// rows took 256 KiB a thread at T100 B4 H512). Panels that do not stay in L2 are read from
-// memory once a call for all M_max rows at once (blocks there cost LSTM inference at T50
-// B128 H1024 10%, each block reading the panels again).
+// rows took 256 KiB a thread at T100 B4 H512). Panels that do not stay in L2 are multiplied
+// by all M_max rows at once, so that they are read from memory once a call rather than once
+// a block.
 constexpr int64_t kWidenedRowBytes = int64_t(96) << 10;
 int64_t widened_row_block(int64_t M_max, int64_t N, int64_t K);
 void set_bf16_half_panels(HalfPanels mode);
