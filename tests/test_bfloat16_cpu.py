@@ -123,6 +123,17 @@ def test_input_gradient_in_blocks_after_the_weight_gradients_bfloat16(kind, pack
     _layer_against_float64(kind, dict(kind.kwargs), 64, 64, lengths, packed)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", kind_params({n: KINDS[n] for n in ("lstm", "gru")}))
+def test_wide_input_gradient_in_row_blocks_bfloat16(kind, packed, bf16_kernel):
+    """A wide input (I = 1024) over N = 750 rows: the bfloat16 dX, into its own storage, is
+    made in blocks of the rows whose float32 result takes 2 MiB (512 rows here: one whole
+    block and a partial one), each block's rows from its own rows of the gate gradients."""
+    torch.manual_seed(8)
+    lengths = torch.tensor([3] * 249 + [2]) if packed else torch.full((250,), 3)
+    _layer_against_float64(kind, dict(kind.kwargs), 1024, 24, lengths, packed)
+
+
 @pytest.mark.parametrize("kind", kind_params({n: KINDS[n] for n in ("lstm", "gru")}))
 def test_weight_gradients_in_row_chunks_bfloat16(kind, bf16_kernel):
     """A recurrent weight gradient larger than the widened path's workspace (H = 512 over
