@@ -356,7 +356,11 @@ struct Operands {
   const char* tiles;   // packed op(W)
   int64_t sa;          // bytes between rows of A
   int64_t nkb;         // k blocks of op(W)
-  int64_t steps;       // k blocks of A: nkb, or 2 nkb with two terms (B block kb % nkb)
+  int64_t steps;       // k blocks of A: nkb, or 2 nkb with two terms
+  // The k blocks in the order every block of C takes them: with two terms, k block kb's hi
+  // term (A block kb) then its lo term (A block nkb + kb), kb ascending; B block kb for both.
+  int64_t a_block(int64_t ka) const { return steps == nkb ? ka : (ka & 1) * nkb + (ka >> 1); }
+  int64_t b_block(int64_t ka) const { return steps == nkb ? ka : ka >> 1; }
 };
 
 // Where one 16 x 16 C tile starts from and goes to: `src` (row stride src_ld bytes; 0
@@ -390,11 +394,39 @@ void block_2x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const uint16_t* a1 = a0 + kTileRows * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   const char* b1 = b0 + o.nkb * kTileBytes;
+  if (o.steps == 2 * o.nkb) {
+    // Two terms (hi, lo) over the same B: each k block's B tiles loaded once for both, the
+    // lo A tiles reloaded into the hi ones' registers (6 tile loads for 8 products, not 8).
+    // Every element is still start + its k blocks in ascending order (hi then lo in each),
+    // whatever the split. Measured against the terms one after the other (RNN T50 B128
+    // H1024 inference, two threads, min of 10 interleaved rounds): 27.06 -> 25.93 ms.
+    for (int64_t kb = 0; kb < o.nkb; ++kb) {
+      _tile_loadd(6, b0 + kb * kTileBytes, 64);
+      _tile_loadd(7, b1 + kb * kTileBytes, 64);
+      _tile_loadd(4, a0 + kb * kTileK, sa);
+      _tile_loadd(5, a1 + kb * kTileK, sa);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+      _tile_loadd(4, a0 + (o.nkb + kb) * kTileK, sa);
+      _tile_loadd(5, a1 + (o.nkb + kb) * kTileK, sa);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, io[0].dst, io[0].dst_ld);
+    _tile_stored(1, io[1].dst, io[1].dst_ld);
+    _tile_stored(2, io[2].dst, io[2].dst_ld);
+    _tile_stored(3, io[3].dst, io[3].dst_ld);
+    return;
+  }
   for (int64_t ka = 0; ka < o.steps; ++ka) {
-    const int64_t kb = ka < o.nkb ? ka : ka - o.nkb;
-    _tile_loadd(4, a0 + ka * kTileK, sa);
+    const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
+    _tile_loadd(4, a0 + kA * kTileK, sa);
     _tile_loadd(6, b0 + kb * kTileBytes, 64);
-    _tile_loadd(5, a1 + ka * kTileK, sa);
+    _tile_loadd(5, a1 + kA * kTileK, sa);
     _tile_loadd(7, b1 + kb * kTileBytes, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
@@ -416,10 +448,10 @@ void block_2x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const uint16_t* a1 = a0 + kTileRows * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
-    const int64_t kb = ka < o.nkb ? ka : ka - o.nkb;
-    _tile_loadd(4, a0 + ka * kTileK, sa);
+    const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
+    _tile_loadd(4, a0 + kA * kTileK, sa);
     _tile_loadd(6, b0 + kb * kTileBytes, 64);
-    _tile_loadd(5, a1 + ka * kTileK, sa);
+    _tile_loadd(5, a1 + kA * kTileK, sa);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(2, 5, 6);
   }
@@ -438,8 +470,8 @@ void block_1x3(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b1 = b0 + o.nkb * kTileBytes;
   const char* b2 = b1 + o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
-    const int64_t kb = ka < o.nkb ? ka : ka - o.nkb;
-    _tile_loadd(3, a0 + ka * kTileK, sa);
+    const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
+    _tile_loadd(3, a0 + kA * kTileK, sa);
     _tile_loadd(4, b0 + kb * kTileBytes, 64);
     _tile_loadd(5, b1 + kb * kTileBytes, 64);
     _tile_loadd(6, b2 + kb * kTileBytes, 64);
@@ -461,8 +493,8 @@ void block_1x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   const char* b1 = b0 + o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
-    const int64_t kb = ka < o.nkb ? ka : ka - o.nkb;
-    _tile_loadd(3, a0 + ka * kTileK, sa);
+    const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
+    _tile_loadd(3, a0 + kA * kTileK, sa);
     _tile_loadd(4, b0 + kb * kTileBytes, 64);
     _tile_loadd(5, b1 + kb * kTileBytes, 64);
     _tile_dpbf16ps(0, 3, 4);
@@ -479,8 +511,8 @@ void block_1x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const uint16_t* a0 = o.A + m0 * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
-    const int64_t kb = ka < o.nkb ? ka : ka - o.nkb;
-    _tile_loadd(3, a0 + ka * kTileK, sa);
+    const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
+    _tile_loadd(3, a0 + kA * kTileK, sa);
     _tile_loadd(4, b0 + kb * kTileBytes, 64);
     _tile_dpbf16ps(0, 3, 4);
   }
