@@ -176,8 +176,16 @@ int64_t amx_packed_bytes(int64_t N, int64_t K) {
   return col_tiles(N) * (padded_k(K) / kTileK) * kTileBytes;
 }
 
+// Values between rows of A: a row stride that is a multiple of 1 KiB would put a tile's 16
+// rows in at most 4 of L1's 64 sets (with 2 or 4 KiB, the 32 rows of a 32 x 32 block in 2 or
+// 1 of them, beyond the cache's 12 ways), so such a row gets 64 bytes more. Measured against
+// the unpadded rows (two threads, bfloat16 inference, min of 10 interleaved rounds): RNN T50
+// B128 H1024 24.60 -> 22.43 ms, LSTM 71.61 -> 68.32 ms, GRU T100 B64 H512 16.01 -> 12.91 ms.
+inline int64_t rows_ld(int64_t Kp, int terms) {
+  return Kp * terms + ((Kp * terms * 2) % 1024 == 0 ? 32 : 0);
+}
 int64_t amx_rows_bytes(int64_t M_max, int64_t K, int terms) {
-  return (M_max + kTileRows - 1) / kTileRows * kTileRows * padded_k(K) * 2 * terms;
+  return (M_max + kTileRows - 1) / kTileRows * kTileRows * rows_ld(padded_k(K), terms) * 2;
 }
 
 void amx_pack_from_panels(int64_t N, int64_t K, const float* panels, void* tiles) {
@@ -319,7 +327,7 @@ inline void store_bh(uint16_t* dst, __m256bh h) {
 // two terms, hi = bf16(x) in columns [0, Kp) and lo = bf16(x - hi) in [Kp, 2 Kp).
 void round_rows(int64_t M, int64_t K, const float* X, int64_t ldx, uint16_t* A, int64_t Kp,
                 int terms) {
-  const int64_t lda = Kp * terms;
+  const int64_t lda = rows_ld(Kp, terms);
   for (int64_t m = 0; m < M; ++m) {
     const float* x = X + m * ldx;
     uint16_t* a = A + m * lda;
@@ -340,7 +348,7 @@ void round_rows(int64_t M, int64_t K, const float* X, int64_t ldx, uint16_t* A, 
 void copy_rows_bf16(int64_t M, int64_t K, const uint16_t* X, int64_t ldx, uint16_t* A, int64_t Kp) {
   for (int64_t m = 0; m < M; ++m) {
     const uint16_t* x = X + m * ldx;
-    uint16_t* a = A + m * Kp;
+    uint16_t* a = A + m * rows_ld(Kp, 1);
     for (int64_t k = 0; k < Kp; k += 32) {
       const int64_t left = K - k;
       const __mmask32 mask = left >= 32 ? __mmask32(0xffffffffu)
@@ -821,7 +829,7 @@ void amx_gemm_f32(int64_t M, int64_t N, int64_t K, const void* tiles, const floa
   const int64_t Kp = padded_k(K), nkb = Kp / kTileK;
   uint16_t* A = static_cast<uint16_t*>(rows);
   round_rows(M, K, X, ldx, A, Kp, terms);
-  const Operands o{A, static_cast<const char*>(tiles), Kp * terms * 2, nkb, nkb * terms};
+  const Operands o{A, static_cast<const char*>(tiles), rows_ld(Kp, terms) * 2, nkb, nkb * terms};
   products(M, N, o, init, bias, C, ldc);
 }
 
@@ -832,7 +840,7 @@ void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const void* tiles, const uin
   const int64_t Kp = padded_k(K), nkb = Kp / kTileK;
   uint16_t* A = static_cast<uint16_t*>(rows);
   copy_rows_bf16(M, K, X, ldx, A, Kp);
-  const Operands o{A, static_cast<const char*>(tiles), Kp * 2, nkb, nkb};
+  const Operands o{A, static_cast<const char*>(tiles), rows_ld(Kp, 1) * 2, nkb, nkb};
   products(M, N, o, init, bias, C, ldc);
 }
 
