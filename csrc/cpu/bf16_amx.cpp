@@ -369,6 +369,10 @@ struct Operands {
   // term (A block kb) then its lo term (A block nkb + kb), kb ascending; B block kb for both.
   int64_t a_block(int64_t ka) const { return steps == nkb ? ka : (ka & 1) * nkb + (ka >> 1); }
   int64_t b_block(int64_t ka) const { return steps == nkb ? ka : ka >> 1; }
+  // Whether step ka's B tiles are those of step ka - 1 (a lo term after its hi term), which
+  // the block keeps in its tile registers (6 tile loads for the 32 x 32 block's 8 products,
+  // not 8: RNN T50 B128 H1024 bf16 inference 27.06 -> 25.93 ms, min of 10 interleaved rounds).
+  bool reuses_b(int64_t ka) const { return steps != nkb && (ka & 1) != 0; }
 };
 
 // Where one 16 x 16 C tile starts from and goes to: `src` (row stride src_ld bytes; 0
@@ -402,13 +406,9 @@ void block_2x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const uint16_t* a1 = a0 + kTileRows * (o.sa / 2);
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   const char* b1 = b0 + o.nkb * kTileBytes;
-  // With two terms, a k block's lo term reuses the B tiles its hi term loaded (6 tile loads
-  // for 8 products, not 8). Measured against both terms loading B (RNN T50 B128 H1024
-  // inference, two threads, min of 10 interleaved rounds): 27.06 -> 25.93 ms.
-  const bool two_terms = o.steps != o.nkb;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
     const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
-    const bool reuse_b = two_terms && (ka & 1) != 0;
+    const bool reuse_b = o.reuses_b(ka);
     _tile_loadd(4, a0 + kA * kTileK, sa);
     if (!reuse_b) _tile_loadd(6, b0 + kb * kTileBytes, 64);
     _tile_loadd(5, a1 + kA * kTileK, sa);
@@ -434,7 +434,7 @@ void block_2x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
     const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
-    const bool reuse_b = o.steps != o.nkb && (ka & 1) != 0;  // B as for the hi term
+    const bool reuse_b = o.reuses_b(ka);
     _tile_loadd(4, a0 + kA * kTileK, sa);
     if (!reuse_b) _tile_loadd(6, b0 + kb * kTileBytes, 64);
     _tile_loadd(5, a1 + kA * kTileK, sa);
@@ -457,7 +457,7 @@ void block_1x3(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b2 = b1 + o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
     const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
-    const bool reuse_b = o.steps != o.nkb && (ka & 1) != 0;  // B as for the hi term
+    const bool reuse_b = o.reuses_b(ka);
     _tile_loadd(3, a0 + kA * kTileK, sa);
     if (!reuse_b) _tile_loadd(4, b0 + kb * kTileBytes, 64);
     if (!reuse_b) _tile_loadd(5, b1 + kb * kTileBytes, 64);
@@ -481,7 +481,7 @@ void block_1x2(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b1 = b0 + o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
     const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
-    const bool reuse_b = o.steps != o.nkb && (ka & 1) != 0;  // B as for the hi term
+    const bool reuse_b = o.reuses_b(ka);
     _tile_loadd(3, a0 + kA * kTileK, sa);
     if (!reuse_b) _tile_loadd(4, b0 + kb * kTileBytes, 64);
     if (!reuse_b) _tile_loadd(5, b1 + kb * kTileBytes, 64);
@@ -500,7 +500,7 @@ void block_1x1(const Operands& o, int64_t m0, int64_t j, const TileIO* io) {
   const char* b0 = o.tiles + j * o.nkb * kTileBytes;
   for (int64_t ka = 0; ka < o.steps; ++ka) {
     const int64_t kb = o.b_block(ka), kA = o.a_block(ka);
-    const bool reuse_b = o.steps != o.nkb && (ka & 1) != 0;  // B as for the hi term
+    const bool reuse_b = o.reuses_b(ka);
     _tile_loadd(3, a0 + kA * kTileK, sa);
     if (!reuse_b) _tile_loadd(4, b0 + kb * kTileBytes, 64);
     _tile_dpbf16ps(0, 3, 4);
