@@ -304,6 +304,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_hold_step_loops_split", &rnnfast::cpu::hold_step_loops_split, pybind11::arg("seconds"),
         "Testing: the step loops split across threads for the next `seconds` whatever the "
         "load, until _reset_step_loop_load().");
+  m.def("_set_backward_chunk_bytes", &rnnfast::cpu::set_backward_chunk_bytes, pybind11::arg("bytes"),
+        "Testing and comparisons: the float32/float64 backward holds its gate gradients in "
+        "chunks of about 1024 rows taking at most `bytes` (0: the default, 16 MiB); a negative "
+        "`bytes`: the whole sequence's at once.");
+  m.def("_backward_chunk_steps", &rnnfast::cpu::backward_chunk_steps, pybind11::arg("T"),
+        pybind11::arg("B"), pybind11::arg("row_bytes"), pybind11::arg("step_flops"),
+        "Steps per chunk of the float32/float64 backward's gate gradients for T steps of B rows "
+        "(row_bytes of gate gradients a row, step_flops of step products), 0: the whole sequence.");
   m.def("_judge_step_loop", &rnnfast::cpu::judge_step_loop, pybind11::arg("wait_fraction"),
         pybind11::arg("loop_s"),
         "Testing: the load monitor judges a split loop of `loop_s` seconds whose most "

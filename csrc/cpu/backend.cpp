@@ -67,11 +67,19 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
   const core::CellSpec& spec = core::cell_spec(a.kind);
   const int64_t N = a.seq->N, B = a.seq->B, H = a.H, P = a.P;
   const bool gru = a.kind == core::CellKind::kGru, proj = a.w_hr != nullptr;
-  // With bfloat16 gate gradients (given.dgx16) the float32 ones of two steps suffice.
-  const int64_t dg_rows = given.dgx16 != nullptr ? 2 * B : N;
   // Where dX has dG's shape ([N, I] with I == G*H: an Elman RNN whose input size is its
   // hidden size, say), dG is held in dX's own storage and dX formed over it at the end.
   const bool dx_in_dgx = given.dgx16 == nullptr && a.dx != nullptr && spec.gates * H == a.I;
+  // Else the float32 and float64 layers hold the gate gradients a chunk of steps at a time
+  // (backward_chunk_steps).
+  const int64_t step_flops = 2 * B * spec.gates * H * P + (proj ? 2 * B * H * P : 0);
+  const int64_t chunk_steps =
+      bf16 || given.widened || given.dgx16 != nullptr || dx_in_dgx
+          ? 0
+          : backward_chunk_steps(a.seq->T, B, int64_t(sizeof(T)) * (spec.gates + (gru ? 1 : 0)) * H,
+                                 step_flops);
+  // With bfloat16 gate gradients (given.dgx16) the float32 ones of two steps suffice.
+  const int64_t dg_rows = given.dgx16 != nullptr ? 2 * B : chunk_steps > 0 ? chunk_steps * B : N;
   const at::Tensor dgx = dx_in_dgx ? at::Tensor() : at::empty({dg_rows, spec.gates * H}, opts);
   const at::Tensor dgh = gru ? at::empty({dg_rows, H}, opts) : at::Tensor();
   const at::Tensor hprev = a.seq->uniform() ? at::Tensor() : at::empty({N, P}, opts);
@@ -82,6 +90,7 @@ void run_backward(const core::LayerBackward<T>& a, const at::TensorOptions& opts
                         .dx_in_dgx = dx_in_dgx || given.dx_in_dgx,
                         .dgh = ptr<T>(dgh),
                         .hprev = ptr<T>(hprev),
+                        .chunk_steps = chunk_steps,
                         .dr = ptr<T>(dr),
                         .R = ptr<T>(R),
                         .DH = ptr<T>(DH),

@@ -210,6 +210,8 @@ void parallel_region(int64_t step_flops, bool split_invariant, const F& fn) {
   fn(0, 1, sync);
 }
 
+std::atomic<int64_t> g_backward_chunk_bytes{0};
+
 // Rows per block of dX's products in layer_backward (where dX is formed over dG in its own
 // storage, and the bfloat16 dX): rows of I elements of elem_bytes taking about 2 MiB, at
 // least 64 rows, at most the N rows there are (at least one).
@@ -385,6 +387,21 @@ void widened_input_grad(int64_t N, int64_t GH, int64_t I, const uint16_t* dg16, 
 
 }  // namespace
 
+void set_backward_chunk_bytes(int64_t bytes) { g_backward_chunk_bytes.store(bytes); }
+
+int64_t backward_chunk_steps(int64_t T, int64_t B, int64_t row_bytes, int64_t step_flops) {
+  const int64_t set = g_backward_chunk_bytes.load();
+  const int64_t cap = set > 0 ? set : kBackwardChunkBytes;
+  const int64_t step_bytes = std::max<int64_t>(1, B * row_bytes);
+  // A loop that runs on one thread by its shape keeps the products after it, on every thread.
+  if (set < 0 || T <= 1 || B <= 0 || step_flops < kMinParallelStepFlops) return 0;
+  const int64_t max_steps = std::max<int64_t>(
+      1, std::min((kBackwardChunkRows + B - 1) / B, cap / step_bytes));
+  if (T <= max_steps) return 0;
+  const int64_t chunks = (T + max_steps - 1) / max_steps;
+  return (T + chunks - 1) / chunks;
+}
+
 template <typename T>
 void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
   const Sequence& s = *a.seq;
@@ -554,6 +571,33 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   const int64_t step_flops = 2 * s.B * GH * P + (proj ? 2 * s.B * H * P : 0);
   const bool split_invariant =
       std::is_same_v<T, float> && !proj && step_gemm_split_invariant_f32();
+  if (!s.uniform()) {
+    // Packed with shrinking batches: gather h_{t-1} of every row (dW_hh's operand).
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t b = s.bs[t];
+      const int64_t tp = s.prev_of(t, a.reverse);
+      const int64_t n_prev = s.rows_with_prev(t, a.reverse);
+      if (n_prev > 0) copy_rows(w.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
+      copy_rows(w.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
+    }
+  }
+  // The chunked backward (backward_chunk_steps): chunk c is the steps [c * Tcb, (c + 1) * Tcb)
+  // in processing order, whose rows are contiguous in either direction; dgx (dgh) holds the
+  // current chunk's rows, from its first row on.
+  const int64_t Tcb = w.chunk_steps;
+  const bool chunked = Tcb > 0;
+  TORCH_INTERNAL_ASSERT(!chunked || (!w.bf16 && !w.widened && w.dgx16 == nullptr && !w.dx_in_dgx));
+  const auto chunk_span = [&](int64_t c) -> std::pair<int64_t, int64_t> {
+    const int64_t first = c * Tcb, last = std::min(s.T, first + Tcb) - 1;
+    const int64_t ta = s.time_at(first, a.reverse), tb = s.time_at(last, a.reverse);
+    const int64_t lo = std::min(ta, tb), hi = std::max(ta, tb);
+    return {s.off[lo], s.off[hi] + s.bs[hi]};
+  };
+  // The chunk's products, each in as many blocks as torch has threads (dW_ih, dW_hh: blocks
+  // of their rows; dX: of its columns), each block one call of the sequence GEMM
+  // (single-threaded in the loop) by one thread: the same calls, so the same bits, whatever
+  // number of threads the loop runs on.
+  const int64_t dw_blocks = std::max(1, at::get_num_threads());
   parallel_region(step_flops, split_invariant, [&](int tid, int nt, StepSync& sync) {
     const Range u = split(H, nt, tid);
     const Range p = proj ? split(P, nt, tid) : u;
@@ -575,6 +619,61 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       packed_n.emplace(false, p.size(), H, s.B, a.w_hh != nullptr ? a.w_hh + H_rz * P + p.begin : nullptr,
                        P, 1, 0, dg_terms);
     }
+    // Chunked: the chunk's products that fall to this thread (block k of the chunk's list:
+    // thread k mod nt). dW starts from the first chunk with rows (beta 0), then adds.
+    bool dw_begun = false;
+    const auto chunk_products = [&](int64_t c) {
+      const auto [r0, r1] = chunk_span(c);
+      const int64_t nr = r1 - r0;
+      if (nr <= 0) return;
+      const T beta = dw_begun ? T(1) : T(0);
+      dw_begun = true;
+      int64_t task = 0;
+      const auto mine = [&] { return task++ % nt == tid; };
+      // Rows q of dW_hh from dG's columns q (dg: the chunk's rows, row stride ldg) times
+      // h_{t-1} of the chunk's rows: hx for the rows of the first step in processing order,
+      // else the output one step over (all B rows in every step), or the gathered rows.
+      const auto hh_rows = [&](const T* dg, int64_t ldg, Range q, T* dw) {
+        if (!s.uniform()) {
+          sequence_gemm<T>(true, q.size(), P, nr, dg + q.begin, ldg, w.hprev + r0 * P, P, beta,
+                           dw + q.begin * P, P);
+          return;
+        }
+        const int64_t hx0 = a.reverse ? s.N - s.B : 0, hx1 = hx0 + s.B;
+        T bb = beta;
+        for (int64_t i = r0; i < r1;) {
+          const bool from_hx = i >= hx0 && i < hx1;
+          const int64_t end = from_hx ? std::min(r1, hx1) : i < hx0 ? std::min(r1, hx0) : r1;
+          const T* h = from_hx ? a.hx + (i - hx0) * P : a.y + (a.reverse ? i + s.B : i - s.B) * P;
+          sequence_gemm<T>(true, q.size(), P, end - i, dg + (i - r0) * ldg + q.begin, ldg, h, P, bb,
+                           dw + q.begin * P, P);
+          bb = T(1);
+          i = end;
+        }
+      };
+      for (int64_t j = 0; j < dw_blocks; ++j) {
+        const Range q = split(GH, static_cast<int>(dw_blocks), static_cast<int>(j));
+        if (!mine() || q.size() == 0) continue;
+        sequence_gemm<T>(true, q.size(), a.I, nr, w.dgx + q.begin, GH, a.x + r0 * a.I, a.I, beta,
+                         a.dw_ih + q.begin * a.I, a.I);
+      }
+      for (int64_t j = 0; j < dw_blocks; ++j) {
+        const Range q = split(K_dh, static_cast<int>(dw_blocks), static_cast<int>(j));
+        if (!mine() || q.size() == 0) continue;
+        hh_rows(w.dgx, GH, q, a.dw_hh);
+      }
+      for (int64_t j = 0; gru && j < dw_blocks; ++j) {
+        const Range q = split(H, static_cast<int>(dw_blocks), static_cast<int>(j));
+        if (!mine() || q.size() == 0) continue;
+        hh_rows(w.dgh, H, q, a.dw_hh + H_rz * P);
+      }
+      for (int64_t j = 0; a.dx != nullptr && j < dw_blocks; ++j) {
+        const Range q = split(a.I, static_cast<int>(dw_blocks), static_cast<int>(j));
+        if (!mine() || q.size() == 0) continue;
+        sequence_gemm<T>(false, nr, q.size(), GH, w.dgx, GH, a.w_ih + q.begin, a.I, T(0),
+                         a.dx + r0 * a.I + q.begin, a.I);
+      }
+    };
     // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn. The bias gradients of
     // this thread's columns (gate by gate, then the GRU's n part of dGh) are summed here,
     // while the step's rows are in cache: a step's rows in order, steps combined by
@@ -586,12 +685,19 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     std::optional<BlockCascade<T>> bias_cascade;
     if (sum_bias) bias_cascade.emplace((G + (gru ? 1 : 0)) * nu, s.T);
     for (int64_t step = s.T - 1; step >= 0; --step) {
+      if (chunked && step + 1 < s.T && (step + 1) % Tcb == 0) {
+        // Every row of the chunk just finished is written (the last step's barrier).
+        chunk_products((step + 1) / Tcb);
+        sync.barrier();  // and read: the next chunk's rows may take its place
+      }
       const int64_t t = s.time_at(step, a.reverse);
       const int64_t b = s.bs[t];
       if (b == 0) continue;
       const int64_t row = s.off[t];
-      T* const dgx_t = step_rows ? w.dgx + (step % 2) * s.B * GH : w.dgx + row * GH;
-      T* const dgh_t = !gru ? nullptr : step_rows ? w.dgh + (step % 2) * s.B * H : w.dgh + row * H;
+      // (the row's place in dgx and dgh: its own, or within the current chunk)
+      const int64_t drow = chunked ? row - chunk_span(step / Tcb).first : row;
+      T* const dgx_t = step_rows ? w.dgx + (step % 2) * s.B * GH : w.dgx + drow * GH;
+      T* const dgh_t = !gru ? nullptr : step_rows ? w.dgh + (step % 2) * s.B * H : w.dgh + drow * H;
       // dL/dh_t gains the output's gradient (this thread's columns).
       if (a.dy != nullptr) {
         for (int64_t j = 0; j < b; ++j) {
@@ -694,6 +800,7 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       packed.gemm(b, dgx_t, GH, gru ? T(1) : T(0), a.dh + p.begin, P);
       if (gru) packed_n->gemm(b, dgh_t, H, T(1), a.dh + p.begin, P);
     }
+    if (chunked) chunk_products(0);
     if (sum_bias && nu > 0) {
       // This thread's columns of the bias gradients (db_hh: db_ih's, or the GRU's n part of
       // dGh after its r and z parts, which are db_ih's).
@@ -728,15 +835,9 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       sequence_gemm<T>(true, rows, P, s.N, dg, ldg, w.hprev, P, T(0), dw, P);
     }
   };
-  if (!s.uniform()) {
-    // Packed with shrinking batches: gather h_{t-1} of every row, then one GEMM.
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t b = s.bs[t];
-      const int64_t tp = s.prev_of(t, a.reverse);
-      const int64_t n_prev = s.rows_with_prev(t, a.reverse);
-      if (n_prev > 0) copy_rows(w.hprev + s.off[t] * P, P, a.y + s.off[tp] * P, P, n_prev, P);
-      copy_rows(w.hprev + (s.off[t] + n_prev) * P, P, a.hx + n_prev * P, P, b - n_prev, P);
-    }
+  if (chunked) {
+    if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
+    return;
   }
   if constexpr (std::is_same_v<T, float>) {
     if (w.widened) {

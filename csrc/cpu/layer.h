@@ -17,7 +17,9 @@
 //             path)                                 one GEMM (GRU: r,z rows and n rows)
 //   after the loop: dW_ih = dGx^T X, dW_hh = dGh^T H_prev, dX = dGx W_ih,
 //             dW_hr = dH^T R, biases = column sums of dGx / dGh in a fixed order
-//             (bitwise reproducible).
+//             (bitwise reproducible). The float32/float64 layers form dW_ih, dW_hh and dX
+//             a chunk of steps at a time inside the loop instead, where the sequence is
+//             long enough (backward_chunk_steps, below).
 // Threads: the whole step loop runs inside ONE parallel region (torch's intra-op
 // threads, OpenMP). Each thread owns a fixed range of hidden units (and of
 // projection outputs) for the whole sequence: it computes the recurrent product for
@@ -98,6 +100,10 @@ struct BackwardScratch {
                        //   equal dgx's), else nullptr; [2, B, H] with dgx16
   T* hprev = nullptr;  // [N, P] h_{t-1} of every row (packed input with shrinking batches
                        //   only), else nullptr
+  int64_t chunk_steps = 0;  // > 0: the chunked backward (backward_chunk_steps): dgx (and
+                            //   dgh) hold the rows of chunk_steps steps, [chunk_steps * B,
+                            //   G*H] ([chunk_steps * B, H]), and the whole-sequence
+                            //   products run a chunk at a time inside the step loop
   T* dr = nullptr;     // [B, H] LSTM with projection: dL/d(o tanh c_t) of a step
   T* R = nullptr;      // [N, H] LSTM with projection: o tanh c_t of every row
   T* DH = nullptr;     // [N, P] LSTM with projection: dL/dh_t of every row
@@ -243,6 +249,25 @@ void judge_step_loop(double wait_fraction, double loop_s);
 
 template <typename T>
 void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w);
+
+// The chunked backward of the float32 and float64 layers (not the bfloat16 data path):
+// where the step loop splits across threads and the sequence has more rows than a chunk, the
+// gate gradients are held for a chunk of steps only, and the whole-sequence products (dW_ih,
+// dW_hh, dX) are formed a chunk at a time by the step loop's threads, dW summed over the
+// chunks in the order they are processed. A whole-sequence buffer of the gate gradients is
+// fresh memory on every call (beyond the C allocator's mapping threshold), each page faulted
+// in and cleared (at T50 B128 H1024, LSTM: 105 MiB), and it was the largest part of a
+// training step's peak memory. A chunk is about kBackwardChunkRows rows (the reduction of
+// each weight-gradient call), at most kBackwardChunkBytes of gate gradients (at least one
+// step). Returns the steps per chunk (chunks of equal steps, the last possibly shorter), or
+// 0 for the whole sequence at once. T steps of B rows, row_bytes of gate gradients a row,
+// step_flops of the step loop's products a step.
+constexpr int64_t kBackwardChunkRows = 1024;
+constexpr int64_t kBackwardChunkBytes = int64_t(16) << 20;
+int64_t backward_chunk_steps(int64_t T, int64_t B, int64_t row_bytes, int64_t step_flops);
+// Testing and comparisons: the chunk's bytes at most (0: kBackwardChunkBytes), so that small
+// calls run chunked too; negative: never chunked.
+void set_backward_chunk_bytes(int64_t bytes);
 
 }  // namespace cpu
 }  // namespace rnnfast
