@@ -619,17 +619,19 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       packed_n.emplace(false, p.size(), H, s.B, a.w_hh != nullptr ? a.w_hh + H_rz * P + p.begin : nullptr,
                        P, 1, 0, dg_terms);
     }
-    // Chunked: the chunk's products that fall to this thread (block k of the chunk's list:
-    // thread k mod nt). dW starts from the first chunk with rows (beta 0), then adds.
+    // Chunked: the chunk's products, a list of blocks (dW_ih's, dW_hh's, the GRU's n part of
+    // dW_hh, dX's), block k taken by thread k mod nt; a loop on one thread (under load)
+    // runs them on torch's threads, the same calls. dW starts from the first chunk with rows
+    // (beta 0), then adds.
     bool dw_begun = false;
+    const int64_t nb = dw_blocks;
+    const int64_t n_blocks = nb * (2 + (gru ? 1 : 0) + (a.dx != nullptr ? 1 : 0));
     const auto chunk_products = [&](int64_t c) {
       const auto [r0, r1] = chunk_span(c);
       const int64_t nr = r1 - r0;
       if (nr <= 0) return;
       const T beta = dw_begun ? T(1) : T(0);
       dw_begun = true;
-      int64_t task = 0;
-      const auto mine = [&] { return task++ % nt == tid; };
       // Rows q of dW_hh from dG's columns q (dg: the chunk's rows, row stride ldg) times
       // h_{t-1} of the chunk's rows: hx for the rows of the first step in processing order,
       // else the output one step over (all B rows in every step), or the gathered rows.
@@ -651,27 +653,33 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
           i = end;
         }
       };
-      for (int64_t j = 0; j < dw_blocks; ++j) {
-        const Range q = split(GH, static_cast<int>(dw_blocks), static_cast<int>(j));
-        if (!mine() || q.size() == 0) continue;
-        sequence_gemm<T>(true, q.size(), a.I, nr, w.dgx + q.begin, GH, a.x + r0 * a.I, a.I, beta,
-                         a.dw_ih + q.begin * a.I, a.I);
-      }
-      for (int64_t j = 0; j < dw_blocks; ++j) {
-        const Range q = split(K_dh, static_cast<int>(dw_blocks), static_cast<int>(j));
-        if (!mine() || q.size() == 0) continue;
-        hh_rows(w.dgx, GH, q, a.dw_hh);
-      }
-      for (int64_t j = 0; gru && j < dw_blocks; ++j) {
-        const Range q = split(H, static_cast<int>(dw_blocks), static_cast<int>(j));
-        if (!mine() || q.size() == 0) continue;
-        hh_rows(w.dgh, H, q, a.dw_hh + H_rz * P);
-      }
-      for (int64_t j = 0; a.dx != nullptr && j < dw_blocks; ++j) {
-        const Range q = split(a.I, static_cast<int>(dw_blocks), static_cast<int>(j));
-        if (!mine() || q.size() == 0) continue;
-        sequence_gemm<T>(false, nr, q.size(), GH, w.dgx, GH, a.w_ih + q.begin, a.I, T(0),
-                         a.dx + r0 * a.I + q.begin, a.I);
+      const auto block = [&](int64_t k) {
+        const int64_t kind = k / nb, j = k % nb;
+        const auto part = [&](int64_t n) { return split(n, static_cast<int>(nb), static_cast<int>(j)); };
+        if (kind == 0) {
+          const Range q = part(GH);
+          if (q.size() > 0)
+            sequence_gemm<T>(true, q.size(), a.I, nr, w.dgx + q.begin, GH, a.x + r0 * a.I, a.I, beta,
+                             a.dw_ih + q.begin * a.I, a.I);
+        } else if (kind == 1) {
+          const Range q = part(K_dh);
+          if (q.size() > 0) hh_rows(w.dgx, GH, q, a.dw_hh);
+        } else if (gru && kind == 2) {
+          const Range q = part(H);
+          if (q.size() > 0) hh_rows(w.dgh, H, q, a.dw_hh + H_rz * P);
+        } else {
+          const Range q = part(a.I);
+          if (q.size() > 0)
+            sequence_gemm<T>(false, nr, q.size(), GH, w.dgx, GH, a.w_ih + q.begin, a.I, T(0),
+                             a.dx + r0 * a.I + q.begin, a.I);
+        }
+      };
+      if (nt > 1) {
+        for (int64_t k = tid; k < n_blocks; k += nt) block(k);
+      } else {
+        at::parallel_for(0, n_blocks, 1, [&](int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) block(k);
+        });
       }
     };
     // bfloat16 on the tiles (w.dgx16): dG rows of two steps in turn. The bias gradients of
