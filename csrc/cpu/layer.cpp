@@ -593,6 +593,31 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     const int64_t lo = std::min(ta, tb), hi = std::max(ta, tb);
     return {s.off[lo], s.off[hi] + s.bs[hi]};
   };
+  // dW_hh's rows: dw [m, P] = beta dw + dGh^T H_prev over the rows [r0, r1), for m columns of
+  // dGh (dg: row r0's first such column, row stride ldg). With all B rows in every step,
+  // h_{t-1} is hx for the rows of the first step in processing order, else the output one step
+  // over: a GEMM per run of rows on the buffers themselves, no N x P copy. Packed input with
+  // shrinking batches reads the gathered rows.
+  const auto dw_hh_product = [&](const T* dg, int64_t ldg, int64_t m, int64_t r0, int64_t r1, T beta,
+                                 T* dw) {
+    if (r1 <= r0) {
+      if (beta == T(0)) std::fill(dw, dw + m * P, T(0));
+      return;
+    }
+    if (!s.uniform()) {
+      sequence_gemm<T>(true, m, P, r1 - r0, dg, ldg, w.hprev + r0 * P, P, beta, dw, P);
+      return;
+    }
+    const int64_t hx0 = a.reverse ? s.N - s.B : 0, hx1 = hx0 + s.B;
+    for (int64_t i = r0; i < r1;) {
+      const bool from_hx = i >= hx0 && i < hx1;
+      const int64_t end = from_hx ? std::min(r1, hx1) : i < hx0 ? std::min(r1, hx0) : r1;
+      const T* h = from_hx ? a.hx + (i - hx0) * P : a.y + (a.reverse ? i + s.B : i - s.B) * P;
+      sequence_gemm<T>(true, m, P, end - i, dg + (i - r0) * ldg, ldg, h, P, beta, dw, P);
+      beta = T(1);
+      i = end;
+    }
+  };
   // The chunk's products, each in as many blocks as torch has threads (dW_ih, dW_hh: blocks
   // of their rows; dX: of its columns), each block one call of the sequence GEMM
   // (single-threaded in the loop) by one thread: the same calls, so the same bits, whatever
@@ -632,27 +657,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       if (nr <= 0) return;
       const T beta = dw_begun ? T(1) : T(0);
       dw_begun = true;
-      // Rows q of dW_hh from dG's columns q (dg: the chunk's rows, row stride ldg) times
-      // h_{t-1} of the chunk's rows: hx for the rows of the first step in processing order,
-      // else the output one step over (all B rows in every step), or the gathered rows.
-      const auto hh_rows = [&](const T* dg, int64_t ldg, Range q, T* dw) {
-        if (!s.uniform()) {
-          sequence_gemm<T>(true, q.size(), P, nr, dg + q.begin, ldg, w.hprev + r0 * P, P, beta,
-                           dw + q.begin * P, P);
-          return;
-        }
-        const int64_t hx0 = a.reverse ? s.N - s.B : 0, hx1 = hx0 + s.B;
-        T bb = beta;
-        for (int64_t i = r0; i < r1;) {
-          const bool from_hx = i >= hx0 && i < hx1;
-          const int64_t end = from_hx ? std::min(r1, hx1) : i < hx0 ? std::min(r1, hx0) : r1;
-          const T* h = from_hx ? a.hx + (i - hx0) * P : a.y + (a.reverse ? i + s.B : i - s.B) * P;
-          sequence_gemm<T>(true, q.size(), P, end - i, dg + (i - r0) * ldg + q.begin, ldg, h, P, bb,
-                           dw + q.begin * P, P);
-          bb = T(1);
-          i = end;
-        }
-      };
       const auto block = [&](int64_t k) {
         const int64_t kind = k / nb, j = k % nb;
         const auto part = [&](int64_t n) { return split(n, static_cast<int>(nb), static_cast<int>(j)); };
@@ -663,10 +667,11 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
                              a.dw_ih + q.begin * a.I, a.I);
         } else if (kind == 1) {
           const Range q = part(K_dh);
-          if (q.size() > 0) hh_rows(w.dgx, GH, q, a.dw_hh);
+          if (q.size() > 0) dw_hh_product(w.dgx + q.begin, GH, q.size(), r0, r1, beta, a.dw_hh + q.begin * P);
         } else if (gru && kind == 2) {
           const Range q = part(H);
-          if (q.size() > 0) hh_rows(w.dgh, H, q, a.dw_hh + H_rz * P);
+          if (q.size() > 0)
+            dw_hh_product(w.dgh + q.begin, H, q.size(), r0, r1, beta, a.dw_hh + (H_rz + q.begin) * P);
         } else {
           const Range q = part(a.I);
           if (q.size() > 0)
@@ -825,23 +830,9 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
   });
 
   // dW_hh = sum_t dGh_t^T h_{t-1}, for `rows` rows of dW_hh from the matching columns
-  // of dGh (row stride ldg).
+  // of dGh (row stride ldg), over the whole sequence.
   const auto dw_hh_rows = [&](const T* dg, int64_t ldg, int64_t rows, T* dw) {
-    if (s.uniform()) {
-      // With all B rows in every step, h_{t-1} of steps after the first (in processing
-      // order) is the output one step over, a contiguous block of rows: two GEMMs on
-      // the buffers themselves, no N x P copy.
-      const int64_t B = s.B, shifted = s.N - B;
-      const int64_t first = a.reverse ? shifted : 0;  // rows whose h_{t-1} is hx
-      sequence_gemm<T>(true, rows, P, B, dg + first * ldg, ldg, a.hx, P, T(0), dw, P);
-      if (shifted > 0) {
-        const T* dg_rows = dg + (a.reverse ? 0 : B) * ldg;
-        const T* h_rows = a.y + (a.reverse ? B : 0) * P;
-        sequence_gemm<T>(true, rows, P, shifted, dg_rows, ldg, h_rows, P, T(1), dw, P);
-      }
-    } else {
-      sequence_gemm<T>(true, rows, P, s.N, dg, ldg, w.hprev, P, T(0), dw, P);
-    }
+    dw_hh_product(dg, ldg, rows, 0, s.N, T(0), dw);
   };
   if (chunked) {
     if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
