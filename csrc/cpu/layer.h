@@ -165,7 +165,9 @@ inline int64_t now_ns() {
 constexpr int64_t kMinStallNs = 50 * 1000;
 
 // A thread's barrier: the OpenMP barrier of its region, timed (the stalled time goes
-// to the thread's slot when the region ends). On one thread, nothing.
+// to the thread's slot when the region ends). The first barrier's wait is not counted: it
+// is the region starting up (a worker thread woken from sleep), which made lone loops at
+// batch 1 look loaded. On one thread, nothing.
 class StepSync {
  public:
   explicit StepSync(int64_t* slot) : slot_(slot), last_(slot != nullptr ? now_ns() : 0) {}
@@ -181,7 +183,8 @@ class StepSync {
 #pragma omp barrier
     const int64_t left = now_ns();
     const int64_t wait = left - arrived;
-    if (wait > arrived - last_ && wait > kMinStallNs) stalled_ += wait;
+    if (!first_ && wait > arrived - last_ && wait > kMinStallNs) stalled_ += wait;
+    first_ = false;
     last_ = left;
 #endif
   }
@@ -190,6 +193,7 @@ class StepSync {
   int64_t* slot_;
   int64_t last_;  // when this thread last left a barrier (or began)
   int64_t stalled_ = 0;
+  bool first_ = true;
 };
 
 

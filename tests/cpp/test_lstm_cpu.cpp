@@ -6,13 +6,20 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "build_info.h"
+#include "cpu/layer.h"
 
 namespace {
 
@@ -232,13 +239,47 @@ void test_emulated() {
   g_ns = "rnnfast";
 }
 
+// The step barrier's stall accounting (cpu/layer.h StepSync, which the load monitor judges):
+// a thread that reaches the first barrier late is the region starting up (a worker thread
+// woken from sleep), not a lost time slice, and is not counted; the same delay before a
+// later barrier is.
+void test_step_sync() {
+#ifdef _OPENMP
+  constexpr int64_t kDelayNs = 5'000'000;
+  for (const int late_barrier : {0, 3}) {
+    std::vector<int64_t> stalled(16, 0);
+    int team = 0;
+#pragma omp parallel num_threads(2)
+    {
+      const int tid = omp_get_thread_num();
+      if (tid == 0) team = omp_get_num_threads();
+      rnnfast::cpu::StepSync sync(&stalled[static_cast<size_t>(tid) * 8]);
+      for (int b = 0; b < 6; ++b) {
+        if (tid == 1 && b == late_barrier) std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs));
+        sync.barrier();
+      }
+    }
+    if (team != 2) {
+      std::printf("step_sync: skipped, OpenMP gave %d thread(s), not 2\n", team);
+      return;
+    }
+    const bool ok = late_barrier == 0 ? stalled[0] < kDelayNs / 2 : stalled[0] >= kDelayNs * 4 / 5;
+    std::printf("step_sync: thread 1 late at barrier %d: thread 0 stalled %.3f ms  %s\n", late_barrier,
+                stalled[0] * 1e-6, ok ? "ok" : "FAIL");
+    if (!ok) ++g_failures;
+  }
+#else
+  std::printf("step_sync: skipped, built without OpenMP\n");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> cases{
       {"forward", test_forward}, {"backward", test_backward},
       {"packed", test_packed},   {"errors", test_errors},
-      {"emulated", test_emulated}};
+      {"emulated", test_emulated}, {"step_sync", test_step_sync}};
   at::manual_seed(0);
   std::printf("rnnfast %s, CPU kernels: %s\n", rnnfast::build_info()["version"].c_str(),
               rnnfast::build_info()["cpu_kernels"].c_str());
