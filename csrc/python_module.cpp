@@ -304,6 +304,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_hold_step_loops_split", &rnnfast::cpu::hold_step_loops_split, pybind11::arg("seconds"),
         "Testing: the step loops split across threads for the next `seconds` whatever the "
         "load, until _reset_step_loop_load().");
+  m.def("_held_panel_buffer_bytes", &rnnfast::cpu::held_panel_buffer_bytes,
+        "Testing: bytes of packed-weight buffers that forward step loops released for the next "
+        "forward to reuse (freed when a backward starts).");
+  m.def("_release_panel_buffers", &rnnfast::cpu::release_panel_buffers,
+        "Testing and comparisons: frees the packed-weight buffers held for the next forward.");
   m.def("_set_backward_chunk_bytes", &rnnfast::cpu::set_backward_chunk_bytes, pybind11::arg("bytes"),
         "Testing and comparisons: the float32/float64 backward holds its gate gradients in "
         "chunks of about 1024 rows taking at most `bytes` (0: the default, 16 MiB); a negative "

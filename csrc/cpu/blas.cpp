@@ -17,6 +17,7 @@
 #include <vector>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 
 // Fortran BLAS symbols; weak so that the extension still loads against a libtorch
@@ -446,14 +447,101 @@ float dot_f32(int64_t K, const float* __restrict x, const float* __restrict w) {
   return sum;
 }
 
-// W packed into panels for `kernel` (64-byte aligned), or nullptr.
+// The panel buffers that forward step loops released, which the next forward's packs reuse
+// (PackedWeight's reuse_buffers): at most kPanelCacheBytes held, the oldest given back first,
+// and all given back when a backward starts (release_panel_buffers), so that a training
+// step's peak memory is what it was without them. A step loop packs its threads' weight
+// slices on every call, and buffers of that size are beyond the C allocator's trim threshold:
+// without this they were fresh pages on most inference calls, each faulted in and cleared.
+// A held block serves a request of half its size or more.
+constexpr size_t kPanelCacheBytes = size_t{16} << 20;
+
+class PanelCache {
+ public:
+  PanelCache() = default;
+  PanelCache(const PanelCache&) = delete;
+  PanelCache& operator=(const PanelCache&) = delete;
+  // A 64-byte aligned buffer of `bytes` (a multiple of 64), or nullptr.
+  void* get(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = held_.size();
+      for (size_t i = 0; i < held_.size(); ++i) {
+        if (held_[i].bytes >= bytes && held_[i].bytes / 2 <= bytes &&
+            (best == held_.size() || held_[i].bytes < held_[best].bytes))
+          best = i;
+      }
+      if (best < held_.size()) {
+        void* p = held_[best].p;
+        total_ -= held_[best].bytes;
+        held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(best));
+        return p;
+      }
+    }
+    return std::aligned_alloc(64, bytes);
+  }
+  // Takes back a buffer of get(bytes).
+  void put(void* p, size_t bytes) {
+    if (p == nullptr) return;
+    std::vector<void*> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (bytes > kPanelCacheBytes) {
+        out.push_back(p);
+      } else {
+        while (total_ + bytes > kPanelCacheBytes) {
+          out.push_back(held_.front().p);
+          total_ -= held_.front().bytes;
+          held_.erase(held_.begin());
+        }
+        held_.push_back({p, bytes});
+        total_ += bytes;
+      }
+    }
+    for (void* q : out) std::free(q);
+  }
+  void release() {
+    std::vector<Block> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      out.swap(held_);
+      total_ = 0;
+    }
+    for (const Block& b : out) std::free(b.p);
+  }
+  size_t held_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return total_;
+  }
+
+ private:
+  struct Block {
+    void* p;
+    size_t bytes;
+  };
+  std::mutex mu_;
+  std::vector<Block> held_;
+  size_t total_ = 0;
+};
+
+PanelCache& panel_cache() {
+  static PanelCache* cache = new PanelCache();  // never destroyed: used until the process ends
+  return *cache;
+}
+
+size_t panel_buffer_bytes(int64_t N, int64_t K) {
+  return (sizeof(float) * static_cast<size_t>(panel_floats(N, K)) + 63) / 64 * 64;
+}
+
+// W packed into panels for `kernel` (64-byte aligned; from panel_cache() with `cached`), or
+// nullptr.
 template <typename T>
 void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw,
-               int64_t groups, int64_t group_stride) {
+               int64_t groups, int64_t group_stride, bool cached) {
   if constexpr (std::is_same_v<T, float>) {
     if (kernel == nullptr || N <= 0 || K <= 0) return nullptr;
-    const size_t bytes = sizeof(float) * static_cast<size_t>(panel_floats(N, K));
-    void* dest = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    const size_t bytes = panel_buffer_bytes(N, K);
+    void* dest = cached ? panel_cache().get(bytes) : std::aligned_alloc(64, bytes);
     if (dest != nullptr)
       pack_panels(trans_w, N, K, W, ldw, static_cast<float*>(dest), groups, group_stride);
     return dest;
@@ -463,10 +551,14 @@ void* pack_own(PanelGemmF32 kernel, bool trans_w, int64_t N, int64_t K, const T*
 
 }  // namespace
 
+void release_panel_buffers() { panel_cache().release(); }
+
+size_t held_panel_buffer_bytes() { return panel_cache().held_bytes(); }
+
 template <typename T>
 PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W,
                               int64_t ldw, int64_t groups, int64_t group_stride, int bf16_terms,
-                              int64_t uses)
+                              int64_t uses, bool reuse_buffers)
     : trans_w_(trans_w), N_(N), K_(K), M_max_(M_max), bf16_terms_(bf16_terms), W_(W), ldw_(ldw), gathered_(nullptr),
       kernel_(panel_kernel<T>()), panels_(nullptr), packed_(nullptr), amx_tiles_(nullptr),
       amx_rows_(nullptr) {
@@ -497,7 +589,8 @@ PackedWeight<T>::PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max,
     group_stride_ = groups > 1 ? group_stride : 0;
     return;
   }
-  panels_ = pack_own<T>(kernel_, trans_w, N, K, W, ldw, groups, group_stride);
+  panels_ = pack_own<T>(kernel_, trans_w, N, K, W, ldw, groups, group_stride, reuse_buffers);
+  if (panels_ != nullptr && reuse_buffers) cached_bytes_ = panel_buffer_bytes(N, K);
   if (panels_ != nullptr || N <= 0 || K <= 0) return;
   if (groups > 1) {  // the BLAS takes one matrix: gather the groups' rows
     const int64_t per_group = N / groups;
@@ -571,7 +664,11 @@ PackedWeight<T>::~PackedWeight() {
   std::free(rows_f32_);
   std::free(amx_tiles_);
   std::free(amx_rows_);
-  std::free(panels_);
+  if (cached_bytes_ > 0) {
+    panel_cache().put(panels_, cached_bytes_);
+  } else {
+    std::free(panels_);
+  }
   std::free(packed_);
   std::free(gathered_);
 }

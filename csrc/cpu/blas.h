@@ -66,6 +66,13 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 // bf16_kernels_usable() (bf16_gemm.h), op(W) is rounded to bfloat16 and X to one (1) or a sum
 // of two (2) bfloat16 values, multiplied by the AMX tiles or AVX512-BF16 dot products with float32 accumulation (beta
 // 0 or 1); elsewhere bf16_terms changes nothing.
+// Frees the panel buffers that forward step loops released for reuse (PackedWeight's
+// reuse_buffers; at most 16 MiB are held): each backward calls it first, so that a training
+// step's peak memory does not include them.
+void release_panel_buffers();
+// What the panel cache holds now, in bytes (testing).
+size_t held_panel_buffer_bytes();
+
 template <typename T>
 class PackedWeight {
  public:
@@ -74,9 +81,11 @@ class PackedWeight {
   // small batch) is not packed: its products read W's rows in place (dot products along k,
   // each C element summed in one fixed order whatever the split), since packing W would cost
   // more than the products it serves.
+  // reuse_buffers: float32 panels come from and go back to the buffers that earlier forward
+  // loops released (blas.cpp PanelCache; the forward step loops only).
   PackedWeight(bool trans_w, int64_t N, int64_t K, int64_t M_max, const T* W, int64_t ldw,
                int64_t groups = 1, int64_t group_stride = 0, int bf16_terms = 0,
-               int64_t uses = -1);
+               int64_t uses = -1, bool reuse_buffers = false);
   static constexpr int64_t kDirectMaxRows = 8;
   // float32 only, with N, K, M_max > 0: op(W) = W^T of bfloat16 W16 (bit patterns; grouped
   // rows as above), or with trans_w false op(W) = W16 [K, N] (row stride ldw, groups 1).
@@ -116,6 +125,8 @@ class PackedWeight {
                             // (plain BLAS fallback with groups > 1), or nullptr
   PanelGemmF32 kernel_;     // the panel micro-kernel, or nullptr
   void* panels_;            // W packed for kernel_, or nullptr
+  size_t cached_bytes_ = 0; // > 0: panels_ is a buffer of this size from the panel cache,
+                            //   which takes it back
   void* packed_;            // else MKL's packed copy of W, or nullptr (use W_)
   void* amx_tiles_;         // bf16 with the bfloat16 kernels: op(W) in B tiles (bf16_gemm.h), else nullptr
   void* amx_rows_;          //   and the buffer of X's rows rounded to bfloat16

@@ -446,11 +446,12 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
     const int64_t chunk_rows = std::min(Tc, s.T) * B, chunks = (s.T + Tc - 1) / Tc;
     const PackedWeight<T> packed =
         w16 ? PackedWeight<T>(GHs, P, B, w.w_hh16 + u.begin * P, P, G, H, h_terms)
-            : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms, s.T);
+            : PackedWeight<T>(true, GHs, P, B, w_hh, P, G, H, h_terms, s.T, /*reuse_buffers=*/true);
     const PackedWeight<T> packed_ih =
         w16 && w.w_ih16 != nullptr
             ? PackedWeight<T>(GHs, I, chunk_rows, w.w_ih16 + u.begin * I, I, G, H, w.bf16 ? 1 : 0)
-            : PackedWeight<T>(true, GHs, I, chunk_rows, w_ih, I, G, H, w.bf16 ? 1 : 0, chunks);
+            : PackedWeight<T>(true, GHs, I, chunk_rows, w_ih, I, G, H, w.bf16 ? 1 : 0, chunks,
+                              /*reuse_buffers=*/true);
     // bfloat16 input: the input projection reads x16 and starts from this thread's bias
     // columns (gate by gate, as its scratch), with no float32 copy of x.
     bool read_x16 = false;
@@ -553,6 +554,7 @@ void layer_forward(const core::LayerForward<T>& a, const ForwardScratch<T>& w) {
 
 template <typename T>
 void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w) {
+  release_panel_buffers();  // not held through a training step's peak
   const Sequence& s = *a.seq;
   const int64_t H = a.H, P = a.P, GH = core::cell_spec(a.kind).gates * a.H;
   const int64_t ld = core::saved_row_cols(a.kind, H);

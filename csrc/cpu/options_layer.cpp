@@ -588,6 +588,7 @@ bool split_by_columns(int64_t B, int nt) { return nt > 1 && B < kMinRowsPerThrea
 // h, c: [B, P] and [B, H], in the initial states, out the final ones. ws, cells or nullptr.
 template <typename T>
 void options_forward(const Layer<T>& L, T* y, T* h, T* c, T* ws, T* cells) {
+  release_panel_buffers();  // the plain layers' held panels: not through a training peak
   const Sequence& s = *L.s;
   const int64_t H = L.H, P = L.P, B = s.B, N = s.N, G = L.G(), GH = G * H;
   advise_huge_pages(y, sizeof(T) * N * P);
@@ -695,6 +696,7 @@ void options_backward(const Layer<T>& L, const T* y, const T* ws, const T* cells
                       const T* cx, const T* dy, T* dh, T* dc, T* dx, T* dw_ih, T* dw_hh,
                       T* db_ih, T* db_hh, T* dw_hr, T* dln_ih, T* dln_hh, T* dln_c,
                       T* dln_c_b) {
+  release_panel_buffers();
   const Sequence& s = *L.s;
   const int64_t H = L.H, P = L.P, B = s.B, N = s.N, G = L.G(), GH = G * H;
   const bool ln = L.ln(), proj = L.w_hr != nullptr;
