@@ -53,6 +53,13 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
                            int64_t lda, const float* B, int64_t ldb, bool accumulate, float* C,
                            int64_t ldc);
 
+// Frees the panel buffers that forward step loops released for reuse (PackedWeight's
+// reuse_buffers; at most 16 MiB are held): each backward calls it first, so that a training
+// step's peak memory does not include them.
+void release_panel_buffers();
+// What the panel cache holds now, in bytes (testing).
+size_t held_panel_buffer_bytes();
+
 // A weight operand used by many small GEMMs: C[M, N] = X[M, K] op(W) + beta C, with
 // op(W) = W^T for W [N, K] (trans_w) or W for W [K, N]. With groups > 1 (trans_w only),
 // op(W)'s N columns are `groups` blocks of N / groups rows of W each, block g starting
@@ -66,13 +73,6 @@ void blocked_sequence_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const 
 // bf16_kernels_usable() (bf16_gemm.h), op(W) is rounded to bfloat16 and X to one (1) or a sum
 // of two (2) bfloat16 values, multiplied by the AMX tiles or AVX512-BF16 dot products with float32 accumulation (beta
 // 0 or 1); elsewhere bf16_terms changes nothing.
-// Frees the panel buffers that forward step loops released for reuse (PackedWeight's
-// reuse_buffers; at most 16 MiB are held): each backward calls it first, so that a training
-// step's peak memory does not include them.
-void release_panel_buffers();
-// What the panel cache holds now, in bytes (testing).
-size_t held_panel_buffer_bytes();
-
 template <typename T>
 class PackedWeight {
  public:
