@@ -23,7 +23,10 @@ def two_threads():
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     _C._release_panel_buffers()
+    # Every loop split, whatever the load: a loop on one thread packs other sizes.
+    _C._hold_step_loops_split(60.0)
     yield
+    _C._reset_step_loop_load()
     _C._release_panel_buffers()
     torch.set_num_threads(old)
 
@@ -33,28 +36,30 @@ CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}), ("RNN", {
 
 @pytest.mark.parametrize("kind,kwargs", CASES, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_reused_buffers_give_the_same_bits(kind, kwargs, two_threads):
-    """Odd sizes (panels with padding columns) after a larger layer with large weights has
-    left its packs in the buffers: the same bits as with freshly allocated buffers, and
-    torch.nn's results."""
+    """Odd sizes (panels with padding columns) after a layer of the same shape with huge
+    weights has left its packs in the buffers: the same bits as with freshly allocated
+    buffers, and torch.nn's results."""
     torch.manual_seed(0)
     ref = getattr(torch.nn, kind)(45, 83, num_layers=2, bidirectional=True, **kwargs)
     m = getattr(rnnfast, kind)(45, 83, num_layers=2, bidirectional=True, **kwargs)
     m.load_state_dict(ref.state_dict())
-    big = getattr(rnnfast, kind)(60, 97, **kwargs)
+    big = getattr(rnnfast, kind)(45, 83, num_layers=2, bidirectional=True, **kwargs)
     with torch.no_grad():
         for p in big.parameters():
             p.fill_(1e30)
     x = torch.randn(40, 5, 45)
-    xb = torch.randn(40, 5, 60)
     with torch.no_grad():
         _C._release_panel_buffers()
         fresh = m(x)
-        big(xb)
+        big(x)
         held = _C._held_panel_buffer_bytes()
         reused = m(x)
+        # Every pack took a held buffer of its own size and gave it back: nothing was added.
+        held_after = _C._held_panel_buffer_bytes()
         expected = ref(x)
     if _panel_kernel():
         assert held > 0, "the forward released no panel buffers for reuse"
+        assert held_after == held, "the packs did not reuse the held buffers"
     else:
         assert held == 0
     for a, b in zip(torch.utils._pytree.tree_leaves(fresh), torch.utils._pytree.tree_leaves(reused)):

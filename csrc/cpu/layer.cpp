@@ -831,11 +831,6 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
     }
   });
 
-  // dW_hh = sum_t dGh_t^T h_{t-1}, for `rows` rows of dW_hh from the matching columns
-  // of dGh (row stride ldg), over the whole sequence.
-  const auto dw_hh_rows = [&](const T* dg, int64_t ldg, int64_t rows, T* dw) {
-    dw_hh_product(dg, ldg, rows, 0, s.N, T(0), dw);
-  };
   if (chunked) {
     if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
     return;
@@ -1018,11 +1013,12 @@ void layer_backward(const core::LayerBackward<T>& a, const BackwardScratch<T>& w
       return;
     }
   }
+  // dW_hh = sum_t dGh_t^T h_{t-1} over the whole sequence.
   if (gru) {
-    dw_hh_rows(w.dgx, GH, H_rz, a.dw_hh);
-    dw_hh_rows(w.dgh, H, H, a.dw_hh + H_rz * P);
+    dw_hh_product(w.dgx, GH, H_rz, 0, s.N, T(0), a.dw_hh);
+    dw_hh_product(w.dgh, H, H, 0, s.N, T(0), a.dw_hh + H_rz * P);
   } else {
-    dw_hh_rows(w.dgx, GH, GH, a.dw_hh);
+    dw_hh_product(w.dgx, GH, GH, 0, s.N, T(0), a.dw_hh);
   }
   sequence_gemm<T>(true, GH, a.I, s.N, w.dgx, GH, a.x, a.I, T(0), a.dw_ih, a.I);
   if (proj) sequence_gemm<T>(true, P, H, s.N, w.DH, P, w.R, H, T(0), a.dw_hr, H);
